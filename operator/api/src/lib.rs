@@ -1,1 +1,34 @@
-//! placeholder
+//! The reco custom resources, group `reco.seed.dev`, version `v1alpha1`.
+//!
+//! - [`RecommenderPipeline`] (`rp`): the services of one recommender and the
+//!   policy that rolls new model versions out.
+//! - [`ModelVersion`] (`mv`): one trained model of one pipeline.
+//!
+//! The doc comments on spec fields become the schema descriptions that
+//! `kubectl explain` prints, so they are written for users. Rules the schema
+//! cannot express are checked again by [`RecommenderPipelineSpec::rollout_policy`],
+//! which converts the Kubernetes-shaped spec into the engine's policy and
+//! names the offending field when it is invalid.
+
+mod conditions;
+mod model_version;
+mod pipeline;
+mod validation;
+
+pub use conditions::{ConditionType, set_condition};
+pub use model_version::{ModelVersion, ModelVersionSpec, ModelVersionStatus};
+pub use pipeline::*;
+pub use validation::InvalidSpec;
+
+/// API group of the reco resources.
+pub const GROUP: &str = "reco.seed.dev";
+/// Field manager the operator uses for server-side apply.
+pub const FIELD_MANAGER: &str = "reco-operator";
+/// Annotation on a ModelVersion that promotes it now, skipping the remaining steps.
+pub const PROMOTE_ANNOTATION: &str = "reco.seed.dev/promote";
+/// Annotation on a ModelVersion that aborts its rollout now.
+pub const ABORT_ANNOTATION: &str = "reco.seed.dev/abort";
+/// Label on every object the operator creates: the pipeline it belongs to.
+pub const PIPELINE_LABEL: &str = "reco.seed.dev/pipeline";
+/// Label on per-version objects: the model version they serve.
+pub const VERSION_LABEL: &str = "reco.seed.dev/model-version";
