@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use reco_rollout::AnalysisReport;
 use reco_rollout::engine::RolloutState;
@@ -487,4 +487,7 @@ pub struct RecommenderPipelineStatus {
     /// The most recent look at live metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisReport>,
+    /// When the metrics were last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_time: Option<Time>,
 }

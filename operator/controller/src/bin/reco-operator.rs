@@ -1,0 +1,135 @@
+//! The reco operator: reconciles RecommenderPipelines and ModelVersions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+use reco_operator::admin::{self, AdminState};
+use reco_operator::controller::{self, WatchScope};
+use reco_operator::sources::ClusterMetricSources;
+use reco_operator::telemetry::OperatorMetrics;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Reconciles reco RecommenderPipelines and ModelVersions: deploys the
+/// serving services and rolls each new model version out through shadow and
+/// canary steps, promoting or rolling back on live click-through rate.
+///
+/// It talks to the cluster of the current kubeconfig or in-cluster service
+/// account. Log level comes from RUST_LOG (default info).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "RECO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Namespaces to watch, comma separated; empty watches all namespaces.
+    #[arg(long, env = "RECO_WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    watch_namespaces: Vec<String>,
+    /// Elect a leader on a Lease so that only one replica reconciles.
+    #[arg(long, env = "RECO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "RECO_LEASE_NAME", default_value = "reco-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's name in the Lease and in Events.
+    #[arg(long, env = "POD_NAME", default_value = "reco-operator")]
+    identity: String,
+    /// Log format.
+    #[arg(long, env = "RECO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(OperatorMetrics::register(&mut registry));
+    let admin_state = Arc::new(AdminState { registry, ready: false.into() });
+    let admin = tokio::spawn(admin::serve(args.metrics_addr, admin_state.clone(), stopped(stop_rx.clone())));
+
+    let client = Client::try_default().await.context("no Kubernetes configuration (kubeconfig or in-cluster)")?;
+    admin_state.ready.store(true, Ordering::Relaxed);
+    let scope = WatchScope { namespaces: args.watch_namespaces.into_iter().filter(|n| !n.is_empty()).collect() };
+    let sources = Arc::new(ClusterMetricSources::new(client.clone()));
+
+    if args.leader_election {
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&args.identity)
+            .with_field_manager(reco_api::FIELD_MANAGER)
+            .build()
+            .await
+            .context("creating the leader-election lease manager")?;
+        let (mut leader, lease_task) = manager.watch().await;
+        info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            _ = leader.wait_for(|is_leader| *is_leader) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        info!("leading");
+        let lost_or_stopped = {
+            let stop = stopped(stop_rx.clone());
+            async move {
+                tokio::select! {
+                    _ = leader.wait_for(|is_leader| !*is_leader) => warn!("lost leadership; stopping"),
+                    _ = stop => {}
+                }
+            }
+        };
+        controller::run(client, scope, &args.identity, metrics, sources, lost_or_stopped).await;
+        // The leadership receiver is gone with the controller: the lease task
+        // releases the Lease so that a standby replica takes over at once.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await;
+    } else {
+        controller::run(client, scope, &args.identity, metrics, sources, stopped(stop_rx.clone())).await;
+    }
+    admin.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,634 @@
+//! The RecommenderPipeline controller: a thin loop around the pure parts.
+//! Each reconcile reads the pipeline and its ModelVersions, looks at live
+//! metrics when the analysis interval is due, asks the rollout engine for
+//! the next state, applies the objects with server-side apply, and writes
+//! status and Events. It never writes a spec.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Client, Resource, ResourceExt};
+use reco_api::{
+    ABORT_ANNOTATION, ConditionType, FIELD_MANAGER, InvalidSpec, ModelVersion, ModelVersionStatus, PIPELINE_LABEL,
+    PROMOTE_ANNOTATION, RecommenderPipeline, RecommenderPipelineStatus, set_condition,
+};
+use reco_metric_source::WindowQuery;
+use reco_rollout::analysis::{analyse_canary, analyse_shadow, metrics_unavailable};
+use reco_rollout::engine::{HistoryEntry, Observation};
+use reco_rollout::{AnalysisReport, Command, Decision, RolloutPolicy, Step, VersionInfo, VersionPhase, decide};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::merge_patch;
+use crate::resources::{self, Component};
+use crate::sources::MetricSources;
+use crate::telemetry::OperatorMetrics;
+
+const CONTROLLER: &str = "recommenderpipeline";
+/// How long to wait before looking at an invalid spec again; a fix to the
+/// spec triggers a reconcile at once anyway.
+const INVALID_SPEC_RECHECK: Duration = Duration::from_secs(300);
+
+/// Errors of one reconcile; all are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// Label of `reco_operator_reconcile_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Self::Kube(_) => "api",
+            Self::NoNamespace(_) => "invalid_object",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<OperatorMetrics>,
+    pub versions: Store<ModelVersion>,
+    pub sources: Arc<dyn MetricSources>,
+    /// Consecutive failures per pipeline, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<RecommenderPipeline>, u32>>,
+}
+
+/// Where the controller watches.
+#[derive(Clone, Debug, Default)]
+pub struct WatchScope {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    scope: WatchScope,
+    identity: &str,
+    metrics: Arc<OperatorMetrics>,
+    sources: Arc<dyn MetricSources>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let namespaces: Vec<Option<&str>> =
+        if scope.namespaces.is_empty() { vec![None] } else { scope.namespaces.iter().map(|n| Some(n.as_str())).collect() };
+    let api = |ns: Option<&str>| -> (Api<RecommenderPipeline>, Api<ModelVersion>) {
+        match ns {
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        }
+    };
+    let (versions, writer) = reflector::store();
+    let version_events = futures::stream::select_all(namespaces.iter().map(|ns| {
+        watcher(api(*ns).1, watcher::Config::default()).default_backoff().boxed()
+    }))
+    .reflect(writer)
+    .applied_objects();
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.into()) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+        versions: versions.clone(),
+        sources,
+        failures: Mutex::default(),
+    });
+
+    let (pipeline_reader, pipeline_writer) = reflector::store();
+    let pipelines = futures::stream::select_all(namespaces.iter().map(|ns| {
+        watcher(api(*ns).0, watcher::Config::default()).default_backoff().boxed()
+    }))
+    .reflect(pipeline_writer)
+    .applied_objects()
+    // Status writes do not bump the generation: only spec changes reconcile.
+    .predicate_filter(predicates::generation, Default::default());
+    let mut controller = Controller::for_stream(pipelines, pipeline_reader);
+    for ns in &namespaces {
+        let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+        let (deployments, services, configmaps): (Api<Deployment>, Api<Service>, Api<ConfigMap>) = match ns {
+            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        };
+        controller = controller.owns(deployments, owned.clone()).owns(services, owned.clone()).owns(configmaps, owned);
+    }
+    controller
+        .watches_stream(version_events, |v: ModelVersion| {
+            v.namespace().map(|ns| ObjectRef::new(&v.spec.pipeline).within(&ns))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(p: Arc<RecommenderPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_pipeline(&p, &ctx).await;
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::kind));
+    if result.is_ok() {
+        ctx.failures.lock().expect("failure counts lock").remove(&ObjectRef::from(p.as_ref()));
+    }
+    result
+}
+
+/// Exponential backoff with jitter, 1 s doubling to 5 min, per pipeline.
+fn error_policy(p: Arc<RecommenderPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = {
+        let mut failures = ctx.failures.lock().expect("failure counts lock");
+        let count = failures.entry(ObjectRef::from(p.as_ref())).or_default();
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = backoff_delay(attempts, rand::random::<f64>());
+    warn!(pipeline = %p.name_any(), %error, attempts, delay_ms = delay.as_millis() as u64, "retrying");
+    Action::requeue(delay)
+}
+
+/// `min(300 s, 2^(attempts-1) s)`, scaled by a jitter factor in [0.5, 1.0).
+pub fn backoff_delay(attempts: u32, jitter: f64) -> Duration {
+    let base = Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300));
+    base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Action, Error> {
+    let namespace = p.namespace().ok_or_else(|| Error::NoNamespace(p.name_any()))?;
+    let name = p.name_any();
+    let now = Timestamp::now();
+    let mut status = p.status.clone().unwrap_or_default();
+
+    let (policy, interval) = match p.spec.rollout_policy().and_then(|policy| Ok((policy, p.spec.analysis_interval()?))) {
+        Ok(valid) => valid,
+        Err(invalid) => return report_invalid_spec(p, ctx, status, &invalid, now).await,
+    };
+
+    let mut versions: Vec<Arc<ModelVersion>> = ctx
+        .versions
+        .state()
+        .into_iter()
+        .filter(|v| v.namespace().as_deref() == Some(namespace.as_str()) && v.spec.pipeline == name)
+        .collect();
+    versions.sort_by_key(|v| v.name_any());
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{PIPELINE_LABEL}={name},app.kubernetes.io/managed-by={FIELD_MANAGER}");
+    let existing = deployments.list(&ListParams::default().labels(&selector)).await?;
+    let infos: Vec<VersionInfo> = versions.iter().map(|v| version_info(v, &existing.items)).collect();
+
+    let analysis = match analysis_due(&status, interval, now) {
+        true => look_at_metrics(p, ctx, &policy, &status, now).await,
+        false => None,
+    };
+    if let Some(report) = &analysis {
+        ctx.metrics.analysed(&namespace, &name, report.verdict);
+        status.last_analysis = Some(report.clone());
+        status.last_analysis_time = Some(Time(now));
+    }
+
+    let salt = p.spec.gateway.routing_salt.clone().unwrap_or_else(|| name.clone());
+    let decision = decide(&policy, &status.rollout, &Observation {
+        pipeline: &name,
+        salt: &salt,
+        versions: &infos,
+        analysis: analysis.as_ref(),
+        paused: p.spec.paused,
+        now,
+    });
+
+    let serving = serving_versions(&decision);
+    apply_objects(p, ctx, &namespace, &decision, &versions, &serving).await?;
+    delete_retired_objects(ctx, &namespace, &selector, &existing.items, &serving).await?;
+
+    for transition in &decision.transitions {
+        announce(p, ctx, &versions, transition).await;
+    }
+    write_version_statuses(ctx, &namespace, &versions, &decision, status.last_analysis.as_ref()).await?;
+
+    let phase = pipeline_phase(p.spec.paused, &policy, &decision);
+    let canary_weight = decision
+        .state
+        .candidate
+        .as_ref()
+        .and_then(|c| decision.routing.versions.iter().find(|v| v.name == c.version))
+        .map_or(0, |v| v.weight);
+    ctx.metrics.pipeline_state(&namespace, &name, phase, canary_weight);
+    status.observed_generation = p.metadata.generation;
+    status.phase = Some(phase.to_owned());
+    status.canary_weight = canary_weight;
+    status.rollout = decision.state.clone();
+    pipeline_conditions(&mut status, p.metadata.generation, &decision, &infos, &Time(now));
+    write_pipeline_status(p, ctx, &namespace, status).await?;
+
+    let requeue = if decision.state.candidate.is_some() { decision.requeue_after.min(interval) } else { decision.requeue_after };
+    Ok(Action::requeue(requeue))
+}
+
+/// The engine's view of a ModelVersion: broken when its pods cannot start,
+/// commanded through the promote/abort annotations.
+fn version_info(v: &ModelVersion, deployments: &[Deployment]) -> VersionInfo {
+    let annotations = v.annotations();
+    let command = if annotations.get(ABORT_ANNOTATION).is_some_and(|a| a == "true") {
+        Some(Command::Abort)
+    } else if annotations.get(PROMOTE_ANNOTATION).is_some_and(|a| a == "true") {
+        Some(Command::Promote)
+    } else {
+        None
+    };
+    VersionInfo {
+        name: v.name_any(),
+        created: v.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        offline_metrics: v.spec.offline_metrics.clone(),
+        broken: deployment_failure(&v.name_any(), deployments),
+        command,
+    }
+}
+
+/// Why a version's pods cannot run: a Deployment that exceeded its progress
+/// deadline (image that cannot be pulled, artifact that cannot be loaded).
+fn deployment_failure(version: &str, deployments: &[Deployment]) -> Option<String> {
+    deployments
+        .iter()
+        .filter(|d| d.labels().get(reco_api::VERSION_LABEL).map(String::as_str) == Some(version))
+        .find_map(|d| {
+            let conditions = d.status.as_ref()?.conditions.as_ref()?;
+            let stuck = conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))?;
+            Some(format!(
+                "Deployment {} did not become available: {}",
+                d.name_any(),
+                stuck.message.as_deref().unwrap_or("progress deadline exceeded")
+            ))
+        })
+}
+
+fn analysis_due(status: &RecommenderPipelineStatus, interval: Duration, now: Timestamp) -> bool {
+    let Some(candidate) = &status.rollout.candidate else { return false };
+    let since = |t: Timestamp| now.duration_since(t).unsigned_abs();
+    let after_step_start = since(candidate.step_started_at) >= interval;
+    let after_last_look = status.last_analysis_time.as_ref().is_none_or(|t| since(t.0) >= interval);
+    after_step_start && after_last_look
+}
+
+/// One look at the current step's window. Unreadable metrics give an
+/// Inconclusive report, which never promotes.
+async fn look_at_metrics(
+    p: &RecommenderPipeline,
+    ctx: &Context,
+    policy: &RolloutPolicy,
+    status: &RecommenderPipelineStatus,
+    now: Timestamp,
+) -> Option<AnalysisReport> {
+    let candidate = status.rollout.candidate.as_ref()?;
+    let stable = status.rollout.stable.clone()?;
+    let step = policy.steps.get(candidate.step as usize)?;
+    let is_shadow = matches!(step, Step::Shadow { .. });
+    let query = WindowQuery {
+        pipeline: p.name_any(),
+        stable,
+        candidate: candidate.version.clone(),
+        candidate_is_shadow: is_shadow,
+        start: candidate.step_started_at,
+        now,
+    };
+    let window = match ctx.sources.for_pipeline(p).await {
+        Ok(source) => source.window(&query).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    Some(match window {
+        Ok(window) if is_shadow => analyse_shadow(&policy.analysis, &window),
+        Ok(window) => analyse_canary(&policy.analysis, &window),
+        Err(reason) => {
+            warn!(pipeline = %p.name_any(), %reason, "metrics unavailable");
+            metrics_unavailable(&reason)
+        }
+    })
+}
+
+/// Versions that need retrieval and ranking pods: those in the routing table,
+/// the shadow, and the candidate (whose pods start before it gets traffic).
+fn serving_versions(decision: &Decision) -> BTreeSet<String> {
+    let mut serving: BTreeSet<String> = decision.routing.versions.iter().map(|v| v.name.clone()).collect();
+    serving.extend(decision.routing.shadow.clone());
+    serving.extend(decision.state.candidate.as_ref().map(|c| c.version.clone()));
+    serving.extend(decision.state.stable.clone());
+    serving
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<(), Error>
+where
+    K: Resource + Serialize + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
+    Ok(())
+}
+
+async fn apply_objects(
+    p: &RecommenderPipeline,
+    ctx: &Context,
+    namespace: &str,
+    decision: &Decision,
+    versions: &[Arc<ModelVersion>],
+    serving: &BTreeSet<String>,
+) -> Result<(), Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+
+    let serving_names: Vec<&str> = serving.iter().map(String::as_str).collect();
+    apply(&configmaps, &resources::routing_configmap(p, &decision.routing, &serving_names)).await?;
+    apply(&services, &resources::features_service(p)).await?;
+    apply(&deployments, &resources::features_deployment(p)).await?;
+    for v in versions.iter().filter(|v| serving.contains(&v.name_any())) {
+        for component in [Component::Retrieval, Component::Ranking] {
+            apply(&services, &resources::version_service(p, &v.name_any(), component)).await?;
+            apply(&deployments, &resources::version_deployment(p, v, component)).await?;
+        }
+    }
+    apply(&services, &resources::gateway_service(p)).await?;
+    apply(&deployments, &resources::gateway_deployment(p)).await?;
+    Ok(())
+}
+
+/// Removes the per-version objects of versions that no longer serve.
+async fn delete_retired_objects(
+    ctx: &Context,
+    namespace: &str,
+    selector: &str,
+    deployments: &[Deployment],
+    serving: &BTreeSet<String>,
+) -> Result<(), Error> {
+    let retired = |labels: &BTreeMap<String, String>| {
+        labels.get(reco_api::VERSION_LABEL).is_some_and(|v| !serving.contains(v))
+    };
+    let deployment_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    for d in deployments.iter().filter(|d| retired(d.labels())) {
+        ignore_not_found(deployment_api.delete(&d.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
+    }
+    let service_api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    for s in service_api.list(&ListParams::default().labels(selector)).await?.items.iter().filter(|s| retired(s.labels())) {
+        ignore_not_found(service_api.delete(&s.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
+    }
+    Ok(())
+}
+
+fn ignore_not_found(result: Result<(), kube::Error>) -> Result<(), Error> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// A Kubernetes Event for one transition, on the ModelVersion when it still exists.
+async fn announce(p: &RecommenderPipeline, ctx: &Context, versions: &[Arc<ModelVersion>], t: &HistoryEntry) {
+    let (reason, type_) = transition_reason(t);
+    info!(pipeline = %p.name_any(), version = %t.version, from = ?t.from, to = ?t.to, reason = %t.reason, "transition");
+    match t.to {
+        VersionPhase::RolledBack => ctx.metrics.rolled_back(&p.namespace().unwrap_or_default(), &p.name_any()),
+        VersionPhase::Stable if t.from != VersionPhase::Pending => {
+            ctx.metrics.promoted(&p.namespace().unwrap_or_default(), &p.name_any())
+        }
+        _ => {}
+    }
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(&format!("{}: {:?} -> {:?}: {}", t.version, t.from, t.to, t.reason), 1024)),
+        action: "Rollout".into(),
+        secondary: Some(p.object_ref(&())),
+    };
+    let regarding = versions
+        .iter()
+        .find(|v| v.name_any() == t.version)
+        .map_or_else(|| p.object_ref(&()), |v| v.object_ref(&()));
+    if let Err(error) = ctx.recorder.publish(&event, &regarding).await {
+        warn!(%error, "could not publish event");
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// Event reason and type of a transition.
+pub fn transition_reason(t: &HistoryEntry) -> (&'static str, EventType) {
+    match t.to {
+        VersionPhase::Pending => ("Pending", EventType::Normal),
+        VersionPhase::Shadow => ("ShadowStarted", EventType::Normal),
+        VersionPhase::Canary if t.from == VersionPhase::Canary => ("CanaryStepPassed", EventType::Normal),
+        VersionPhase::Canary => ("CanaryStarted", EventType::Normal),
+        VersionPhase::Stable => ("Promoted", EventType::Normal),
+        VersionPhase::Retired => ("Retired", EventType::Normal),
+        VersionPhase::RolledBack => ("RolledBack", EventType::Warning),
+        VersionPhase::Failed => ("Failed", EventType::Warning),
+    }
+}
+
+async fn write_version_statuses(
+    ctx: &Context,
+    namespace: &str,
+    versions: &[Arc<ModelVersion>],
+    decision: &Decision,
+    last_analysis: Option<&AnalysisReport>,
+) -> Result<(), Error> {
+    let api: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), namespace);
+    let now = Time(Timestamp::now());
+    for v in versions {
+        let Some(decided) = decision.versions.get(&v.name_any()) else { continue };
+        let old = v.status.clone().unwrap_or_default();
+        let candidate = decision.state.candidate.as_ref().is_some_and(|c| c.version == v.name_any());
+        let ctr = match (decided.phase, last_analysis) {
+            (VersionPhase::Canary, Some(a)) if candidate => Some(a.canary_ctr),
+            (VersionPhase::Stable, Some(a)) => Some(a.stable_ctr),
+            _ => old.ctr,
+        };
+        let mut status = ModelVersionStatus {
+            observed_generation: v.metadata.generation,
+            phase: Some(decided.phase),
+            weight: decided.weight,
+            ctr,
+            reason: Some(decided.reason.clone()),
+            conditions: old.conditions.clone(),
+        };
+        let serving = matches!(decided.phase, VersionPhase::Stable | VersionPhase::Canary);
+        let progressing = matches!(decided.phase, VersionPhase::Shadow | VersionPhase::Canary);
+        let degraded = matches!(decided.phase, VersionPhase::RolledBack | VersionPhase::Failed);
+        let reason = format!("{:?}", decided.phase);
+        let generation = v.metadata.generation;
+        set_condition(&mut status.conditions, ConditionType::Ready, serving, &reason, &decided.reason, generation, &now);
+        set_condition(&mut status.conditions, ConditionType::Progressing, progressing, &reason, &decided.reason, generation, &now);
+        set_condition(&mut status.conditions, ConditionType::Degraded, degraded, &reason, &decided.reason, generation, &now);
+        if status != old {
+            patch_status(&api, &v.name_any(), &old, &status).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `Idle`, `Shadow`, `Canary` or `Paused`.
+fn pipeline_phase(paused: bool, policy: &RolloutPolicy, decision: &Decision) -> &'static str {
+    if paused {
+        return "Paused";
+    }
+    match decision.state.candidate.as_ref().and_then(|c| policy.steps.get(c.step as usize)) {
+        Some(Step::Shadow { .. }) => "Shadow",
+        Some(Step::Canary { .. }) => "Canary",
+        None => "Idle",
+    }
+}
+
+fn pipeline_conditions(
+    status: &mut RecommenderPipelineStatus,
+    generation: Option<i64>,
+    decision: &Decision,
+    versions: &[VersionInfo],
+    now: &Time,
+) {
+    let conditions = &mut status.conditions;
+    match &decision.state.stable {
+        Some(stable) => {
+            let routes: Vec<String> = decision.routing.versions.iter().map(|v| format!("{} {}%", v.name, v.weight)).collect();
+            set_condition(conditions, ConditionType::Ready, true, "Serving", format!("serving {}", routes.join(", ")), generation, now);
+            let broken = versions.iter().find(|v| &v.name == stable).and_then(|v| v.broken.clone());
+            match broken {
+                Some(reason) => set_condition(conditions, ConditionType::Degraded, true, "StableUnhealthy", reason, generation, now),
+                None => degraded_from_history(conditions, generation, decision, now),
+            }
+        }
+        None => {
+            set_condition(conditions, ConditionType::Ready, false, "NoStableVersion", "waiting for a ModelVersion of this pipeline", generation, now);
+            degraded_from_history(conditions, generation, decision, now);
+        }
+    }
+    match &decision.state.candidate {
+        Some(c) => set_condition(conditions, ConditionType::Progressing, true, "RollingOut", format!("{} at step {}", c.version, c.step + 1), generation, now),
+        None => set_condition(conditions, ConditionType::Progressing, false, "Idle", "no rollout in progress", generation, now),
+    }
+}
+
+/// Degraded while the last rollout ended in a rollback or failure.
+fn degraded_from_history(
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    generation: Option<i64>,
+    decision: &Decision,
+    now: &Time,
+) {
+    match decision.state.history.iter().rev().find(|h| h.to != VersionPhase::Retired) {
+        Some(last) if matches!(last.to, VersionPhase::RolledBack | VersionPhase::Failed) => {
+            let message = format!("{} {:?}: {}", last.version, last.to, last.reason);
+            set_condition(conditions, ConditionType::Degraded, true, &format!("{:?}", last.to), message, generation, now)
+        }
+        _ => set_condition(conditions, ConditionType::Degraded, false, "Healthy", "", generation, now),
+    }
+}
+
+async fn write_pipeline_status(
+    p: &RecommenderPipeline,
+    ctx: &Context,
+    namespace: &str,
+    status: RecommenderPipelineStatus,
+) -> Result<(), Error> {
+    let old = p.status.clone().unwrap_or_default();
+    if p.status.is_some() && old == status {
+        return Ok(());
+    }
+    let api: Api<RecommenderPipeline> = Api::namespaced(ctx.client.clone(), namespace);
+    patch_status(&api, &p.name_any(), &old, &status).await
+}
+
+/// Writes `new` over `old` with a merge patch that also clears removed fields.
+async fn patch_status<K, S>(api: &Api<K>, name: &str, old: &S, new: &S) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let to_json = |s: &S| serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
+    let patch = json!({ "status": merge_patch::diff(&to_json(old), &to_json(new)) });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+/// An invalid spec changes nothing that serves: it is reported in status
+/// and in an Event, and looked at again when the spec changes.
+async fn report_invalid_spec(
+    p: &RecommenderPipeline,
+    ctx: &Context,
+    mut status: RecommenderPipelineStatus,
+    invalid: &InvalidSpec,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let namespace = p.namespace().ok_or_else(|| Error::NoNamespace(p.name_any()))?;
+    warn!(pipeline = %p.name_any(), field = %invalid.field, message = %invalid.message, "invalid spec");
+    let generation = p.metadata.generation;
+    let already_reported = status.observed_generation == generation
+        && status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec");
+    set_condition(&mut status.conditions, ConditionType::Ready, false, "InvalidSpec", invalid.to_string(), generation, &Time(now));
+    status.observed_generation = generation;
+    if !already_reported {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note: Some(truncate(&invalid.to_string(), 1024)),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &p.object_ref(&())).await {
+            warn!(%error, "could not publish event");
+        }
+    }
+    write_pipeline_status(p, ctx, &namespace, status).await?;
+    Ok(Action::requeue(INVALID_SPEC_RECHECK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes_with_jitter() {
+        assert_eq!(backoff_delay(1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff_delay(3, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff_delay(30, 1.0), Duration::from_secs(300));
+        assert_eq!(backoff_delay(3, 0.0), Duration::from_secs(2));
+        assert!(backoff_delay(0, 0.5) >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn events_name_the_transition() {
+        let entry = |from, to| HistoryEntry { time: Timestamp::UNIX_EPOCH, version: "v2".into(), from, to, reason: String::new() };
+        assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Stable)).0, "Promoted");
+        assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Canary)).0, "CanaryStepPassed");
+        assert!(matches!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::RolledBack)).1, EventType::Warning));
+    }
+
+    #[test]
+    fn truncates_on_character_boundaries() {
+        assert_eq!(truncate("ééé", 2), "éé");
+        assert_eq!(truncate("ab", 5), "ab");
+    }
+}

@@ -1,0 +1,411 @@
+//! Pure builders from a pipeline (and its serving versions) to the
+//! Kubernetes objects that run it. No I/O: the reconciler applies what these
+//! return with server-side apply, and tests compare their fields.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL};
+use reco_rollout::RoutingTable;
+use serde::Serialize;
+
+/// Port of every service's HTTP endpoint (client API, `/metrics`, probes).
+pub const HTTP_PORT: i32 = 8080;
+/// Port of every service's gRPC endpoint.
+pub const GRPC_PORT: i32 = 50051;
+/// Key of the routing table in the routing ConfigMap.
+pub const ROUTING_KEY: &str = "routing.yaml";
+/// Key of the per-version service addresses in the routing ConfigMap.
+pub const ENDPOINTS_KEY: &str = "endpoints.yaml";
+/// Where gateways mount the routing ConfigMap; they hot-reload it.
+const ROUTING_MOUNT: &str = "/etc/reco/routing";
+const MANAGED_BY: &str = "reco-operator";
+
+/// A deployed part of a pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Gateway,
+    Features,
+    Retrieval,
+    Ranking,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Features => "features",
+            Self::Retrieval => "retrieval",
+            Self::Ranking => "ranking",
+        }
+    }
+
+    fn default_replicas(self) -> i32 {
+        match self {
+            Self::Gateway => 2,
+            Self::Features | Self::Retrieval | Self::Ranking => 1,
+        }
+    }
+
+    /// Requests and limits when the pipeline sets none: the model servers
+    /// hold embeddings and libtorch, the gateway and features are lighter.
+    fn default_resources(self) -> ResourceRequirements {
+        let (cpu_req, mem_req, cpu_lim, mem_lim) = match self {
+            Self::Gateway => ("100m", "128Mi", "1", "512Mi"),
+            Self::Features => ("100m", "256Mi", "1", "1Gi"),
+            Self::Retrieval | Self::Ranking => ("250m", "512Mi", "2", "2Gi"),
+        };
+        let q = |cpu: &str, mem: &str| {
+            BTreeMap::from([("cpu".to_owned(), Quantity(cpu.to_owned())), ("memory".to_owned(), Quantity(mem.to_owned()))])
+        };
+        ResourceRequirements { requests: Some(q(cpu_req, mem_req)), limits: Some(q(cpu_lim, mem_lim)), ..Default::default() }
+    }
+}
+
+/// Kubernetes names are DNS labels (63 characters for Services): long
+/// pipeline and version names are cut and made unique with a hash suffix.
+pub fn object_name(parts: &[&str]) -> String {
+    const MAX: usize = 63;
+    let full = parts.join("-").to_lowercase();
+    if full.len() <= MAX {
+        return full;
+    }
+    let hash = xxhash_rust::xxh3::xxh3_64(full.as_bytes());
+    let suffix = format!("{:08x}", hash as u32);
+    let keep = &full[..MAX - suffix.len() - 1];
+    format!("{}-{suffix}", keep.trim_end_matches('-'))
+}
+
+/// Name of a per-version component's Deployment and Service.
+pub fn version_object_name(pipeline: &str, component: Component, version: &str) -> String {
+    object_name(&[pipeline, component.as_str(), version])
+}
+
+/// Name of the routing ConfigMap.
+pub fn routing_configmap_name(pipeline: &str) -> String {
+    object_name(&[pipeline, "routing"])
+}
+
+/// The labels every object of a component carries; the first four select its pods.
+pub fn labels(pipeline: &str, component: Component, version: Option<&str>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "reco".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), pipeline.to_owned()),
+        ("app.kubernetes.io/component".to_owned(), component.as_str().to_owned()),
+        (PIPELINE_LABEL.to_owned(), pipeline.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "reco".to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned()),
+    ]);
+    if let Some(version) = version {
+        labels.insert(VERSION_LABEL.to_owned(), version.to_owned());
+    }
+    labels
+}
+
+fn selector(pipeline: &str, component: Component, version: Option<&str>) -> BTreeMap<String, String> {
+    let mut labels = labels(pipeline, component, version);
+    labels.retain(|k, _| k != "app.kubernetes.io/part-of" && k != "app.kubernetes.io/managed-by");
+    labels
+}
+
+fn metadata(p: &RecommenderPipeline, name: String, component: Component, version: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: p.metadata.namespace.clone(),
+        labels: Some(labels(&p.name_unchecked(), component, version)),
+        owner_references: p.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period_seconds),
+        ..Default::default()
+    }
+}
+
+/// What differs between the components' Deployments.
+struct PodPlan<'a> {
+    name: String,
+    component: Component,
+    version: Option<&'a str>,
+    settings: &'a ComponentSpec,
+    image: String,
+    args: Vec<String>,
+    extra_volumes: Vec<(Volume, VolumeMount)>,
+}
+
+fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
+    let pipeline = p.name_unchecked();
+    let tmp = (
+        Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        VolumeMount { name: "tmp".to_owned(), mount_path: "/tmp".to_owned(), ..Default::default() },
+    );
+    let (volumes, mounts): (Vec<_>, Vec<_>) = std::iter::once(tmp).chain(plan.extra_volumes).unzip();
+    let container = Container {
+        name: plan.component.as_str().to_owned(),
+        image: Some(plan.image),
+        args: Some(plan.args),
+        ports: Some(vec![
+            ContainerPort { name: Some("http".to_owned()), container_port: HTTP_PORT, ..Default::default() },
+            ContainerPort { name: Some("grpc".to_owned()), container_port: GRPC_PORT, ..Default::default() },
+        ]),
+        env: Some(vec![EnvVar { name: "RUST_LOG".to_owned(), value: Some("info".to_owned()), ..Default::default() }]),
+        resources: Some(plan.settings.resources.clone().unwrap_or_else(|| plan.component.default_resources())),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        readiness_probe: Some(http_probe("/readyz", 5)),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let pod_labels = labels(&pipeline, plan.component, plan.version);
+    Deployment {
+        metadata: metadata(p, plan.name, plan.component, plan.version),
+        spec: Some(DeploymentSpec {
+            replicas: Some(plan.settings.replicas.unwrap_or(plan.component.default_replicas())),
+            selector: LabelSelector {
+                match_labels: Some(selector(&pipeline, plan.component, plan.version)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(p: &RecommenderPipeline, name: String, component: Component, version: Option<&str>) -> Service {
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        ..Default::default()
+    };
+    Service {
+        metadata: metadata(p, name, component, version),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&p.name_unchecked(), component, version)),
+            ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn image_of(p: &RecommenderPipeline, settings: &ComponentSpec) -> String {
+    settings.image.clone().unwrap_or_else(|| p.spec.image.clone())
+}
+
+fn service_url(p: &RecommenderPipeline, name: &str) -> String {
+    let namespace = p.metadata.namespace.as_deref().unwrap_or("default");
+    format!("http://{name}.{namespace}.svc:{GRPC_PORT}")
+}
+
+/// The gateway Deployment: it mounts the routing ConfigMap and hot-reloads it.
+pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
+    let pipeline = p.name_unchecked();
+    let spec = &p.spec.gateway;
+    let routing = routing_configmap_name(&pipeline);
+    let args = vec![
+        "serve".to_owned(),
+        "gateway".to_owned(),
+        format!("--pipeline={pipeline}"),
+        format!("--http=0.0.0.0:{HTTP_PORT}"),
+        format!("--grpc=0.0.0.0:{GRPC_PORT}"),
+        format!("--routing-file={ROUTING_MOUNT}/{ROUTING_KEY}"),
+        format!("--endpoints-file={ROUTING_MOUNT}/{ENDPOINTS_KEY}"),
+        format!("--features-url={}", service_url(p, &object_name(&[&pipeline, "features"]))),
+        format!("--deadline-ms={}", spec.deadline_ms),
+        format!("--cache-ttl-seconds={}", spec.cache_ttl_seconds),
+        format!("--mmr-lambda={}", p.spec.diversity.mmr_lambda),
+        format!("--max-per-category={}", p.spec.diversity.max_per_category),
+        format!("--freshness-boost={}", p.spec.diversity.freshness_boost),
+    ];
+    let routing_volume = (
+        Volume {
+            name: "routing".to_owned(),
+            config_map: Some(k8s_openapi::api::core::v1::ConfigMapVolumeSource {
+                name: routing.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        VolumeMount { name: "routing".to_owned(), mount_path: ROUTING_MOUNT.to_owned(), read_only: Some(true), ..Default::default() },
+    );
+    deployment(p, PodPlan {
+        name: object_name(&[&pipeline, "gateway"]),
+        component: Component::Gateway,
+        version: None,
+        settings: &spec.component,
+        image: image_of(p, &spec.component),
+        args,
+        extra_volumes: vec![routing_volume],
+    })
+}
+
+/// The feature service Deployment; it also ingests events.
+pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
+    let pipeline = p.name_unchecked();
+    let spec = &p.spec.features;
+    let mut args = vec![
+        "serve".to_owned(),
+        "features".to_owned(),
+        format!("--pipeline={pipeline}"),
+        format!("--http=0.0.0.0:{HTTP_PORT}"),
+        format!("--grpc=0.0.0.0:{GRPC_PORT}"),
+        format!("--backend={}", serde_variant(&spec.backend)),
+        format!("--event-sink={}", serde_variant(&p.spec.events.sink)),
+        "--data-dir=/var/lib/reco".to_owned(),
+    ];
+    args.extend(spec.redis_url.iter().map(|url| format!("--redis-url={url}")));
+    args.extend(p.spec.events.kafka_brokers.iter().map(|b| format!("--kafka-brokers={b}")));
+    args.extend(p.spec.events.kafka_topic.iter().map(|t| format!("--kafka-topic={t}")));
+    let data = (
+        Volume { name: "data".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        VolumeMount { name: "data".to_owned(), mount_path: "/var/lib/reco".to_owned(), ..Default::default() },
+    );
+    deployment(p, PodPlan {
+        name: object_name(&[&pipeline, "features"]),
+        component: Component::Features,
+        version: None,
+        settings: &spec.component,
+        image: image_of(p, &spec.component),
+        args,
+        extra_volumes: vec![data],
+    })
+}
+
+/// Retrieval or ranking for one model version.
+pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: Component) -> Deployment {
+    let pipeline = p.name_unchecked();
+    let version = v.name_unchecked();
+    let settings = match component {
+        Component::Retrieval => &p.spec.retrieval.component,
+        _ => &p.spec.ranking.component,
+    };
+    let mut args = vec![
+        "serve".to_owned(),
+        component.as_str().to_owned(),
+        format!("--pipeline={pipeline}"),
+        format!("--model-version={version}"),
+        format!("--model-uri={}", v.spec.artifact_uri),
+        format!("--http=0.0.0.0:{HTTP_PORT}"),
+        format!("--grpc=0.0.0.0:{GRPC_PORT}"),
+    ];
+    match component {
+        Component::Retrieval => {
+            let r = &p.spec.retrieval;
+            args.push(format!("--candidates={}", r.candidates));
+            args.push(format!("--vector-store={}", serde_variant(&r.vector_store)));
+            args.extend(r.qdrant_url.iter().map(|url| format!("--qdrant-url={url}")));
+        }
+        _ => {
+            args.push(format!("--batch-size={}", p.spec.ranking.batch_size));
+            let weights: Vec<String> = p.spec.ranking.value_weights.iter().map(|(k, w)| format!("{k}={w}")).collect();
+            args.push(format!("--value-weights={}", weights.join(",")));
+        }
+    }
+    let image = v.spec.image.clone().unwrap_or_else(|| image_of(p, settings));
+    deployment(p, PodPlan {
+        name: version_object_name(&pipeline, component, &version),
+        component,
+        version: Some(&version),
+        settings,
+        image,
+        args,
+        extra_volumes: Vec::new(),
+    })
+}
+
+pub fn gateway_service(p: &RecommenderPipeline) -> Service {
+    service(p, object_name(&[&p.name_unchecked(), "gateway"]), Component::Gateway, None)
+}
+
+pub fn features_service(p: &RecommenderPipeline) -> Service {
+    service(p, object_name(&[&p.name_unchecked(), "features"]), Component::Features, None)
+}
+
+pub fn version_service(p: &RecommenderPipeline, version: &str, component: Component) -> Service {
+    let pipeline = p.name_unchecked();
+    service(p, version_object_name(&pipeline, component, version), component, Some(version))
+}
+
+/// Addresses of one version's retrieval and ranking services, for gateways.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VersionEndpoints {
+    pub retrieval: String,
+    pub ranking: String,
+}
+
+/// The routing ConfigMap: the table gateways route by, and where each
+/// version's services are.
+pub fn routing_configmap(p: &RecommenderPipeline, routing: &RoutingTable, versions: &[&str]) -> ConfigMap {
+    let pipeline = p.name_unchecked();
+    let endpoints: BTreeMap<&str, VersionEndpoints> = versions
+        .iter()
+        .map(|v| {
+            let url = |c| service_url(p, &version_object_name(&pipeline, c, v));
+            (*v, VersionEndpoints { retrieval: url(Component::Retrieval), ranking: url(Component::Ranking) })
+        })
+        .collect();
+    ConfigMap {
+        metadata: metadata(p, routing_configmap_name(&pipeline), Component::Gateway, None),
+        data: Some(BTreeMap::from([
+            (ROUTING_KEY.to_owned(), to_yaml(routing)),
+            (ENDPOINTS_KEY.to_owned(), to_yaml(&endpoints)),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// YAML of the routing data: plain strings and numbers, which always serialize.
+fn to_yaml<T: Serialize>(value: &T) -> String {
+    serde_saphyr::to_string(value).expect("routing data always serializes")
+}
+
+/// The enum variant's name as serde writes it (`Embedded`, `Redis`, ...), lower-cased for flags.
+fn serde_variant<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_lowercase))
+        .unwrap_or_default()
+}

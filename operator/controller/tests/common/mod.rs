@@ -1,0 +1,282 @@
+//! Shared harness of the operator tests: the API test double with the reco
+//! CRDs, the operator started in-process, and a scripted metric source.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, CustomResourceExt};
+use prometheus_client::registry::Registry;
+use reco_api::{ModelVersion, RecommenderPipeline};
+use reco_kube_testserver::TestApiServer;
+use reco_metric_source::{MetricSource, SourceError, WindowQuery};
+use reco_operator::controller::{self, WatchScope};
+use reco_operator::sources::MetricSources;
+use reco_operator::telemetry::OperatorMetrics;
+use reco_rollout::{RoutingTable, SideMetrics, VersionPhase, WindowMetrics};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const NAMESPACE: &str = "reco";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The API server and what the tests read and script.
+pub struct Scenario {
+    pub server: TestApiServer,
+    pub client: Client,
+    pub metrics: Arc<ScriptedMetrics>,
+    pub routing_log: RoutingLog,
+}
+
+impl Scenario {
+    pub async fn start() -> Self {
+        let server = TestApiServer::start().await.expect("test API server starts");
+        for crd in [serde_json::to_value(RecommenderPipeline::crd()).unwrap(), serde_json::to_value(ModelVersion::crd()).unwrap()] {
+            server.register_crd(&crd).expect("CRD registers");
+        }
+        let client = server.client();
+        let routing_log = RoutingLog::start(client.clone());
+        Self { server, client, metrics: Arc::new(ScriptedMetrics::default()), routing_log }
+    }
+
+    pub fn pipelines(&self) -> Api<RecommenderPipeline> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub fn versions(&self) -> Api<ModelVersion> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub async fn create_pipeline(&self, object: Value) -> RecommenderPipeline {
+        let object: RecommenderPipeline = serde_json::from_value(object).expect("a pipeline");
+        self.pipelines().create(&PostParams::default(), &object).await.expect("pipeline created")
+    }
+
+    pub async fn create_version(&self, object: Value) -> ModelVersion {
+        let object: ModelVersion = serde_json::from_value(object).expect("a model version");
+        self.versions().create(&PostParams::default(), &object).await.expect("version created")
+    }
+
+    pub async fn version(&self, name: &str) -> ModelVersion {
+        self.versions().get(name).await.expect("version exists")
+    }
+
+    /// Polls until `check` gives a value, or fails the test after 30 s.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_for_phase(&self, version: &str, phase: VersionPhase) -> ModelVersion {
+        self.eventually(&format!("{version} in phase {phase:?}"), || async {
+            let v = self.versions().get(version).await.ok()?;
+            (v.status.as_ref()?.phase? == phase).then_some(v)
+        })
+        .await
+    }
+
+    pub async fn wait_for_terminal(&self, version: &str) -> VersionPhase {
+        self.eventually(&format!("{version} rollout ended"), || async {
+            let phase = self.versions().get(version).await.ok()?.status?.phase?;
+            matches!(phase, VersionPhase::RolledBack | VersionPhase::Failed).then_some(phase)
+        })
+        .await
+    }
+
+    /// The routing table in the pipeline's routing ConfigMap.
+    pub async fn routing(&self, pipeline: &str) -> RoutingTable {
+        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let name = format!("{pipeline}-routing");
+        let cm = self.eventually("routing ConfigMap", || async { configmaps.get(&name).await.ok() }).await;
+        let yaml = cm.data.unwrap_or_default().remove("routing.yaml").expect("routing.yaml key");
+        serde_saphyr::from_str(&yaml).expect("routing.yaml parses")
+    }
+
+    /// Number of Events (events.k8s.io/v1) with this reason.
+    pub async fn events_with_reason(&self, reason: &str) -> usize {
+        self.server.objects("events.k8s.io", "events").iter().filter(|e| e["reason"] == reason).count()
+    }
+}
+
+/// A pipeline whose steps take about a second each: shadow, canary 10%, canary 50%.
+pub fn fast_pipeline(name: &str) -> Value {
+    json!({
+        "apiVersion": "reco.seed.dev/v1alpha1",
+        "kind": "RecommenderPipeline",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "rollout": {
+                "steps": [
+                    {"shadow": {"duration": "1s"}},
+                    {"canary": {"weight": 10, "minImpressions": 2000, "maxDuration": "5m"}},
+                    {"canary": {"weight": 50, "minImpressions": 2000, "maxDuration": "5m"}},
+                ],
+                "analysis": {"interval": "200ms"},
+            },
+        },
+    })
+}
+
+pub fn model_version(pipeline: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "reco.seed.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"pipeline": pipeline, "artifactUri": format!("file:///models/{name}"), "offlineMetrics": {"ndcg@10": 0.1}},
+    })
+}
+
+/// The operator's controller running in this process.
+pub struct Operator {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Operator {
+    pub async fn start(s: &Scenario) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let client = s.client.clone();
+        let sources = s.metrics.clone() as Arc<dyn MetricSources>;
+        let metrics = Arc::new(OperatorMetrics::register(&mut Registry::default()));
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            controller::run(client, WatchScope::default(), "test", metrics, sources, shutdown).await;
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the controller gracefully and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(PATIENCE, self.task).await.expect("operator stops").expect("operator task");
+    }
+}
+
+/// Metrics as if every version served `RATE` impressions per second per
+/// side with the CTR the test set, and a record of the routing it saw.
+#[derive(Default)]
+pub struct ScriptedMetrics {
+    ctr: Mutex<HashMap<String, f64>>,
+    unavailable: Mutex<Option<String>>,
+}
+
+const RATE: f64 = 40_000.0;
+
+impl ScriptedMetrics {
+    pub fn set_ctr(&self, version: &str, ctr: f64) {
+        self.ctr.lock().unwrap().insert(version.to_owned(), ctr);
+    }
+
+    /// Makes every look fail with `reason` (None: metrics come back).
+    pub fn set_unavailable(&self, reason: Option<&str>) {
+        *self.unavailable.lock().unwrap() = reason.map(str::to_owned);
+    }
+
+}
+
+impl MetricSources for ScriptedMetrics {
+    fn for_pipeline<'a>(&'a self, _p: &'a RecommenderPipeline) -> BoxFuture<'a, Result<Arc<dyn MetricSource>, String>> {
+        Box::pin(async move {
+            match self.unavailable.lock().unwrap().clone() {
+                Some(reason) => Err(reason),
+                None => Ok(Arc::new(ScriptedSource { ctr: self.ctr.lock().unwrap().clone() }) as Arc<dyn MetricSource>),
+            }
+        })
+    }
+}
+
+/// One look's worth of [`ScriptedMetrics`].
+struct ScriptedSource {
+    ctr: HashMap<String, f64>,
+}
+
+impl ScriptedSource {
+    fn side(&self, version: &str, seconds: f64, shadow: bool) -> SideMetrics {
+        let ctr = self.ctr.get(version).copied().unwrap_or(0.05);
+        let impressions = (seconds * RATE) as u64;
+        SideMetrics {
+            impressions: if shadow { 0 } else { impressions },
+            clicks: if shadow { 0 } else { (impressions as f64 * ctr).round() as u64 },
+            requests: impressions / 20,
+            errors: 0,
+            p99_latency_seconds: Some(0.02),
+        }
+    }
+}
+
+impl MetricSource for ScriptedSource {
+    fn window<'a>(&'a self, q: &'a WindowQuery) -> BoxFuture<'a, Result<WindowMetrics, SourceError>> {
+        Box::pin(async move {
+            let seconds = q.now.duration_since(q.start).as_secs_f64().max(0.0);
+            Ok(WindowMetrics {
+                stable: self.side(&q.stable, seconds, false),
+                candidate: self.side(&q.candidate, seconds, q.candidate_is_shadow),
+            })
+        })
+    }
+}
+
+/// Every distinct routing table the operator wrote, as gateways would have
+/// seen them, recorded by watching the routing ConfigMaps.
+#[derive(Clone, Default)]
+pub struct RoutingLog(Arc<Mutex<Vec<RoutingTable>>>);
+
+impl RoutingLog {
+    fn start(client: Client) -> Self {
+        let log = Self::default();
+        let recorded = log.clone();
+        let configmaps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher(configmaps, watcher::Config::default()).applied_objects());
+            while let Some(Ok(cm)) = events.next().await {
+                let Some(yaml) = cm.data.as_ref().and_then(|d| d.get("routing.yaml")) else { continue };
+                let Ok(table) = serde_saphyr::from_str::<RoutingTable>(yaml) else { continue };
+                let mut tables = recorded.0.lock().unwrap();
+                if tables.last() != Some(&table) {
+                    tables.push(table);
+                }
+            }
+        });
+        log
+    }
+
+    /// The weights `version` was served at while it shared traffic, in order, without repeats.
+    pub fn canary_weights(&self, version: &str) -> Vec<u8> {
+        let mut weights: Vec<u8> = Vec::new();
+        for table in self.0.lock().unwrap().iter().filter(|t| t.versions.len() > 1) {
+            if let Some(v) = table.versions.iter().find(|v| v.name == version) {
+                if weights.last() != Some(&v.weight) {
+                    weights.push(v.weight);
+                }
+            }
+        }
+        weights
+    }
+
+    /// Whether `stable` had users in every table written since it became stable.
+    pub fn always_serves(&self, stable: &str) -> bool {
+        let tables = self.0.lock().unwrap();
+        let since = tables.iter().position(|t| t.versions.iter().any(|v| v.name == stable));
+        since.is_some() && tables[since.unwrap()..].iter().all(|t| t.versions.iter().any(|v| v.name == stable && v.weight > 0))
+    }
+}
