@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use reco_rollout::{AnalysisPolicy, OfflineGate, OnTimeout, RolloutPolicy, Step};
 
-use crate::pipeline::{
-    AnalysisSpec, MetricSourceKind, RecommenderPipelineSpec, RolloutStepSpec, TimeoutAction,
-};
+use crate::pipeline::{AnalysisSpec, MetricSourceKind, RecommenderPipelineSpec, RolloutStepSpec, TimeoutAction};
 
 /// A spec the operator cannot act on, with the field at fault.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -59,6 +57,10 @@ impl RecommenderPipelineSpec {
         for (i, step) in spec.steps.iter().enumerate() {
             let field = format!("spec.rollout.steps[{i}]");
             let step = convert_step(&field, step)?;
+            if matches!(step, Step::Shadow { .. }) && last_weight > 0 {
+                // Weights only grow within a rollout: no mirroring after users were served.
+                return Err(invalid(format!("{field}.shadow"), "shadow steps must come before canary steps"));
+            }
             if let Step::Canary { weight, .. } = step {
                 if weight <= last_weight {
                     return Err(invalid(
@@ -96,9 +98,9 @@ impl RecommenderPipelineSpec {
 
 fn convert_step(field: &str, step: &RolloutStepSpec) -> Result<Step, InvalidSpec> {
     match (&step.shadow, &step.canary) {
-        (Some(shadow), None) => Ok(Step::Shadow {
-            duration: parse_duration(&format!("{field}.shadow.duration"), &shadow.duration)?,
-        }),
+        (Some(shadow), None) => {
+            Ok(Step::Shadow { duration: parse_duration(&format!("{field}.shadow.duration"), &shadow.duration)? })
+        }
         (None, Some(canary)) => {
             if !(1..=100).contains(&canary.weight) {
                 return Err(invalid(
@@ -164,7 +166,7 @@ mod tests {
     fn default_spec_converts_to_shadow_then_increasing_canaries() {
         let spec: RecommenderPipelineSpec = serde_json::from_value(serde_json::json!({})).unwrap();
         let policy = spec.rollout_policy().unwrap();
-        assert!(matches!(policy.steps[0], Step::Shadow { duration } if duration == Duration::from_secs(300)));
+        assert!(matches!(policy.steps[0], Step::Shadow { duration } if duration == Duration::from_secs(600)));
         let weights: Vec<u8> = policy
             .steps
             .iter()
@@ -175,6 +177,12 @@ mod tests {
             .collect();
         assert_eq!(weights, [10, 25, 50]);
         assert_eq!(policy.analysis.on_timeout, OnTimeout::Rollback);
+    }
+
+    #[test]
+    fn default_spec_is_the_policy_checked_by_simulation() {
+        let spec: RecommenderPipelineSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(spec.rollout_policy().unwrap(), RolloutPolicy::recommended());
     }
 
     #[test]
@@ -189,6 +197,13 @@ mod tests {
             (spec_with_steps(vec![]), "spec.rollout.steps"),
             (spec_with_steps(vec![canary(20), canary(10)]), "spec.rollout.steps[1].canary.weight"),
             (spec_with_steps(vec![canary(20), canary(20)]), "spec.rollout.steps[1].canary.weight"),
+            (
+                spec_with_steps(vec![
+                    canary(20),
+                    RolloutStepSpec { shadow: Some(ShadowStepSpec { duration: "1m".into() }), canary: None },
+                ]),
+                "spec.rollout.steps[1].shadow",
+            ),
             (spec_with_steps(vec![canary(0)]), "spec.rollout.steps[0].canary.weight"),
             (spec_with_steps(vec![canary(101)]), "spec.rollout.steps[0].canary.weight"),
             (spec_with_steps(vec![both]), "spec.rollout.steps[0]"),

@@ -7,7 +7,9 @@ use kube::core::cel::Validator;
 use reco_api::{ModelVersion, RecommenderPipeline};
 use serde_json::{Value, json};
 
-fn schema_of(crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
+fn schema_of(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
     serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap()
 }
 
@@ -60,9 +62,21 @@ fn pipeline_rules_accept_good_specs_and_name_bad_ones() {
             json!({"rollout": {"steps": [{"canary": {"weight": 5, "minImpressions": 0}}]}}),
             Some("minImpressions must be above zero"),
         ),
-        ("margin of 1", json!({"rollout": {"analysis": {"ctrMargin": 1.0}}}), Some("ctrMargin must be strictly between 0 and 1")),
-        ("margin of 0", json!({"rollout": {"analysis": {"ctrMargin": 0.0}}}), Some("ctrMargin must be strictly between 0 and 1")),
-        ("confidence of 1", json!({"rollout": {"analysis": {"confidence": 1.0}}}), Some("confidence must be strictly between 0 and 1")),
+        (
+            "margin of 1",
+            json!({"rollout": {"analysis": {"ctrMargin": 1.0}}}),
+            Some("ctrMargin must be strictly between 0 and 1"),
+        ),
+        (
+            "margin of 0",
+            json!({"rollout": {"analysis": {"ctrMargin": 0.0}}}),
+            Some("ctrMargin must be strictly between 0 and 1"),
+        ),
+        (
+            "confidence of 1",
+            json!({"rollout": {"analysis": {"confidence": 1.0}}}),
+            Some("confidence must be strictly between 0 and 1"),
+        ),
         (
             "prometheus without url",
             json!({"rollout": {"analysis": {"source": "Prometheus"}}}),
@@ -73,11 +87,31 @@ fn pipeline_rules_accept_good_specs_and_name_bad_ones() {
             json!({"rollout": {"analysis": {"source": "Prometheus", "prometheusUrl": "http://prometheus:9090"}}}),
             None,
         ),
-        ("redis without url", json!({"features": {"backend": "Redis"}}), Some("redisUrl is required when backend is Redis")),
-        ("qdrant without url", json!({"retrieval": {"vectorStore": "Qdrant"}}), Some("qdrantUrl is required when vectorStore is Qdrant")),
-        ("kafka without brokers", json!({"events": {"sink": "Kafka"}}), Some("kafkaBrokers and kafkaTopic are required when sink is Kafka")),
-        ("latest image", json!({"image": "ghcr.io/reco-seed/reco:latest"}), Some("image must be set and pinned to a tag or digest other than latest")),
-        ("gate regression of 1", json!({"rollout": {"offlineGate": {"metric": "ndcg@10", "maxRegression": 1.0}}}), Some("maxRegression must be in [0, 1)")),
+        (
+            "redis without url",
+            json!({"features": {"backend": "Redis"}}),
+            Some("redisUrl is required when backend is Redis"),
+        ),
+        (
+            "qdrant without url",
+            json!({"retrieval": {"vectorStore": "Qdrant"}}),
+            Some("qdrantUrl is required when vectorStore is Qdrant"),
+        ),
+        (
+            "kafka without brokers",
+            json!({"events": {"sink": "Kafka"}}),
+            Some("kafkaBrokers and kafkaTopic are required when sink is Kafka"),
+        ),
+        (
+            "latest image",
+            json!({"image": "ghcr.io/reco-seed/reco:latest"}),
+            Some("image must be set and pinned to a tag or digest other than latest"),
+        ),
+        (
+            "gate regression of 1",
+            json!({"rollout": {"offlineGate": {"metric": "ndcg@10", "maxRegression": 1.0}}}),
+            Some("maxRegression must be in [0, 1)"),
+        ),
     ];
     for (name, spec, expected) in cases {
         let found = failures(&schema, &pipeline(spec), None);

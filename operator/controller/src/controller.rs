@@ -24,7 +24,7 @@ use reco_api::{
     PROMOTE_ANNOTATION, RecommenderPipeline, RecommenderPipelineStatus, set_condition,
 };
 use reco_metric_source::WindowQuery;
-use reco_rollout::analysis::{analyse_canary, analyse_shadow, metrics_unavailable};
+use reco_rollout::analysis::metrics_unavailable;
 use reco_rollout::engine::{HistoryEntry, Observation};
 use reco_rollout::{AnalysisReport, Command, Decision, RolloutPolicy, Step, VersionInfo, VersionPhase, decide};
 use serde::Serialize;
@@ -88,8 +88,11 @@ pub async fn run(
     sources: Arc<dyn MetricSources>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let namespaces: Vec<Option<&str>> =
-        if scope.namespaces.is_empty() { vec![None] } else { scope.namespaces.iter().map(|n| Some(n.as_str())).collect() };
+    let namespaces: Vec<Option<&str>> = if scope.namespaces.is_empty() {
+        vec![None]
+    } else {
+        scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
     let api = |ns: Option<&str>| -> (Api<RecommenderPipeline>, Api<ModelVersion>) {
         match ns {
             None => (Api::all(client.clone()), Api::all(client.clone())),
@@ -97,9 +100,9 @@ pub async fn run(
         }
     };
     let (versions, writer) = reflector::store();
-    let version_events = futures::stream::select_all(namespaces.iter().map(|ns| {
-        watcher(api(*ns).1, watcher::Config::default()).default_backoff().boxed()
-    }))
+    let version_events = futures::stream::select_all(
+        namespaces.iter().map(|ns| watcher(api(*ns).1, watcher::Config::default()).default_backoff().boxed()),
+    )
     .reflect(writer)
     .applied_objects();
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.into()) };
@@ -113,9 +116,9 @@ pub async fn run(
     });
 
     let (pipeline_reader, pipeline_writer) = reflector::store();
-    let pipelines = futures::stream::select_all(namespaces.iter().map(|ns| {
-        watcher(api(*ns).0, watcher::Config::default()).default_backoff().boxed()
-    }))
+    let pipelines = futures::stream::select_all(
+        namespaces.iter().map(|ns| watcher(api(*ns).0, watcher::Config::default()).default_backoff().boxed()),
+    )
     .reflect(pipeline_writer)
     .applied_objects()
     // Status writes do not bump the generation: only spec changes reconcile.
@@ -125,7 +128,11 @@ pub async fn run(
         let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
         let (deployments, services, configmaps): (Api<Deployment>, Api<Service>, Api<ConfigMap>) = match ns {
             None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
         };
         controller = controller.owns(deployments, owned.clone()).owns(services, owned.clone()).owns(configmaps, owned);
     }
@@ -178,7 +185,8 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     let now = Timestamp::now();
     let mut status = p.status.clone().unwrap_or_default();
 
-    let (policy, interval) = match p.spec.rollout_policy().and_then(|policy| Ok((policy, p.spec.analysis_interval()?))) {
+    let (policy, interval) = match p.spec.rollout_policy().and_then(|policy| Ok((policy, p.spec.analysis_interval()?)))
+    {
         Ok(valid) => valid,
         Err(invalid) => return report_invalid_spec(p, ctx, status, &invalid, now).await,
     };
@@ -207,14 +215,18 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     }
 
     let salt = p.spec.gateway.routing_salt.clone().unwrap_or_else(|| name.clone());
-    let decision = decide(&policy, &status.rollout, &Observation {
-        pipeline: &name,
-        salt: &salt,
-        versions: &infos,
-        analysis: analysis.as_ref(),
-        paused: p.spec.paused,
-        now,
-    });
+    let decision = decide(
+        &policy,
+        &status.rollout,
+        &Observation {
+            pipeline: &name,
+            salt: &salt,
+            versions: &infos,
+            analysis: analysis.as_ref(),
+            paused: p.spec.paused,
+            now,
+        },
+    );
 
     let serving = serving_versions(&decision);
     apply_objects(p, ctx, &namespace, &decision, &versions, &serving).await?;
@@ -240,7 +252,8 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     pipeline_conditions(&mut status, p.metadata.generation, &decision, &infos, &Time(now));
     write_pipeline_status(p, ctx, &namespace, status).await?;
 
-    let requeue = if decision.state.candidate.is_some() { decision.requeue_after.min(interval) } else { decision.requeue_after };
+    let requeue =
+        if decision.state.candidate.is_some() { decision.requeue_after.min(interval) } else { decision.requeue_after };
     Ok(Action::requeue(requeue))
 }
 
@@ -272,9 +285,11 @@ fn deployment_failure(version: &str, deployments: &[Deployment]) -> Option<Strin
         .filter(|d| d.labels().get(reco_api::VERSION_LABEL).map(String::as_str) == Some(version))
         .find_map(|d| {
             let conditions = d.status.as_ref()?.conditions.as_ref()?;
-            let stuck = conditions
-                .iter()
-                .find(|c| c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))?;
+            let stuck = conditions.iter().find(|c| {
+                c.type_ == "Progressing"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })?;
             Some(format!(
                 "Deployment {} did not become available: {}",
                 d.name_any(),
@@ -317,8 +332,9 @@ async fn look_at_metrics(
         Err(e) => Err(e),
     };
     Some(match window {
-        Ok(window) if is_shadow => analyse_shadow(&policy.analysis, &window),
-        Ok(window) => analyse_canary(&policy.analysis, &window),
+        // One sequential test across all canary steps (earlier steps' counts
+        // are kept in the candidate), so repeated looks keep the error rate.
+        Ok(window) => candidate.analyse(policy, &window),
         Err(reason) => {
             warn!(pipeline = %p.name_any(), %reason, "metrics unavailable");
             metrics_unavailable(&reason)
@@ -380,15 +396,16 @@ async fn delete_retired_objects(
     deployments: &[Deployment],
     serving: &BTreeSet<String>,
 ) -> Result<(), Error> {
-    let retired = |labels: &BTreeMap<String, String>| {
-        labels.get(reco_api::VERSION_LABEL).is_some_and(|v| !serving.contains(v))
-    };
+    let retired =
+        |labels: &BTreeMap<String, String>| labels.get(reco_api::VERSION_LABEL).is_some_and(|v| !serving.contains(v));
     let deployment_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     for d in deployments.iter().filter(|d| retired(d.labels())) {
         ignore_not_found(deployment_api.delete(&d.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
     }
     let service_api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
-    for s in service_api.list(&ListParams::default().labels(selector)).await?.items.iter().filter(|s| retired(s.labels())) {
+    for s in
+        service_api.list(&ListParams::default().labels(selector)).await?.items.iter().filter(|s| retired(s.labels()))
+    {
         ignore_not_found(service_api.delete(&s.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
     }
     Ok(())
@@ -419,10 +436,8 @@ async fn announce(p: &RecommenderPipeline, ctx: &Context, versions: &[Arc<ModelV
         action: "Rollout".into(),
         secondary: Some(p.object_ref(&())),
     };
-    let regarding = versions
-        .iter()
-        .find(|v| v.name_any() == t.version)
-        .map_or_else(|| p.object_ref(&()), |v| v.object_ref(&()));
+    let regarding =
+        versions.iter().find(|v| v.name_any() == t.version).map_or_else(|| p.object_ref(&()), |v| v.object_ref(&()));
     if let Err(error) = ctx.recorder.publish(&event, &regarding).await {
         warn!(%error, "could not publish event");
     }
@@ -480,9 +495,33 @@ async fn write_version_statuses(
         let degraded = matches!(decided.phase, VersionPhase::RolledBack | VersionPhase::Failed);
         let reason = format!("{:?}", decided.phase);
         let generation = v.metadata.generation;
-        set_condition(&mut status.conditions, ConditionType::Ready, serving, &reason, &decided.reason, generation, &now);
-        set_condition(&mut status.conditions, ConditionType::Progressing, progressing, &reason, &decided.reason, generation, &now);
-        set_condition(&mut status.conditions, ConditionType::Degraded, degraded, &reason, &decided.reason, generation, &now);
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Ready,
+            serving,
+            &reason,
+            &decided.reason,
+            generation,
+            &now,
+        );
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Progressing,
+            progressing,
+            &reason,
+            &decided.reason,
+            generation,
+            &now,
+        );
+        set_condition(
+            &mut status.conditions,
+            ConditionType::Degraded,
+            degraded,
+            &reason,
+            &decided.reason,
+            generation,
+            &now,
+        );
         if status != old {
             patch_status(&api, &v.name_any(), &old, &status).await?;
         }
@@ -512,22 +551,57 @@ fn pipeline_conditions(
     let conditions = &mut status.conditions;
     match &decision.state.stable {
         Some(stable) => {
-            let routes: Vec<String> = decision.routing.versions.iter().map(|v| format!("{} {}%", v.name, v.weight)).collect();
-            set_condition(conditions, ConditionType::Ready, true, "Serving", format!("serving {}", routes.join(", ")), generation, now);
+            let routes: Vec<String> =
+                decision.routing.versions.iter().map(|v| format!("{} {}%", v.name, v.weight)).collect();
+            set_condition(
+                conditions,
+                ConditionType::Ready,
+                true,
+                "Serving",
+                format!("serving {}", routes.join(", ")),
+                generation,
+                now,
+            );
             let broken = versions.iter().find(|v| &v.name == stable).and_then(|v| v.broken.clone());
             match broken {
-                Some(reason) => set_condition(conditions, ConditionType::Degraded, true, "StableUnhealthy", reason, generation, now),
+                Some(reason) => {
+                    set_condition(conditions, ConditionType::Degraded, true, "StableUnhealthy", reason, generation, now)
+                }
                 None => degraded_from_history(conditions, generation, decision, now),
             }
         }
         None => {
-            set_condition(conditions, ConditionType::Ready, false, "NoStableVersion", "waiting for a ModelVersion of this pipeline", generation, now);
+            set_condition(
+                conditions,
+                ConditionType::Ready,
+                false,
+                "NoStableVersion",
+                "waiting for a ModelVersion of this pipeline",
+                generation,
+                now,
+            );
             degraded_from_history(conditions, generation, decision, now);
         }
     }
     match &decision.state.candidate {
-        Some(c) => set_condition(conditions, ConditionType::Progressing, true, "RollingOut", format!("{} at step {}", c.version, c.step + 1), generation, now),
-        None => set_condition(conditions, ConditionType::Progressing, false, "Idle", "no rollout in progress", generation, now),
+        Some(c) => set_condition(
+            conditions,
+            ConditionType::Progressing,
+            true,
+            "RollingOut",
+            format!("{} at step {}", c.version, c.step + 1),
+            generation,
+            now,
+        ),
+        None => set_condition(
+            conditions,
+            ConditionType::Progressing,
+            false,
+            "Idle",
+            "no rollout in progress",
+            generation,
+            now,
+        ),
     }
 }
 
@@ -541,7 +615,15 @@ fn degraded_from_history(
     match decision.state.history.iter().rev().find(|h| h.to != VersionPhase::Retired) {
         Some(last) if matches!(last.to, VersionPhase::RolledBack | VersionPhase::Failed) => {
             let message = format!("{} {:?}: {}", last.version, last.to, last.reason);
-            set_condition(conditions, ConditionType::Degraded, true, &format!("{:?}", last.to), message, generation, now)
+            set_condition(
+                conditions,
+                ConditionType::Degraded,
+                true,
+                &format!("{:?}", last.to),
+                message,
+                generation,
+                now,
+            )
         }
         _ => set_condition(conditions, ConditionType::Degraded, false, "Healthy", "", generation, now),
     }
@@ -587,7 +669,15 @@ async fn report_invalid_spec(
     let generation = p.metadata.generation;
     let already_reported = status.observed_generation == generation
         && status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec");
-    set_condition(&mut status.conditions, ConditionType::Ready, false, "InvalidSpec", invalid.to_string(), generation, &Time(now));
+    set_condition(
+        &mut status.conditions,
+        ConditionType::Ready,
+        false,
+        "InvalidSpec",
+        invalid.to_string(),
+        generation,
+        &Time(now),
+    );
     status.observed_generation = generation;
     if !already_reported {
         let event = Event {
@@ -620,10 +710,19 @@ mod tests {
 
     #[test]
     fn events_name_the_transition() {
-        let entry = |from, to| HistoryEntry { time: Timestamp::UNIX_EPOCH, version: "v2".into(), from, to, reason: String::new() };
+        let entry = |from, to| HistoryEntry {
+            time: Timestamp::UNIX_EPOCH,
+            version: "v2".into(),
+            from,
+            to,
+            reason: String::new(),
+        };
         assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Stable)).0, "Promoted");
         assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Canary)).0, "CanaryStepPassed");
-        assert!(matches!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::RolledBack)).1, EventType::Warning));
+        assert!(matches!(
+            transition_reason(&entry(VersionPhase::Canary, VersionPhase::RolledBack)).1,
+            EventType::Warning
+        ));
     }
 
     #[test]

@@ -65,9 +65,16 @@ impl Component {
             Self::Retrieval | Self::Ranking => ("250m", "512Mi", "2", "2Gi"),
         };
         let q = |cpu: &str, mem: &str| {
-            BTreeMap::from([("cpu".to_owned(), Quantity(cpu.to_owned())), ("memory".to_owned(), Quantity(mem.to_owned()))])
+            BTreeMap::from([
+                ("cpu".to_owned(), Quantity(cpu.to_owned())),
+                ("memory".to_owned(), Quantity(mem.to_owned())),
+            ])
         };
-        ResourceRequirements { requests: Some(q(cpu_req, mem_req)), limits: Some(q(cpu_lim, mem_lim)), ..Default::default() }
+        ResourceRequirements {
+            requests: Some(q(cpu_req, mem_req)),
+            limits: Some(q(cpu_lim, mem_lim)),
+            ..Default::default()
+        }
     }
 }
 
@@ -201,7 +208,10 @@ fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
                     automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..Default::default() }),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -269,17 +279,25 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
             }),
             ..Default::default()
         },
-        VolumeMount { name: "routing".to_owned(), mount_path: ROUTING_MOUNT.to_owned(), read_only: Some(true), ..Default::default() },
+        VolumeMount {
+            name: "routing".to_owned(),
+            mount_path: ROUTING_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        },
     );
-    deployment(p, PodPlan {
-        name: object_name(&[&pipeline, "gateway"]),
-        component: Component::Gateway,
-        version: None,
-        settings: &spec.component,
-        image: image_of(p, &spec.component),
-        args,
-        extra_volumes: vec![routing_volume],
-    })
+    deployment(
+        p,
+        PodPlan {
+            name: object_name(&[&pipeline, "gateway"]),
+            component: Component::Gateway,
+            version: None,
+            settings: &spec.component,
+            image: image_of(p, &spec.component),
+            args,
+            extra_volumes: vec![routing_volume],
+        },
+    )
 }
 
 /// The feature service Deployment; it also ingests events.
@@ -303,15 +321,18 @@ pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
         Volume { name: "data".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
         VolumeMount { name: "data".to_owned(), mount_path: "/var/lib/reco".to_owned(), ..Default::default() },
     );
-    deployment(p, PodPlan {
-        name: object_name(&[&pipeline, "features"]),
-        component: Component::Features,
-        version: None,
-        settings: &spec.component,
-        image: image_of(p, &spec.component),
-        args,
-        extra_volumes: vec![data],
-    })
+    deployment(
+        p,
+        PodPlan {
+            name: object_name(&[&pipeline, "features"]),
+            component: Component::Features,
+            version: None,
+            settings: &spec.component,
+            image: image_of(p, &spec.component),
+            args,
+            extra_volumes: vec![data],
+        },
+    )
 }
 
 /// Retrieval or ranking for one model version.
@@ -345,15 +366,18 @@ pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: 
         }
     }
     let image = v.spec.image.clone().unwrap_or_else(|| image_of(p, settings));
-    deployment(p, PodPlan {
-        name: version_object_name(&pipeline, component, &version),
-        component,
-        version: Some(&version),
-        settings,
-        image,
-        args,
-        extra_volumes: Vec::new(),
-    })
+    deployment(
+        p,
+        PodPlan {
+            name: version_object_name(&pipeline, component, &version),
+            component,
+            version: Some(&version),
+            settings,
+            image,
+            args,
+            extra_volumes: Vec::new(),
+        },
+    )
 }
 
 pub fn gateway_service(p: &RecommenderPipeline) -> Service {
@@ -404,8 +428,5 @@ fn to_yaml<T: Serialize>(value: &T) -> String {
 
 /// The enum variant's name as serde writes it (`Embedded`, `Redis`, ...), lower-cased for flags.
 fn serde_variant<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_lowercase))
-        .unwrap_or_default()
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_lowercase)).unwrap_or_default()
 }

@@ -69,9 +69,7 @@ impl OperatorMetrics {
         let metrics = Self {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
-            reconcile_duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 14))
-            }),
+            reconcile_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
             rollout_phase: Family::default(),
             canary_weight: Family::default(),
             analysis_decisions: Family::default(),
@@ -80,7 +78,11 @@ impl OperatorMetrics {
         };
         let r = registry.sub_registry_with_prefix("reco_operator");
         r.register("reconciles", "Reconciles by controller and result", metrics.reconciles.clone());
-        r.register("reconcile_errors", "Failed reconciles by controller and error kind", metrics.reconcile_errors.clone());
+        r.register(
+            "reconcile_errors",
+            "Failed reconciles by controller and error kind",
+            metrics.reconcile_errors.clone(),
+        );
         r.register("reconcile_duration_seconds", "Time of one reconcile", metrics.reconcile_duration.clone());
         r.register("rollout_phase", "1 for the pipeline's current rollout phase", metrics.rollout_phase.clone());
         r.register("canary_weight", "Percentage of users served by the canary", metrics.canary_weight.clone());
@@ -94,14 +96,19 @@ impl OperatorMetrics {
         let result = if error.is_some() { "error" } else { "ok" };
         self.reconciles.get_or_create(&ResultLabels { controller: controller.into(), result: result.into() }).inc();
         if let Some(reason) = error {
-            self.reconcile_errors.get_or_create(&ErrorLabels { controller: controller.into(), reason: reason.into() }).inc();
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { controller: controller.into(), reason: reason.into() })
+                .inc();
         }
-        self.reconcile_duration.get_or_create(&ControllerLabels { controller: controller.into() }).observe(duration.as_secs_f64());
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels { controller: controller.into() })
+            .observe(duration.as_secs_f64());
     }
 
     pub fn pipeline_state(&self, namespace: &str, pipeline: &str, phase: &str, canary_weight: u8) {
         for candidate in PIPELINE_PHASES {
-            let labels = PhaseLabels { namespace: namespace.into(), pipeline: pipeline.into(), phase: candidate.into() };
+            let labels =
+                PhaseLabels { namespace: namespace.into(), pipeline: pipeline.into(), phase: candidate.into() };
             self.rollout_phase.get_or_create(&labels).set(i64::from(candidate == phase));
         }
         let labels = PipelineLabels { namespace: namespace.into(), pipeline: pipeline.into() };
@@ -110,7 +117,9 @@ impl OperatorMetrics {
 
     pub fn analysed(&self, namespace: &str, pipeline: &str, verdict: AnalysisVerdict) {
         let verdict = format!("{verdict:?}");
-        self.analysis_decisions.get_or_create(&VerdictLabels { namespace: namespace.into(), pipeline: pipeline.into(), verdict }).inc();
+        self.analysis_decisions
+            .get_or_create(&VerdictLabels { namespace: namespace.into(), pipeline: pipeline.into(), verdict })
+            .inc();
     }
 
     pub fn rolled_back(&self, namespace: &str, pipeline: &str) {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::{Operator, Scenario, fast_pipeline, model_version};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
 use reco_api::ModelVersion;
 use reco_rollout::{RoutingTable, VersionPhase};
 use serde_json::json;
@@ -57,7 +57,8 @@ async fn a_pipeline_creates_its_objects_and_status() {
     assert!(deployments.get("explore-features").await.is_ok());
 
     // Only the operator's field manager owns what it applied.
-    let managers: Vec<String> = gateway.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+    let managers: Vec<String> =
+        gateway.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
     assert_eq!(managers, ["reco-operator"]);
 }
 
@@ -86,7 +87,8 @@ async fn a_better_version_is_promoted_through_every_step() {
     let status = p.status.unwrap();
     assert_eq!(status.rollout.stable.as_deref(), Some("v2"));
     assert!(status.rollout.candidate.is_none());
-    let history: Vec<(String, VersionPhase)> = status.rollout.history.iter().map(|h| (h.version.clone(), h.to)).collect();
+    let history: Vec<(String, VersionPhase)> =
+        status.rollout.history.iter().map(|h| (h.version.clone(), h.to)).collect();
     assert!(history.contains(&("v2".into(), VersionPhase::Stable)), "{history:?}");
     // Every canary weight was served before promotion, in increasing order.
     assert_eq!(s.routing_log.canary_weights("v2"), [10, 50]);
@@ -172,10 +174,8 @@ async fn api_errors_and_conflicts_converge() {
     s.create_version(model_version("explore", "v1")).await;
     s.wait_for_phase("v1", VersionPhase::Stable).await;
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), common::NAMESPACE);
-    s.eventually("objects applied after the errors", || async {
-        deployments.get("explore-retrieval-v1").await.ok()
-    })
-    .await;
+    s.eventually("objects applied after the errors", || async { deployments.get("explore-retrieval-v1").await.ok() })
+        .await;
     let p = s.pipelines().get("explore").await.unwrap();
     let ready = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.status, "True");
@@ -223,7 +223,8 @@ async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
 
     s.versions().delete("v2", &DeleteParams::default()).await.unwrap();
     s.eventually("v2 objects removed", || async {
-        let gone = deployments.get("explore-ranking-v2").await.is_err() && deployments.get("explore-retrieval-v2").await.is_err();
+        let gone = deployments.get("explore-ranking-v2").await.is_err()
+            && deployments.get("explore-retrieval-v2").await.is_err();
         gone.then_some(())
     })
     .await;

@@ -1,4 +1,31 @@
-//! The rollout state machine.
+//! The rollout state machine of one pipeline: which version is stable,
+//! which one is rolled out and at which step, and how the others ended.
+//!
+//! - Versions wait `Pending` in creation order (then name); one candidate at
+//!   a time runs the policy's steps, so a pipeline has at most one shadow or
+//!   canary. The first version (no stable yet) becomes `Stable` directly.
+//! - A shadow step passes when its duration is over unless its guardrails
+//!   failed (undecided too: the canary steps judge the candidate next). A
+//!   canary step passes on a `Pass` with the step's minimum canary
+//!   impressions, rolls back on a `Fail`, holds its weight otherwise, and
+//!   applies `on_timeout` once `max_duration` is over.
+//! - A broken *pending* version is skipped while broken (it stays `Pending`
+//!   and starts once fixed); a broken *candidate* ends `Failed`; a broken
+//!   *stable* keeps serving (bad input never demotes it), noted in its reason.
+//! - Commands: `Abort` ends a candidate or a pending version `RolledBack`
+//!   ("aborted by annotation"); `Promote` makes a candidate stable at once,
+//!   and a pending version stable when its turn comes (skipping the offline
+//!   gate and the steps; the queue order holds). Commands on stable or
+//!   finished versions are ignored.
+//! - A candidate deleted mid-rollout is dropped (routing back to stable). A
+//!   deleted stable keeps its routing until another version is promoted: the
+//!   engine never leaves a pipeline without a serving version; the
+//!   controller reports it degraded.
+//! - `paused` freezes everything: no transition, the stored routing. Step
+//!   timers keep running while paused (pausing does not extend them): a
+//!   step whose time ran out acts on the first call after the pause.
+//! - The observation must list every version: finished versions that are no
+//!   longer listed are forgotten (their names may be reused).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,9 +34,21 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::AnalysisReport;
-use crate::policy::RolloutPolicy;
+use crate::analysis::{self, AnalysisReport, AnalysisVerdict, CtrCounts, WindowMetrics};
+use crate::policy::{OnTimeout, RolloutPolicy, Step};
 use crate::routing::RoutingTable;
+
+mod offline_gate;
+#[cfg(test)]
+mod tests;
+mod view;
+
+/// Transitions kept in [`RolloutState::history`].
+pub const HISTORY_LIMIT: usize = 20;
+/// Requeue while a candidate is in flight (sooner when a step timer is due).
+pub const ACTIVE_REQUEUE: Duration = Duration::from_secs(10);
+/// Requeue when nothing is in flight or the rollout is paused.
+pub const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 
 /// Lifecycle phase of a model version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -68,8 +107,26 @@ pub struct CandidateState {
     pub step: u32,
     #[schemars(with = "String")]
     pub step_started_at: Timestamp,
+    /// The latest analysis of the current step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisReport>,
+    /// Counts of the canary steps already passed: the current step's
+    /// analysis combines them with its own window (one sequential test).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completed_windows: Vec<CtrCounts>,
+}
+
+impl CandidateState {
+    /// The analysis to put in the next [`Observation`], from the metrics of
+    /// the current step's window (since `step_started_at`): guardrails for a
+    /// shadow step, the sequential CTR test over all canary steps so far for
+    /// a canary step.
+    pub fn analyse(&self, policy: &RolloutPolicy, window: &WindowMetrics) -> AnalysisReport {
+        match policy.steps.get(self.step as usize) {
+            Some(Step::Shadow { .. }) => analysis::analyse_shadow(&policy.analysis, window),
+            _ => analysis::analyse_canary_steps(&policy.analysis, &self.completed_windows, window),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -105,7 +162,8 @@ pub struct Decision {
     pub state: RolloutState,
     pub routing: RoutingTable,
     pub versions: BTreeMap<String, VersionStatus>,
-    /// Transitions that happened in this call (one Kubernetes Event each).
+    /// Transitions that happened in this call (one Kubernetes Event each):
+    /// phase changes, and step changes within a phase (`from == to`).
     pub transitions: Vec<HistoryEntry>,
     /// When to look again.
     pub requeue_after: Duration,
@@ -124,6 +182,267 @@ pub struct Observation<'a> {
 }
 
 /// One step of the state machine.
-pub fn decide(_policy: &RolloutPolicy, _state: &RolloutState, _obs: &Observation<'_>) -> Decision {
-    unimplemented!("reco-rollout helper")
+///
+/// Pure: the result depends only on the arguments, so a controller that
+/// restarts from the stored state resumes exactly where it was. The
+/// observation's analysis must be of the stored candidate's current step
+/// (see [`CandidateState::analyse`]); it is not used for a candidate that
+/// starts or changes step in this call.
+pub fn decide(policy: &RolloutPolicy, state: &RolloutState, obs: &Observation<'_>) -> Decision {
+    let mut run = Run {
+        policy,
+        obs,
+        versions: obs.versions.iter().map(|version| (version.name.as_str(), version)).collect(),
+        state: state.clone(),
+        transitions: Vec::new(),
+    };
+    if !obs.paused {
+        run.abort_pending();
+        run.advance_candidate();
+        run.start_next();
+        run.forget_deleted();
+        let history = &mut run.state.history;
+        history.extend(run.transitions.iter().cloned());
+        let excess = history.len().saturating_sub(HISTORY_LIMIT);
+        history.drain(..excess);
+    }
+    view::decision(policy, obs, run.state, run.transitions)
+}
+
+/// The state being changed by one call of [`decide`].
+struct Run<'a> {
+    policy: &'a RolloutPolicy,
+    obs: &'a Observation<'a>,
+    versions: BTreeMap<&'a str, &'a VersionInfo>,
+    state: RolloutState,
+    transitions: Vec<HistoryEntry>,
+}
+
+impl Run<'_> {
+    /// Ends every pending version that carries an abort command.
+    fn abort_pending(&mut self) {
+        let aborted: Vec<String> = pending(&self.state, self.obs.versions)
+            .filter(|version| version.command == Some(Command::Abort))
+            .map(|version| version.name.clone())
+            .collect();
+        for name in aborted {
+            let reason = "aborted by annotation before its rollout started".to_owned();
+            self.finish(&name, VersionPhase::Pending, VersionPhase::RolledBack, reason);
+        }
+    }
+
+    /// Applies deletion, breakage, commands and the current step's rules to the candidate.
+    fn advance_candidate(&mut self) {
+        let Some(candidate) = self.state.candidate.take() else {
+            return;
+        };
+        let name = candidate.version.clone();
+        let phase = candidate_phase(self.policy, &candidate);
+        let Some(info) = self.versions.get(name.as_str()).copied() else {
+            self.record(&name, phase, VersionPhase::RolledBack, "version deleted during its rollout".to_owned());
+            return;
+        };
+        if let Some(broken) = &info.broken {
+            self.finish(&name, phase, VersionPhase::Failed, format!("broken: {broken}"));
+        } else if info.command == Some(Command::Abort) {
+            self.finish(&name, phase, VersionPhase::RolledBack, "aborted by annotation".to_owned());
+        } else if info.command == Some(Command::Promote) {
+            self.promote(&name, phase, "promoted by annotation".to_owned());
+        } else if self.state.stable.is_none() {
+            self.promote(&name, phase, "no stable version to compare with".to_owned());
+        } else {
+            self.run_step(candidate, phase);
+        }
+    }
+
+    /// Judges the candidate's current step: pass, fail, time out or hold.
+    fn run_step(&mut self, mut candidate: CandidateState, phase: VersionPhase) {
+        let Some(step) = self.policy.steps.get(candidate.step as usize) else {
+            // The policy lost steps during the rollout: every remaining one passed.
+            self.promote(&candidate.version, phase, "every step of the policy passed".to_owned());
+            return;
+        };
+        let analysis = self.obs.analysis;
+        if let Some(report) = analysis {
+            candidate.last_analysis = Some(report.clone());
+        }
+        let verdict = analysis.map(|report| report.verdict);
+        let message = analysis.map_or("no analysis", |report| report.message.as_str());
+        let label = step_label(self.policy, candidate.step);
+        let elapsed = elapsed_since(candidate.step_started_at, self.obs.now);
+        match step {
+            Step::Shadow { duration } => {
+                if verdict == Some(AnalysisVerdict::Fail) {
+                    self.finish(
+                        &candidate.version,
+                        phase,
+                        VersionPhase::RolledBack,
+                        format!("{label} failed: {message}"),
+                    );
+                } else if elapsed >= *duration {
+                    self.pass_step(candidate, phase, format!("{label} passed"));
+                } else {
+                    self.state.candidate = Some(candidate);
+                }
+            }
+            Step::Canary { min_impressions, max_duration, .. } => {
+                let impressions = analysis.map_or(0, |report| report.canary_impressions);
+                match verdict {
+                    Some(AnalysisVerdict::Fail) => {
+                        let reason = format!("{label} failed: {message}");
+                        self.finish(&candidate.version, phase, VersionPhase::RolledBack, reason);
+                    }
+                    Some(AnalysisVerdict::Pass) if impressions >= *min_impressions => {
+                        self.pass_step(candidate, phase, format!("{label} passed: {message}"));
+                    }
+                    _ if elapsed >= *max_duration => {
+                        let undecided = format!("{label} undecided after {}: {message}", human(*max_duration));
+                        match self.policy.analysis.on_timeout {
+                            OnTimeout::Rollback => {
+                                self.finish(&candidate.version, phase, VersionPhase::RolledBack, undecided);
+                            }
+                            OnTimeout::Proceed => self.pass_step(candidate, phase, format!("{undecided}; proceeding")),
+                        }
+                    }
+                    _ => self.state.candidate = Some(candidate),
+                }
+            }
+        }
+    }
+
+    /// Moves the candidate to its next step, or promotes it after the last.
+    fn pass_step(&mut self, candidate: CandidateState, phase: VersionPhase, reason: String) {
+        let CandidateState { version, step, last_analysis, mut completed_windows, .. } = candidate;
+        if let (Some(Step::Canary { .. }), Some(report)) = (self.policy.steps.get(step as usize), &last_analysis) {
+            completed_windows.push(CtrCounts::of_report(report));
+        }
+        let next = step + 1;
+        let Some(next_step) = self.policy.steps.get(next as usize) else {
+            let steps = self.policy.steps.len();
+            self.promote(&version, phase, format!("{reason}; all {steps} steps passed"));
+            return;
+        };
+        let reason = format!("{reason}; now {}", step_label(self.policy, next));
+        self.record(&version, phase, step_phase(next_step), reason);
+        self.state.candidate = Some(CandidateState {
+            version,
+            step: next,
+            step_started_at: self.obs.now,
+            last_analysis: None,
+            completed_windows,
+        });
+    }
+
+    /// Starts the oldest startable pending version, promoting or failing
+    /// the ones that do not need or may not take a rollout on the way.
+    fn start_next(&mut self) {
+        while self.state.candidate.is_none() {
+            let Some(next) = pending(&self.state, self.obs.versions).find(|version| version.broken.is_none()) else {
+                return;
+            };
+            let Some(stable) = self.state.stable.clone() else {
+                self.promote(&next.name, VersionPhase::Pending, "first version: nothing to compare with".to_owned());
+                continue;
+            };
+            if next.command == Some(Command::Promote) {
+                self.promote(&next.name, VersionPhase::Pending, "promoted by annotation".to_owned());
+                continue;
+            }
+            if let Some(gate) = &self.policy.offline_gate {
+                let stable_info = self.versions.get(stable.as_str()).copied();
+                if let Err(reason) = offline_gate::check(gate, next, &stable, stable_info) {
+                    self.finish(&next.name, VersionPhase::Pending, VersionPhase::Failed, reason);
+                    continue;
+                }
+            }
+            let Some(first) = self.policy.steps.first() else {
+                self.promote(&next.name, VersionPhase::Pending, "the policy has no steps".to_owned());
+                continue;
+            };
+            let reason = format!("rollout started: {}", step_label(self.policy, 0));
+            self.record(&next.name, VersionPhase::Pending, step_phase(first), reason);
+            self.state.candidate = Some(CandidateState {
+                version: next.name.clone(),
+                step: 0,
+                step_started_at: self.obs.now,
+                last_analysis: None,
+                completed_windows: Vec::new(),
+            });
+        }
+    }
+
+    /// Drops finished versions that are no longer listed.
+    fn forget_deleted(&mut self) {
+        let versions = &self.versions;
+        self.state.finished.retain(|name, _| versions.contains_key(name.as_str()));
+    }
+
+    /// Makes `name` stable, retiring the previous stable version.
+    fn promote(&mut self, name: &str, from: VersionPhase, reason: String) {
+        if let Some(previous) = self.state.stable.replace(name.to_owned())
+            && previous != name
+        {
+            let retired = format!("replaced by {name}");
+            self.finish(&previous, VersionPhase::Stable, VersionPhase::Retired, retired);
+        }
+        self.state.finished.remove(name);
+        self.record(name, from, VersionPhase::Stable, reason);
+    }
+
+    /// Ends a version's rollout in a terminal phase.
+    fn finish(&mut self, name: &str, from: VersionPhase, to: VersionPhase, reason: String) {
+        let finished = FinishedVersion { phase: to, reason: reason.clone() };
+        self.state.finished.insert(name.to_owned(), finished);
+        self.record(name, from, to, reason);
+    }
+
+    fn record(&mut self, version: &str, from: VersionPhase, to: VersionPhase, reason: String) {
+        self.transitions.push(HistoryEntry { time: self.obs.now, version: version.to_owned(), from, to, reason });
+    }
+}
+
+/// Versions that are neither stable, candidate nor finished, oldest first.
+fn pending<'v>(state: &RolloutState, versions: &'v [VersionInfo]) -> impl Iterator<Item = &'v VersionInfo> {
+    let mut waiting: Vec<&VersionInfo> = versions
+        .iter()
+        .filter(|version| {
+            state.stable.as_deref() != Some(version.name.as_str())
+                && state.candidate.as_ref().is_none_or(|candidate| candidate.version != version.name)
+                && !state.finished.contains_key(&version.name)
+        })
+        .collect();
+    waiting.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    waiting.into_iter()
+}
+
+/// The phase a candidate shows: that of its step (`Canary` once past the last).
+fn candidate_phase(policy: &RolloutPolicy, candidate: &CandidateState) -> VersionPhase {
+    policy.steps.get(candidate.step as usize).map_or(VersionPhase::Canary, step_phase)
+}
+
+fn step_phase(step: &Step) -> VersionPhase {
+    match step {
+        Step::Shadow { .. } => VersionPhase::Shadow,
+        Step::Canary { .. } => VersionPhase::Canary,
+    }
+}
+
+/// "step 2/4 (canary 5%)", for reasons and events.
+fn step_label(policy: &RolloutPolicy, index: u32) -> String {
+    let total = policy.steps.len();
+    let what = match policy.steps.get(index as usize) {
+        Some(Step::Shadow { duration }) => format!("shadow for {}", human(*duration)),
+        Some(Step::Canary { weight, .. }) => format!("canary {weight}%"),
+        None => "past the last step".to_owned(),
+    };
+    format!("step {}/{total} ({what})", index + 1)
+}
+
+/// Time since `start`, zero when the clock is behind it.
+fn elapsed_since(start: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(start)).unwrap_or(Duration::ZERO)
+}
+
+fn human(duration: Duration) -> String {
+    jiff::SignedDuration::try_from(duration).map_or_else(|_| format!("{}s", duration.as_secs()), |d| format!("{d:#}"))
 }

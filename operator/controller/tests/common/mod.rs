@@ -39,7 +39,10 @@ pub struct Scenario {
 impl Scenario {
     pub async fn start() -> Self {
         let server = TestApiServer::start().await.expect("test API server starts");
-        for crd in [serde_json::to_value(RecommenderPipeline::crd()).unwrap(), serde_json::to_value(ModelVersion::crd()).unwrap()] {
+        for crd in [
+            serde_json::to_value(RecommenderPipeline::crd()).unwrap(),
+            serde_json::to_value(ModelVersion::crd()).unwrap(),
+        ] {
             server.register_crd(&crd).expect("CRD registers");
         }
         let client = server.client();
@@ -191,7 +194,6 @@ impl ScriptedMetrics {
     pub fn set_unavailable(&self, reason: Option<&str>) {
         *self.unavailable.lock().unwrap() = reason.map(str::to_owned);
     }
-
 }
 
 impl MetricSources for ScriptedMetrics {
@@ -277,6 +279,7 @@ impl RoutingLog {
     pub fn always_serves(&self, stable: &str) -> bool {
         let tables = self.0.lock().unwrap();
         let since = tables.iter().position(|t| t.versions.iter().any(|v| v.name == stable));
-        since.is_some() && tables[since.unwrap()..].iter().all(|t| t.versions.iter().any(|v| v.name == stable && v.weight > 0))
+        since.is_some()
+            && tables[since.unwrap()..].iter().all(|t| t.versions.iter().any(|v| v.name == stable && v.weight > 0))
     }
 }

@@ -1,0 +1,24 @@
+# reco: the commands a developer and CI run. Each target installs what it
+# needs (idempotent; big downloads are cached under ~/.cache/reco).
+
+.PHONY: test bench crds lint images help
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+test: ## Install the tools, build the workspace and run every test.
+	scripts/test.sh
+
+bench: ## Run the benchmarks and record them in BENCHMARKS.md.
+	scripts/bench.sh
+
+crds: ## Regenerate crds/ and the chart's copy from the Rust types.
+	cargo run -q -p reco-operator --bin crdgen -- --out crds
+	cargo run -q -p reco-operator --bin crdgen -- --out charts/reco/crds
+	cargo run -q -p reco-operator --bin crdgen -- --out manifests/base/crds
+
+lint: ## rustfmt and clippy, warnings as errors.
+	eval "$$(scripts/env.sh)" && cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
+
+images: ## Build the container images (needs a Docker engine).
+	scripts/build-images.sh all

@@ -1,0 +1,188 @@
+//! The Prometheus source: reads a window with PromQL instant queries
+//! (`GET <base>/api/v1/query?query=…&time=<now>`).
+//!
+//! For a window `[start, now]` of pipeline `P`, every query is evaluated at
+//! `now` over a range `R` = `now − start` rounded up to whole seconds, and at
+//! least the source's minimum range (default 2 minutes,
+//! [`DEFAULT_MIN_RANGE`]): `increase()` needs two samples inside its range,
+//! so the minimum must be at least one scrape interval, better two. For a
+//! side served by version `V`:
+//!
+//! ```promql
+//! sum(increase(reco_impressions_total{pipeline="P",model_version="V"}[Rs]))
+//! sum(increase(reco_clicks_total{pipeline="P",model_version="V"}[Rs]))
+//! sum(increase(reco_recommend_requests_total{pipeline="P",model_version="V"}[Rs]))
+//! sum(increase(reco_recommend_errors_total{pipeline="P",model_version="V"}[Rs]))
+//! histogram_quantile(0.99, sum by (le) (increase(reco_recommend_duration_seconds_bucket{pipeline="P",model_version="V"}[Rs])))
+//! ```
+//!
+//! A shadow candidate `S` (only mirrored traffic) has no impressions or
+//! clicks; its side reads:
+//!
+//! ```promql
+//! sum(increase(reco_shadow_requests_total{pipeline="P",model_version="S"}[Rs]))
+//! sum(increase(reco_shadow_errors_total{pipeline="P",model_version="S"}[Rs]))
+//! histogram_quantile(0.99, sum by (le) (increase(reco_shadow_duration_seconds_bucket{pipeline="P",model_version="S"}[Rs])))
+//! ```
+//!
+//! `P` and `V` are written as escaped PromQL strings, so any name is matched
+//! literally. Reading the answers: counts are rounded to whole numbers
+//! (`increase()` extrapolates to the range's edges, so it answers fractions,
+//! and slightly more than the exact count for a window that starts or ends
+//! between two scrapes); an empty vector is 0 (no series yet: no traffic); a
+//! NaN or empty quantile is "no latency" (`None`). A failed request, a
+//! timeout ([`crate::DEFAULT_TIMEOUT`] unless set), a non-2xx answer, a
+//! `status: error` answer or a malformed one fails the whole window with an
+//! error naming the query.
+//!
+//! This module owns the I/O; building the queries and reading the answers is
+//! pure and lives in `promql` ([`crate::window_queries`]).
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reco_rollout::{SideMetrics, WindowMetrics};
+use reqwest::Url;
+
+use crate::error::QueryFailure;
+use crate::promql::{self, SideQueries};
+use crate::{MetricSource, SourceError, WindowQuery};
+
+/// Default floor of the query range: twice Prometheus' default 1 minute
+/// scrape interval, so `increase()` sees two samples even in a brand-new window.
+pub const DEFAULT_MIN_RANGE: Duration = Duration::from_secs(120);
+
+/// Largest API answer read; ours are one sample, so anything near this is broken.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// Reads windows from a Prometheus server that scrapes the gateways.
+#[derive(Clone, Debug)]
+pub struct PrometheusSource {
+    client: reqwest::Client,
+    query_url: Url,
+    min_range: Duration,
+    timeout: Duration,
+}
+
+impl PrometheusSource {
+    /// A source querying the Prometheus at `base_url` (e.g.
+    /// `http://prometheus.monitoring:9090`, or with a path prefix when it is
+    /// served under one).
+    pub fn new(base_url: Url) -> Result<Self, SourceError> {
+        Ok(PrometheusSource {
+            client: crate::http_client()?,
+            query_url: query_url(base_url),
+            min_range: DEFAULT_MIN_RANGE,
+            timeout: crate::DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Sets the floor of the query range; use at least the scrape interval of
+    /// the gateways' job (two intervals is safer).
+    pub fn with_min_range(mut self, min_range: Duration) -> Self {
+        self.min_range = min_range;
+        self
+    }
+
+    /// Sets how long one query may take before the window fails.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn read(&self, q: &WindowQuery) -> Result<WindowMetrics, SourceError> {
+        q.check()?;
+        let queries = promql::window_queries(q, self.min_range);
+        let (stable, candidate) = futures::try_join!(
+            self.side(&queries.stable, &queries.time),
+            self.side(&queries.candidate, &queries.time),
+        )?;
+        Ok(WindowMetrics { stable, candidate })
+    }
+
+    async fn side(&self, queries: &SideQueries, time: &str) -> Result<SideMetrics, SourceError> {
+        let optional_count = |query: &Option<String>| {
+            let query = query.clone();
+            async move {
+                match query {
+                    Some(query) => self.count(&query, time).await,
+                    None => Ok(0),
+                }
+            }
+        };
+        let (impressions, clicks, requests, errors, p99_latency_seconds) = futures::try_join!(
+            optional_count(&queries.impressions),
+            optional_count(&queries.clicks),
+            self.count(&queries.requests, time),
+            self.count(&queries.errors, time),
+            self.quantile(&queries.p99_latency, time),
+        )?;
+        Ok(SideMetrics { impressions, clicks, requests, errors, p99_latency_seconds })
+    }
+
+    async fn count(&self, query: &str, time: &str) -> Result<u64, SourceError> {
+        let (status, body) = self.get(query, time).await?;
+        promql::parse_count(status, &body).map_err(|failure| self.error(query, failure))
+    }
+
+    async fn quantile(&self, query: &str, time: &str) -> Result<Option<f64>, SourceError> {
+        let (status, body) = self.get(query, time).await?;
+        promql::parse_quantile(status, &body).map_err(|failure| self.error(query, failure))
+    }
+
+    /// Runs one instant query; the status and body are judged by the caller.
+    async fn get(&self, query: &str, time: &str) -> Result<(u16, Vec<u8>), SourceError> {
+        let mut url = self.query_url.clone();
+        url.query_pairs_mut().append_pair("query", query).append_pair("time", time);
+        let response = self
+            .client
+            .get(url)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.error(query, QueryFailure::Request(crate::error::chain(&e.without_url()))))?;
+        let status = response.status().as_u16();
+        let body = crate::read_body(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|reason| self.error(query, QueryFailure::Request(reason)))?;
+        Ok((status, body))
+    }
+
+    fn error(&self, query: &str, failure: QueryFailure) -> SourceError {
+        SourceError::Prometheus { url: Box::new(self.query_url.clone()), query: query.to_string(), failure }
+    }
+}
+
+impl MetricSource for PrometheusSource {
+    fn window<'a>(&'a self, q: &'a WindowQuery) -> BoxFuture<'a, Result<WindowMetrics, SourceError>> {
+        Box::pin(self.read(q))
+    }
+}
+
+/// `<base>/api/v1/query`, keeping a path prefix of the base (`Url::join`
+/// alone would drop its last segment when it has no trailing slash).
+fn query_url(mut base: Url) -> Url {
+    base.set_query(None);
+    base.set_fragment(None);
+    let path = base.path().trim_end_matches('/').to_string();
+    base.set_path(&format!("{path}/api/v1/query"));
+    base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_url_keeps_path_prefixes() {
+        let cases = [
+            ("http://prom:9090", "http://prom:9090/api/v1/query"),
+            ("http://prom:9090/", "http://prom:9090/api/v1/query"),
+            ("https://example.com/prometheus", "https://example.com/prometheus/api/v1/query"),
+            ("https://example.com/prometheus/?x=1#f", "https://example.com/prometheus/api/v1/query"),
+        ];
+        for (base, expected) in cases {
+            assert_eq!(query_url(base.parse().expect("valid URL")).as_str(), expected, "{base}");
+        }
+    }
+}

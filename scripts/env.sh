@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs (once, cached outside the checkout) every tool the build and the
+# tests need, and prints the `export` lines that put them in reach:
+#
+#     eval "$(scripts/env.sh)"
+#
+# libtorch for the tch crates, helm and kubectl for the packaging tests,
+# Prometheus for the metric-source tests. Progress goes to stderr.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+
+"$here/ensure-libtorch.sh"
+"$here/ensure-k8s-tools.sh"
+prometheus="$("$here/ensure-prometheus.sh")"
+echo "export PROMETHEUS_BIN='$prometheus'"

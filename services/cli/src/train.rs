@@ -1,0 +1,207 @@
+//! `reco train`: flags, data-set resolution and the summary printed at the end.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use reco_trainer::{Progress, TrainOptions};
+
+/// Flags of `reco train`. Defaults are the values tuned on ml-100k validation.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Data set: `ml-100k` (from the cache filled by scripts/ensure-ml100k.sh),
+    /// or a directory holding NAME.inter/.user/.item (RecBole atomic files) or
+    /// interactions.csv|tsv with optional users.csv|tsv and items.csv|tsv.
+    #[arg(long, env = "RECO_DATA")]
+    pub data: String,
+
+    /// Output directory for the artifacts (created if missing).
+    #[arg(long, env = "RECO_OUT")]
+    pub out: PathBuf,
+
+    /// Random seed; the run is deterministic given it.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Maximum two-tower epochs (early stopping on validation NDCG@10 may stop sooner).
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+
+    /// Two-tower epochs without validation improvement before stopping.
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+
+    /// Two-tower batch size (also the number of in-batch negatives).
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+
+    /// Two-tower learning rate (Adam).
+    #[arg(long, default_value_t = 2e-3)]
+    pub learning_rate: f64,
+
+    /// Width of the two-tower output embeddings.
+    #[arg(long, default_value_t = 64)]
+    pub embedding_dim: i64,
+
+    /// Softmax temperature of the two-tower scores.
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f64,
+
+    /// Uniform random negatives mixed into each batch's softmax.
+    #[arg(long, default_value_t = 256)]
+    pub uniform_negatives: usize,
+
+    /// Hard negatives per example mined from the cross-batch queue (0 turns mining off).
+    #[arg(long, default_value_t = 4)]
+    pub hard_negatives: usize,
+
+    /// Most similar queue items skipped before the hard-negative window (likely false negatives).
+    #[arg(long, default_value_t = 5)]
+    pub hard_skip: usize,
+
+    /// Maximum ranker epochs (early stopping on validation NDCG@10).
+    #[arg(long, default_value_t = 8)]
+    pub ranker_epochs: usize,
+
+    /// Candidates from each of the two-tower and item-to-item sources per user for the ranker.
+    #[arg(long, default_value_t = 100)]
+    pub candidates: usize,
+
+    /// Keep only the first N users (quick runs).
+    #[arg(long)]
+    pub max_users: Option<usize>,
+
+    /// Inclusive rating bounds checked by validation, as MIN:MAX.
+    #[arg(long, default_value = "0:5")]
+    pub rating_range: String,
+
+    /// libtorch CPU threads (default: all cores).
+    #[arg(long, env = "RECO_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Continue from the epoch checkpoints in OUT/checkpoint (same flags required).
+    #[arg(long)]
+    pub resume: bool,
+
+    /// RecommenderPipeline this model version belongs to (ModelVersion spec.pipeline).
+    #[arg(long, default_value = "ml-100k")]
+    pub pipeline: String,
+
+    /// ModelVersion name (metadata.name; default: PIPELINE-sSEED).
+    #[arg(long)]
+    pub model_version: Option<String>,
+
+    /// ModelVersion namespace (omitted from the manifest when not given).
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// ModelVersion spec.artifactUri (default: file:// URI of --out).
+    #[arg(long)]
+    pub artifact_uri: Option<String>,
+
+    /// ModelVersion spec.image, overriding the pipeline's serving image.
+    #[arg(long)]
+    pub image: Option<String>,
+
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("RECO_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("reco")
+}
+
+fn resolve_data(data: &str) -> anyhow::Result<PathBuf> {
+    if data == "ml-100k" {
+        let dir = cache_root().join("ml-100k");
+        if !dir.join(".complete").exists() {
+            bail!(
+                "MovieLens-100K is not in the cache at {}; run scripts/ensure-ml100k.sh (fetches the recbole wheel from PyPI) or pass --data DIR",
+                dir.display()
+            );
+        }
+        return Ok(dir);
+    }
+    let dir = PathBuf::from(data);
+    if !dir.is_dir() {
+        bail!("--data {data}: not a directory (and not the name `ml-100k`)");
+    }
+    Ok(dir)
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
+    let (a, b) = s.split_once(':').with_context(|| format!("--rating-range {s:?}: expected MIN:MAX"))?;
+    let lo: f64 = a.trim().parse().with_context(|| format!("--rating-range {s:?}: bad minimum"))?;
+    let hi: f64 = b.trim().parse().with_context(|| format!("--rating-range {s:?}: bad maximum"))?;
+    if lo > hi {
+        bail!("--rating-range {s:?}: minimum above maximum");
+    }
+    Ok((lo, hi))
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let data = resolve_data(&a.data)?;
+    let mut o = TrainOptions::new(data, a.out.clone(), a.seed);
+    o.rules.rating_range = parse_range(&a.rating_range)?;
+    o.two_tower.max_epochs = a.epochs;
+    o.two_tower.patience = a.patience;
+    o.two_tower.batch_size = a.batch_size;
+    o.two_tower.learning_rate = a.learning_rate;
+    o.two_tower.out_dim = a.embedding_dim;
+    o.two_tower.temperature = a.temperature;
+    o.two_tower.uniform_negatives = a.uniform_negatives;
+    o.two_tower.hard_negatives = a.hard_negatives;
+    o.two_tower.hard_skip = a.hard_skip;
+    o.ranker.max_epochs = a.ranker_epochs;
+    o.ranker.per_source = a.candidates;
+    o.max_users = a.max_users;
+    o.threads = a.threads;
+    o.resume = a.resume;
+    o.pipeline = a.pipeline;
+    o.version = a.model_version;
+    o.namespace = a.namespace;
+    o.artifact_uri = a.artifact_uri;
+    o.image = a.image;
+    o.progress = Progress { enabled: !a.quiet && std::io::stderr().is_terminal() };
+    if a.batch_size < 2 {
+        bail!("--batch-size must be at least 2 (in-batch negatives)");
+    }
+
+    let summary = reco_trainer::train(&o).context("training failed")?;
+    let r = &summary.report;
+    println!("model version {} written to {}", summary.version, a.out.display());
+    println!(
+        "wall {:.1}s, peak RSS {:.0} MiB, {} threads, two-tower best epoch {}",
+        r.wall_seconds,
+        r.peak_rss_mib.unwrap_or(f64::NAN),
+        r.threads,
+        r.two_tower_best_epoch
+    );
+    println!(
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "test", "ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr@10", "cov@10"
+    );
+    for (name, m) in &summary.metrics.models {
+        let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+        println!(
+            "{:<18} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.3}",
+            name,
+            g("ndcg@10"),
+            g("recall@10"),
+            g("ndcg@20"),
+            g("recall@20"),
+            g("mrr@10"),
+            g("coverage@10")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! reco-model: the tch networks that the trainer fits and the serving services
+//! load.
+//!
+//! A model is rebuilt from its serialised configuration ([`TwoTowerConfig`],
+//! [`RankerConfig`]) and its safetensors weights; inputs are plain integer and
+//! float batches ([`UserBatch`], [`ItemBatch`], [`RankerBatch`]) so that this
+//! crate knows nothing about files, HTTP or how ids are mapped to indices.
+//! Index 0 of every categorical vocabulary means "unknown or padding".
+
+mod config;
+mod inputs;
+mod ranker;
+mod two_tower;
+
+pub use config::{RankerConfig, TwoTowerConfig};
+pub use inputs::{ItemBatch, RankerBatch, UserBatch, pad_bags};
+pub use ranker::{Ranker, RankerOutput};
+pub use two_tower::TwoTower;
+
+/// Errors raised while building or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// libtorch refused an operation (shape mismatch, missing tensor, I/O).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A batch was inconsistent (columns of different lengths).
+    #[error("invalid batch: {0}")]
+    Batch(String),
+}

@@ -1,0 +1,166 @@
+//! What a training run leaves in its output directory for the services and
+//! the operator: weights (safetensors), model configs, item embeddings with
+//! their ids, the feature space, data statistics, `metrics.json` and a
+//! `ModelVersion` manifest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Result, TrainError};
+
+/// File names inside the artifact directory.
+pub mod files {
+    pub const TWO_TOWER_WEIGHTS: &str = "two_tower.safetensors";
+    pub const TWO_TOWER_CONFIG: &str = "two_tower.json";
+    pub const ITEM_EMBEDDINGS: &str = "item_embeddings.safetensors";
+    pub const ITEM_IDS: &str = "item_ids.json";
+    pub const USER_IDS: &str = "user_ids.json";
+    pub const ITEM_ITEM_WEIGHTS: &str = "item_item.safetensors";
+    pub const RANKER_WEIGHTS: &str = "ranker.safetensors";
+    pub const RANKER_CONFIG: &str = "ranker.json";
+    pub const FEATURES: &str = "features.json";
+    pub const FEATURE_STATS: &str = "feature_stats.json";
+    pub const METRICS: &str = "metrics.json";
+    pub const TRAINING: &str = "training.json";
+    pub const MODEL_VERSION: &str = "modelversion.yaml";
+    pub const VALIDATION_REPORT: &str = "validation_report.json";
+}
+
+/// `metrics.json`: test-split metrics per model under `models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsFile {
+    pub protocol: String,
+    /// Test metrics; `two_tower_ranker` is the served model.
+    pub models: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The same on the validation split (used for tuning).
+    pub validation: BTreeMap<String, BTreeMap<String, f64>>,
+    pub seed: u64,
+}
+
+/// The `ModelVersion` custom resource (group `reco.seed.dev/v1alpha1`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelVersionManifest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: ModelVersionSpec,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelVersionSpec {
+    /// The `RecommenderPipeline` this version belongs to.
+    pub pipeline: String,
+    pub artifact_uri: String,
+    pub offline_metrics: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Whether `name` is a valid Kubernetes object name (RFC 1123 subdomain).
+pub fn valid_k8s_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+/// The served model's offline metrics as they go into the manifest.
+pub fn offline_metrics(served: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    served
+        .iter()
+        .filter(|(k, _)| k.contains('@') && !k.starts_with("avg_popularity"))
+        .map(|(k, v)| (k.clone(), (v * 1e6).round() / 1e6))
+        .collect()
+}
+
+pub fn model_version(
+    name: &str,
+    namespace: Option<&str>,
+    pipeline: &str,
+    artifact_uri: &str,
+    metrics: &BTreeMap<String, f64>,
+    image: Option<&str>,
+) -> Result<ModelVersionManifest> {
+    for (what, n) in [("version name", name), ("pipeline name", pipeline)] {
+        if !valid_k8s_name(n) {
+            return Err(TrainError::Options(format!(
+                "{what} {n:?} is not a valid Kubernetes name (lower-case letters, digits, '-' and '.')"
+            )));
+        }
+    }
+    let mut labels = BTreeMap::new();
+    labels.insert("reco.seed.dev/pipeline".to_string(), pipeline.to_string());
+    labels.insert("app.kubernetes.io/managed-by".to_string(), "reco-trainer".to_string());
+    Ok(ModelVersionManifest {
+        api_version: "reco.seed.dev/v1alpha1".into(),
+        kind: "ModelVersion".into(),
+        metadata: ObjectMeta { name: name.to_string(), namespace: namespace.map(str::to_string), labels },
+        spec: ModelVersionSpec {
+            pipeline: pipeline.to_string(),
+            artifact_uri: artifact_uri.to_string(),
+            offline_metrics: offline_metrics(metrics),
+            image: image.map(str::to_string),
+        },
+    })
+}
+
+pub fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<()> {
+    let path = dir.join(name);
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::Serialize { what: name.to_string(), message: e.to_string() })?;
+    std::fs::write(&path, text + "\n").map_err(|e| TrainError::io(&path, e))
+}
+
+pub fn write_yaml(dir: &Path, name: &str, value: &impl Serialize) -> Result<()> {
+    let path = dir.join(name);
+    let text = serde_saphyr::to_string(value)
+        .map_err(|e| TrainError::Serialize { what: name.to_string(), message: e.to_string() })?;
+    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_has_the_crd_shape() {
+        let mut m = BTreeMap::new();
+        m.insert("ndcg@10".to_string(), 0.1234567891);
+        m.insert("avg_popularity@10".to_string(), 300.0);
+        m.insert("users".to_string(), 943.0);
+        let mv = model_version("ml-100k-s1", Some("reco"), "ml-100k", "file:///tmp/x", &m, None).unwrap();
+        let yaml = serde_saphyr::to_string(&mv).unwrap();
+        assert!(yaml.contains("apiVersion: reco.seed.dev/v1alpha1"), "{yaml}");
+        assert!(yaml.contains("kind: ModelVersion"));
+        assert!(yaml.contains("artifactUri: file:///tmp/x"));
+        assert!(yaml.contains("offlineMetrics:"));
+        assert!(yaml.contains("0.123457"));
+        assert!(!yaml.contains("avg_popularity") && !yaml.contains("users"));
+        assert!(!yaml.contains("image"));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_k8s_name("ml-100k-s1.v2"));
+        assert!(!valid_k8s_name("ML_100k"));
+        assert!(!valid_k8s_name("-a"));
+        let m = BTreeMap::new();
+        assert!(model_version("Bad Name", None, "p", "u", &m, None).is_err());
+    }
+}

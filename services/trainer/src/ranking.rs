@@ -1,0 +1,420 @@
+//! The ranking stage: candidate generation from the sources, ranker features
+//! (source scores and ranks, popularity, two-tower embeddings), multi-task
+//! training (interaction; high rating ≥ 4) and the served ranking.
+//!
+//! The ranker learns from held-out positives taken from train time only: each
+//! user's train history is cut into an early part, on which a second set of
+//! sources is fitted, and a late part whose items are the labels. Validation
+//! tunes it (early stopping, value-model weight); test is never read here.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use reco_model::{Ranker, RankerBatch, RankerConfig, pad_bags};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Tensor};
+
+use crate::error::Result;
+use crate::eval::{EvalSet, Scorer, evaluate_ranked, top_k};
+use crate::features::FeatureSpace;
+use crate::progress::Progress;
+use crate::sources::{ItemItemScorer, TwoTowerScorer};
+use crate::validate::{Dataset, Interaction};
+
+/// Number of dense ranker features (see [`dense_features`]).
+pub const N_DENSE: usize = 9;
+
+/// Hyper-parameters of candidate generation and the ranker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankerOptions {
+    /// Candidates taken from each of the two-tower and item-to-item sources.
+    pub per_source: usize,
+    /// Candidates taken from the popularity source.
+    pub popular: usize,
+    pub embed_dim: i64,
+    pub cross_layers: i64,
+    pub hidden_dim: i64,
+    pub dropout: f64,
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub max_epochs: usize,
+    pub patience: usize,
+    /// Values of the high-rating weight of the value model tried on validation.
+    pub value_weights: Vec<f64>,
+}
+
+impl Default for RankerOptions {
+    fn default() -> Self {
+        RankerOptions {
+            per_source: 100,
+            popular: 50,
+            embed_dim: 16,
+            cross_layers: 2,
+            hidden_dim: 128,
+            dropout: 0.1,
+            learning_rate: 2e-3,
+            batch_size: 1024,
+            max_epochs: 8,
+            patience: 2,
+            value_weights: vec![0.0, 0.5, 1.0],
+        }
+    }
+}
+
+/// The sources a ranking run reads, all fitted on the same history.
+pub struct SourceSet<'a> {
+    pub two_tower: &'a TwoTowerScorer,
+    pub item_item: &'a ItemItemScorer<'a>,
+    /// Train count per item.
+    pub popularity: &'a [u32],
+    /// Length of the history each source was given, per user.
+    pub history_len: &'a [usize],
+}
+
+/// Candidates of one user with their dense features.
+#[derive(Debug, Clone)]
+pub struct UserCandidates {
+    pub user: u32,
+    pub items: Vec<u32>,
+    pub dense: Vec<[f32; N_DENSE]>,
+}
+
+fn rank_weight(rank: Option<usize>) -> f32 {
+    rank.map_or(0.0, |r| 1.0 / ((r + 2) as f32).log2())
+}
+
+fn zscore(v: &[f32]) -> Vec<f32> {
+    let n = v.len().max(1) as f32;
+    let mean = v.iter().sum::<f32>() / n;
+    let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-6);
+    v.iter().map(|x| (x - mean) / std).collect()
+}
+
+/// Candidates (union of the sources' top lists, known items excluded) with
+/// dense features: two-tower and item-to-item scores, log popularity, the
+/// three sources' rank weights `1/log2(2+rank)`, log history length, and the
+/// two scores standardised within the user's candidates.
+pub fn dense_features(src: &SourceSet<'_>, set: &EvalSet, o: &RankerOptions) -> Result<Vec<UserCandidates>> {
+    let pop_scorer = crate::sources::Popularity::new(src.popularity);
+    let tt_top = top_k(src.two_tower, set, o.per_source)?;
+    let ii_top = top_k(src.item_item, set, o.per_source)?;
+    let pop_top = top_k(&pop_scorer, set, o.popular)?;
+    let mut out = Vec::with_capacity(set.users.len());
+    for (r, &user) in set.users.iter().enumerate() {
+        let mut items: Vec<u32> = tt_top[r].iter().chain(&ii_top[r]).chain(&pop_top[r]).copied().collect();
+        items.sort_unstable();
+        items.dedup();
+        let rank_of = |list: &[u32]| -> HashMap<u32, usize> { list.iter().enumerate().map(|(i, &x)| (x, i)).collect() };
+        let (tr, ir, pr) = (rank_of(&tt_top[r]), rank_of(&ii_top[r]), rank_of(&pop_top[r]));
+        let idx = Tensor::from_slice(&items.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let tt = Vec::<f32>::try_from(src.two_tower.scores(&[user])?.select(0, 0).index_select(0, &idx))?;
+        let ii = Vec::<f32>::try_from(src.item_item.scores(&[user])?.select(0, 0).index_select(0, &idx))?;
+        let (tz, iz) = (zscore(&tt), zscore(&ii));
+        let hist_len = (src.history_len[user as usize] as f32 + 1.0).ln();
+        let dense = items
+            .iter()
+            .enumerate()
+            .map(|(j, item)| {
+                [
+                    tt[j],
+                    ii[j],
+                    (src.popularity[*item as usize] as f32 + 1.0).ln(),
+                    rank_weight(tr.get(item).copied()),
+                    rank_weight(ir.get(item).copied()),
+                    rank_weight(pr.get(item).copied()),
+                    hist_len,
+                    tz[j],
+                    iz[j],
+                ]
+            })
+            .collect();
+        out.push(UserCandidates { user, items, dense });
+    }
+    Ok(out)
+}
+
+/// Mean and standard deviation of each dense feature, fitted on ranker training rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DenseScaler {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl DenseScaler {
+    pub fn fit(cands: &[UserCandidates]) -> Self {
+        let mut mean = [0f64; N_DENSE];
+        let mut sq = [0f64; N_DENSE];
+        let mut n = 0f64;
+        for c in cands {
+            for row in &c.dense {
+                n += 1.0;
+                for (j, &x) in row.iter().enumerate() {
+                    mean[j] += x as f64;
+                    sq[j] += (x as f64).powi(2);
+                }
+            }
+        }
+        let n = n.max(1.0);
+        let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
+        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / n - m * m).max(0.0).sqrt().max(1e-6)) as f32).collect();
+        DenseScaler { mean: mean.into_iter().map(|m| m as f32).collect(), std }
+    }
+}
+
+/// A trained ranker with what serving needs to use it.
+#[derive(Debug)]
+pub struct TrainedRanker {
+    pub vs: nn::VarStore,
+    pub model: Ranker,
+    pub scaler: DenseScaler,
+    pub value_weight: f64,
+    pub best_epoch: usize,
+    pub best_valid_ndcg_at_10: f64,
+}
+
+/// Inputs for the ranker from the two-tower embeddings and the feature space.
+pub struct RankerInputs<'a> {
+    pub ds: &'a Dataset,
+    pub fs: &'a FeatureSpace,
+    pub genres: Vec<Vec<i64>>,
+}
+
+impl<'a> RankerInputs<'a> {
+    pub fn new(ds: &'a Dataset, fs: &'a FeatureSpace) -> Self {
+        let genres = fs.item_batch(ds).genres;
+        RankerInputs { ds, fs, genres }
+    }
+
+    /// Batch of `(user, item, dense)` rows.
+    fn batch(&self, tt: &TwoTowerScorer, rows: &[(u32, u32, &[f32; N_DENSE])], scaler: &DenseScaler) -> RankerBatch {
+        let users = Tensor::from_slice(&rows.iter().map(|r| r.0 as i64).collect::<Vec<_>>());
+        let items = Tensor::from_slice(&rows.iter().map(|r| r.1 as i64).collect::<Vec<_>>());
+        let mut dense = Vec::with_capacity(rows.len() * N_DENSE);
+        for r in rows {
+            dense.extend(r.2.iter().enumerate().map(|(j, x)| (x - scaler.mean[j]) / scaler.std[j]));
+        }
+        let user = |f: &dyn Fn(u32) -> i64| Tensor::from_slice(&rows.iter().map(|r| f(r.0)).collect::<Vec<_>>());
+        let ds = self.ds;
+        let fs = self.fs;
+        RankerBatch {
+            user_emb: tt.users.index_select(0, &users),
+            item_emb: tt.items.index_select(0, &items),
+            dense: Tensor::from_slice(&dense).view([rows.len() as i64, N_DENSE as i64]),
+            item: &items + 1,
+            occupation: user(&|u| fs.occupations.index(ds.users[u as usize].occupation.as_deref())),
+            age: user(&|u| FeatureSpace::age_bucket(ds.users[u as usize].age)),
+            gender: user(&|u| fs.genders.index(ds.users[u as usize].gender.as_deref())),
+            genres: pad_bags(&rows.iter().map(|r| self.genres[r.1 as usize].clone()).collect::<Vec<_>>()),
+        }
+    }
+}
+
+/// Ranker scores of every candidate, as per-user ranked lists of length `k`.
+pub fn rank_candidates(
+    ranker: &Ranker,
+    inputs: &RankerInputs<'_>,
+    tt: &TwoTowerScorer,
+    cands: &[UserCandidates],
+    scaler: &DenseScaler,
+    value_weight: f64,
+    k: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::with_capacity(cands.len());
+    for c in cands {
+        let rows: Vec<(u32, u32, &[f32; N_DENSE])> =
+            c.items.iter().zip(&c.dense).map(|(&i, d)| (c.user, i, d)).collect();
+        let b = inputs.batch(tt, &rows, scaler);
+        let v = Vec::<f32>::try_from(tch::no_grad(|| ranker.forward(&b, false).value(value_weight)))?;
+        let mut order: Vec<usize> = (0..c.items.len()).collect();
+        order.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(c.items[a].cmp(&c.items[b])));
+        out.push(order.into_iter().take(k).map(|j| c.items[j]).collect());
+    }
+    Ok(out)
+}
+
+/// Training material for the ranker.
+pub struct RankerData<'a> {
+    pub inputs: &'a RankerInputs<'a>,
+    /// Sources fitted on the early part of train, with their candidates.
+    pub fit_sources: &'a TwoTowerScorer,
+    pub fit_candidates: &'a [UserCandidates],
+    /// Late part of each user's train history: the labels.
+    pub labels: &'a [Vec<Interaction>],
+    /// Sources fitted on all of train, candidates for validation users.
+    pub valid_sources: &'a TwoTowerScorer,
+    pub valid_candidates: &'a [UserCandidates],
+    pub valid: &'a EvalSet,
+}
+
+pub fn ranker_config(fs: &FeatureSpace, ds: &Dataset, tower_dim: i64, o: &RankerOptions) -> RankerConfig {
+    RankerConfig {
+        tower_dim,
+        n_dense: N_DENSE as i64,
+        n_items: ds.items.len() as i64 + 1,
+        n_genres: fs.genres.size(),
+        n_occupations: fs.occupations.size(),
+        n_ages: fs.n_ages(),
+        n_genders: fs.genders.size(),
+        embed_dim: o.embed_dim,
+        cross_layers: o.cross_layers,
+        hidden_dim: o.hidden_dim,
+        dropout: o.dropout,
+        tasks: vec!["interaction".into(), "high_rating".into()],
+    }
+}
+
+/// Train the multi-task ranker with early stopping on validation NDCG@10.
+pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progress: &Progress) -> Result<TrainedRanker> {
+    let tower_dim = data.fit_sources.users.size()[1];
+    let config = ranker_config(data.inputs.fs, data.inputs.ds, tower_dim, o);
+    tch::manual_seed(seed as i64 + 17);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Ranker::new(&vs.root(), config.clone());
+    let mut best_vs = nn::VarStore::new(Device::Cpu);
+    let best_model = Ranker::new(&best_vs.root(), config);
+    best_vs.copy(&vs)?;
+    let mut opt = nn::Adam::default().build(&vs, o.learning_rate)?;
+    let scaler = DenseScaler::fit(data.fit_candidates);
+
+    let mut rows: Vec<(u32, u32, &[f32; N_DENSE], f32, f32)> = Vec::new();
+    for c in data.fit_candidates {
+        let pos: HashMap<u32, f32> = data.labels[c.user as usize].iter().map(|x| (x.item, x.rating)).collect();
+        if pos.is_empty() {
+            continue;
+        }
+        for (item, d) in c.items.iter().zip(&c.dense) {
+            let (y, high) = match pos.get(item) {
+                Some(&r) => (1.0, if r >= 4.0 { 1.0 } else { 0.0 }),
+                None => (0.0, 0.0),
+            };
+            rows.push((c.user, *item, d, y, high));
+        }
+    }
+    let positives = rows.iter().filter(|r| r.3 > 0.0).count();
+    tracing::info!(rows = rows.len(), positives, "ranker training rows");
+
+    let mut best = f64::NEG_INFINITY;
+    let mut best_epoch = 0;
+    let mut best_weight = o.value_weights.first().copied().unwrap_or(0.0);
+    let mut bad = 0;
+    for epoch in 1..=o.max_epochs {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_919).wrapping_add(epoch as u64));
+        tch::manual_seed(seed as i64 * 7_919 + epoch as i64);
+        rows.shuffle(&mut rng);
+        let bar = progress.bar(rows.len() as u64, &format!("ranker epoch {epoch}"));
+        let mut loss_sum = 0.0;
+        let mut n = 0;
+        for chunk in rows.chunks(o.batch_size) {
+            let r: Vec<(u32, u32, &[f32; N_DENSE])> = chunk.iter().map(|r| (r.0, r.1, r.2)).collect();
+            let b = data.inputs.batch(data.fit_sources, &r, &scaler);
+            let y = Tensor::from_slice(&chunk.iter().flat_map(|r| [r.3, r.4]).collect::<Vec<_>>()).view([-1, 2]);
+            let logits = model.forward(&b, true).logits;
+            let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean);
+            opt.backward_step(&loss);
+            loss_sum += loss.double_value(&[]);
+            n += 1;
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let mut epoch_best = (f64::NEG_INFINITY, 0.0);
+        for &w in &o.value_weights {
+            let ranked =
+                rank_candidates(&model, data.inputs, data.valid_sources, data.valid_candidates, &scaler, w, 10)?;
+            let ndcg = evaluate_ranked(&ranked, data.valid, &[10], &data.inputs.fs.item_train_count)["ndcg@10"];
+            if ndcg > epoch_best.0 {
+                epoch_best = (ndcg, w);
+            }
+        }
+        tracing::info!(
+            epoch,
+            loss = loss_sum / n.max(1) as f64,
+            valid_ndcg_at_10 = epoch_best.0,
+            value_weight = epoch_best.1,
+            "ranker epoch"
+        );
+        if epoch_best.0 > best {
+            best = epoch_best.0;
+            best_weight = epoch_best.1;
+            best_epoch = epoch;
+            best_vs.copy(&vs)?;
+            bad = 0;
+        } else {
+            bad += 1;
+            if bad >= o.patience {
+                break;
+            }
+        }
+    }
+    Ok(TrainedRanker {
+        vs: best_vs,
+        model: best_model,
+        scaler,
+        value_weight: best_weight,
+        best_epoch,
+        best_valid_ndcg_at_10: best,
+    })
+}
+
+/// Split each user's train history into an early part (fitting the ranker's
+/// sources) and a late part (its labels): the last `late_ratio` share, at
+/// least one interaction when the user has two or more.
+pub fn early_late(train: &[Vec<Interaction>], late_ratio: f64) -> (Vec<Vec<Interaction>>, Vec<Vec<Interaction>>) {
+    train
+        .iter()
+        .map(|h| {
+            let late = if h.len() >= 2 { ((h.len() as f64 * late_ratio) as usize).max(1) } else { 0 };
+            let cut = h.len() - late;
+            (h[..cut].to_vec(), h[cut..].to_vec())
+        })
+        .unzip()
+}
+
+/// Users whose labels are non-empty, with their early items excluded.
+pub fn label_set(early: &[Vec<Interaction>], late: &[Vec<Interaction>]) -> EvalSet {
+    EvalSet::new(early, late)
+}
+
+/// Whether any served item is in the user's known items (used by tests).
+pub fn leaks_known(ranked: &[Vec<u32>], set: &EvalSet) -> bool {
+    ranked.iter().zip(&set.exclude).any(|(r, ex)| {
+        let ex: HashSet<&u32> = ex.iter().collect();
+        r.iter().any(|i| ex.contains(i))
+    })
+}
+
+/// Write the ranker weights.
+pub fn save_ranker(r: &TrainedRanker, path: &Path) -> Result<()> {
+    r.vs.save(path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(item: u32) -> Interaction {
+        Interaction { user: 0, item, rating: 4.0, timestamp: item as i64 }
+    }
+
+    #[test]
+    fn early_late_keeps_order_and_holds_out_the_newest() {
+        let train = vec![(0..10).map(x).collect::<Vec<_>>(), vec![x(1)], vec![x(1), x(2)]];
+        let (early, late) = early_late(&train, 0.2);
+        assert_eq!(late[0].iter().map(|i| i.item).collect::<Vec<_>>(), vec![8, 9]);
+        assert_eq!(early[0].len(), 8);
+        assert!(late[1].is_empty() && early[1].len() == 1);
+        assert_eq!((early[2].len(), late[2].len()), (1, 1));
+    }
+
+    #[test]
+    fn zscore_and_rank_weight() {
+        let z = zscore(&[1.0, 2.0, 3.0]);
+        assert!((z[1]).abs() < 1e-6 && z[2] > 0.0);
+        assert_eq!(rank_weight(None), 0.0);
+        assert_eq!(rank_weight(Some(0)), 1.0);
+    }
+}
