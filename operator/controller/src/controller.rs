@@ -4,7 +4,7 @@
 //! the next state, applies the objects with server-side apply, and writes
 //! status and Events. It never writes a spec.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
@@ -67,6 +67,14 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<OperatorMetrics>,
     pub versions: Store<ModelVersion>,
+    /// Owned Deployments (labels and status only), to find failing versions and retired objects.
+    pub deployments: Store<Deployment>,
+    /// Owned Services (metadata only), to find retired objects.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// Owned ConfigMaps (metadata only), to skip applies that would change nothing.
+    pub configmaps: Store<PartialObjectMeta<ConfigMap>>,
+    /// What was last applied: skips the API call while nobody changed the object.
+    applied: AppliedCache,
     pub sources: Arc<dyn MetricSources>,
     /// Consecutive failures per pipeline, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RecommenderPipeline>, u32>>,
@@ -93,50 +101,81 @@ pub async fn run(
     } else {
         scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
-    let api = |ns: Option<&str>| -> (Api<RecommenderPipeline>, Api<ModelVersion>) {
-        match ns {
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        }
-    };
+    // Every watch keeps only what reconciles read: no managedFields, and
+    // Deployments without their pod template. Services and ConfigMaps are
+    // watched as metadata, only to notice drift and deletion.
     let (versions, writer) = reflector::store();
-    let version_events = futures::stream::select_all(
-        namespaces.iter().map(|ns| watcher(api(*ns).1, watcher::Config::default()).default_backoff().boxed()),
+    let version_events = watch_all(
+        &namespaces,
+        |ns| scoped_api(&client, ns),
+        watcher::Config::default(),
+        |v: &mut ModelVersion| strip_managed_fields(v),
     )
     .reflect(writer)
     .applied_objects();
+    let (pipeline_reader, pipeline_writer) = reflector::store();
+    let pipelines = watch_all(
+        &namespaces,
+        |ns| scoped_api(&client, ns),
+        watcher::Config::default(),
+        |p: &mut RecommenderPipeline| strip_managed_fields(p),
+    )
+    .reflect(pipeline_writer)
+    .applied_objects()
+    // Status writes do not bump the generation: only spec changes reconcile.
+    .predicate_filter(predicates::generation, Default::default());
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let (deployments, deployment_writer) = reflector::store();
+    let deployment_events = watch_all(
+        &namespaces,
+        |ns| scoped_api(&client, ns),
+        owned.clone(),
+        |d: &mut Deployment| {
+            strip_managed_fields(d);
+            d.spec = None;
+        },
+    )
+    .reflect(deployment_writer)
+    .applied_objects();
+    let (services, service_writer) = reflector::store();
+    // `Api<PartialObjectMeta<_>>` makes metadata-only requests.
+    let service_events = watch_all(
+        &namespaces,
+        |ns| scoped_api::<PartialObjectMeta<Service>>(&client, ns),
+        owned.clone(),
+        |s| strip_managed_fields(s),
+    )
+    .reflect(service_writer)
+    .applied_objects();
+    let (configmaps, configmap_writer) = reflector::store();
+    let configmap_events = watch_all(
+        &namespaces,
+        |ns| scoped_api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        owned,
+        |c| strip_managed_fields(c),
+    )
+    .reflect(configmap_writer)
+    .applied_objects();
+
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.into()) };
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         versions: versions.clone(),
+        deployments,
+        services,
+        configmaps,
+        applied: AppliedCache::default(),
         sources,
         failures: Mutex::default(),
     });
 
-    let (pipeline_reader, pipeline_writer) = reflector::store();
-    let pipelines = futures::stream::select_all(
-        namespaces.iter().map(|ns| watcher(api(*ns).0, watcher::Config::default()).default_backoff().boxed()),
-    )
-    .reflect(pipeline_writer)
-    .applied_objects()
-    // Status writes do not bump the generation: only spec changes reconcile.
-    .predicate_filter(predicates::generation, Default::default());
-    let mut controller = Controller::for_stream(pipelines, pipeline_reader);
-    for ns in &namespaces {
-        let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-        let (deployments, services, configmaps): (Api<Deployment>, Api<Service>, Api<ConfigMap>) = match ns {
-            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-        };
-        controller = controller.owns(deployments, owned.clone()).owns(services, owned.clone()).owns(configmaps, owned);
-    }
-    controller
+    Controller::for_stream(pipelines, pipeline_reader)
+        .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES).debounce(DEBOUNCE))
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(configmap_events)
         .watches_stream(version_events, |v: ModelVersion| {
             v.namespace().map(|ns| ObjectRef::new(&v.spec.pipeline).within(&ns))
         })
@@ -148,6 +187,43 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// At most this many pipelines reconcile at once, so a burst (an operator
+/// start with a thousand pipelines) queues here instead of at the API server.
+const MAX_CONCURRENT_RECONCILES: u16 = 16;
+/// Events closer than this coalesce into one reconcile: applying a
+/// pipeline's objects sends a burst of watch events back.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+    }
+}
+
+/// One watch per namespace (one in all), merged, each object trimmed by `trim`.
+fn watch_all<K, F>(
+    namespaces: &[Option<&str>],
+    api: impl Fn(Option<&str>) -> Api<K>,
+    config: watcher::Config,
+    trim: F,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn(&mut K) + Clone + Send + 'static,
+{
+    futures::stream::select_all(
+        namespaces.iter().map(|ns| watcher(api(*ns), config.clone()).default_backoff().modify(trim.clone()).boxed()),
+    )
+}
+
+fn strip_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 async fn reconcile(p: Arc<RecommenderPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -199,10 +275,15 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
         .collect();
     versions.sort_by_key(|v| v.name_any());
 
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let selector = format!("{PIPELINE_LABEL}={name},app.kubernetes.io/managed-by={FIELD_MANAGER}");
-    let existing = deployments.list(&ListParams::default().labels(&selector)).await?;
-    let infos: Vec<VersionInfo> = versions.iter().map(|v| version_info(v, &existing.items)).collect();
+    let owned = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.namespace.as_deref() == Some(namespace.as_str())
+            && meta.labels.as_ref().and_then(|l| l.get(PIPELINE_LABEL)) == Some(&name)
+    };
+    let deployments: Vec<Arc<Deployment>> =
+        ctx.deployments.state().into_iter().filter(|d| owned(&d.metadata)).collect();
+    let services: Vec<Arc<PartialObjectMeta<Service>>> =
+        ctx.services.state().into_iter().filter(|s| owned(&s.metadata)).collect();
+    let infos: Vec<VersionInfo> = versions.iter().map(|v| version_info(v, &deployments)).collect();
 
     let analysis = match analysis_due(&status, interval, now) {
         true => look_at_metrics(p, ctx, &policy, &status, now).await,
@@ -230,7 +311,7 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
 
     let serving = serving_versions(&decision);
     apply_objects(p, ctx, &namespace, &decision, &versions, &serving).await?;
-    delete_retired_objects(ctx, &namespace, &selector, &existing.items, &serving).await?;
+    delete_retired_objects(ctx, &namespace, &deployments, &services, &serving).await?;
 
     for transition in &decision.transitions {
         announce(p, ctx, &versions, transition).await;
@@ -259,7 +340,7 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
 
 /// The engine's view of a ModelVersion: broken when its pods cannot start,
 /// commanded through the promote/abort annotations.
-fn version_info(v: &ModelVersion, deployments: &[Deployment]) -> VersionInfo {
+fn version_info(v: &ModelVersion, deployments: &[Arc<Deployment>]) -> VersionInfo {
     let annotations = v.annotations();
     let command = if annotations.get(ABORT_ANNOTATION).is_some_and(|a| a == "true") {
         Some(Command::Abort)
@@ -279,7 +360,7 @@ fn version_info(v: &ModelVersion, deployments: &[Deployment]) -> VersionInfo {
 
 /// Why a version's pods cannot run: a Deployment that exceeded its progress
 /// deadline (image that cannot be pulled, artifact that cannot be loaded).
-fn deployment_failure(version: &str, deployments: &[Deployment]) -> Option<String> {
+fn deployment_failure(version: &str, deployments: &[Arc<Deployment>]) -> Option<String> {
     deployments
         .iter()
         .filter(|d| d.labels().get(reco_api::VERSION_LABEL).map(String::as_str) == Some(version))
@@ -352,13 +433,44 @@ fn serving_versions(decision: &Decision) -> BTreeSet<String> {
     serving
 }
 
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<(), Error>
+/// Hash and resulting resourceVersion of the last apply of each object.
+#[derive(Default)]
+struct AppliedCache(Mutex<HashMap<(&'static str, String, String), (u64, String)>>);
+
+/// Applies `object` with server-side apply, unless the same object was
+/// applied before and the cluster's copy (`current`, from a watch store) is
+/// still the one that apply returned. An edit by anyone else changes the
+/// resourceVersion, so drift is still corrected.
+async fn apply<K>(ctx: &Context, api: &Api<K>, object: &K, current: Option<String>) -> Result<(), Error>
 where
     K: Resource + Serialize + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
 {
     let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let key = (std::any::type_name::<K>(), namespace, name.clone());
+    let hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(object).unwrap_or_default());
+    let unchanged = {
+        let cache = ctx.applied.0.lock().expect("applied cache lock");
+        cache.get(&key).is_some_and(|(h, rv)| *h == hash && current.as_ref() == Some(rv))
+    };
+    if unchanged {
+        return Ok(());
+    }
+    let result = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await?;
+    if let Some(rv) = result.resource_version() {
+        ctx.applied.0.lock().expect("applied cache lock").insert(key, (hash, rv));
+    }
     Ok(())
+}
+
+/// The resourceVersion of an object in a watch store.
+fn stored_version<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<String>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    store.get(&ObjectRef::new(name).within(namespace)).and_then(|o| o.meta().resource_version.clone())
 }
 
 async fn apply_objects(
@@ -374,17 +486,28 @@ async fn apply_objects(
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
 
     let serving_names: Vec<&str> = serving.iter().map(String::as_str).collect();
-    apply(&configmaps, &resources::routing_configmap(p, &decision.routing, &serving_names)).await?;
-    apply(&services, &resources::features_service(p)).await?;
-    apply(&deployments, &resources::features_deployment(p)).await?;
+    let (deployments, services) = (&deployments, &services);
+    let deployment = |d: Deployment| {
+        let current = stored_version(&ctx.deployments, namespace, &d.name_any());
+        async move { apply(ctx, deployments, &d, current).await }
+    };
+    let service = |s: Service| {
+        let current = stored_version(&ctx.services, namespace, &s.name_any());
+        async move { apply(ctx, services, &s, current).await }
+    };
+    let routing = resources::routing_configmap(p, &decision.routing, &serving_names);
+    let current = stored_version(&ctx.configmaps, namespace, &routing.name_any());
+    apply(ctx, &configmaps, &routing, current).await?;
+    service(resources::features_service(p)).await?;
+    deployment(resources::features_deployment(p)).await?;
     for v in versions.iter().filter(|v| serving.contains(&v.name_any())) {
         for component in [Component::Retrieval, Component::Ranking] {
-            apply(&services, &resources::version_service(p, &v.name_any(), component)).await?;
-            apply(&deployments, &resources::version_deployment(p, v, component)).await?;
+            service(resources::version_service(p, &v.name_any(), component)).await?;
+            deployment(resources::version_deployment(p, v, component)).await?;
         }
     }
-    apply(&services, &resources::gateway_service(p)).await?;
-    apply(&deployments, &resources::gateway_deployment(p)).await?;
+    service(resources::gateway_service(p)).await?;
+    deployment(resources::gateway_deployment(p)).await?;
     Ok(())
 }
 
@@ -392,20 +515,19 @@ async fn apply_objects(
 async fn delete_retired_objects(
     ctx: &Context,
     namespace: &str,
-    selector: &str,
-    deployments: &[Deployment],
+    deployments: &[Arc<Deployment>],
+    services: &[Arc<PartialObjectMeta<Service>>],
     serving: &BTreeSet<String>,
 ) -> Result<(), Error> {
-    let retired =
-        |labels: &BTreeMap<String, String>| labels.get(reco_api::VERSION_LABEL).is_some_and(|v| !serving.contains(v));
+    let retired = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.labels.as_ref().and_then(|l| l.get(reco_api::VERSION_LABEL)).is_some_and(|v| !serving.contains(v))
+    };
     let deployment_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    for d in deployments.iter().filter(|d| retired(d.labels())) {
+    for d in deployments.iter().filter(|d| retired(&d.metadata)) {
         ignore_not_found(deployment_api.delete(&d.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
     }
     let service_api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
-    for s in
-        service_api.list(&ListParams::default().labels(selector)).await?.items.iter().filter(|s| retired(s.labels()))
-    {
+    for s in services.iter().filter(|s| retired(&s.metadata)) {
         ignore_not_found(service_api.delete(&s.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
     }
     Ok(())

@@ -8,312 +8,69 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Operator, Scenario, fast_pipeline, model_version};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
-use reco_api::ModelVersion;
-use reco_rollout::{RoutingTable, VersionPhase};
-use serde_json::json;
+use common::{Scenario, scenarios};
 
 #[tokio::test]
 async fn a_pipeline_creates_its_objects_and_status() {
-    let s = Scenario::start().await;
-    let _operator = Operator::start(&s).await;
-    let pipeline = s.create_pipeline(fast_pipeline("explore")).await;
-
-    let ready = s
-        .eventually("pipeline status written", || async {
-            let p = s.pipelines().get("explore").await.ok()?;
-            let status = p.status?;
-            (status.observed_generation == p.metadata.generation).then_some(status)
-        })
-        .await;
-    let ready_condition = ready.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
-    assert_eq!((ready_condition.status.as_str(), ready_condition.reason.as_str()), ("False", "NoStableVersion"));
-    assert_eq!(ready.phase.as_deref(), Some("Idle"));
-
-    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), common::NAMESPACE);
-    let gateway = s.eventually("gateway deployment", || async { deployments.get("explore-gateway").await.ok() }).await;
-    let owner = &gateway.metadata.owner_references.as_ref().expect("owner reference")[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("RecommenderPipeline", pipeline.uid().unwrap().as_str()));
-    assert_eq!(owner.controller, Some(true));
-    assert_eq!(gateway.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("reco-operator"));
-    assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(2));
-    let container = &gateway.spec.unwrap().template.spec.unwrap().containers[0];
-    let security = container.security_context.as_ref().expect("securityContext");
-    assert_eq!(security.run_as_non_root, Some(true));
-    assert_eq!(security.allow_privilege_escalation, Some(false));
-    assert_eq!(security.read_only_root_filesystem, Some(true));
-    assert!(container.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some(), "limits set");
-    assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
-
-    let services: Api<Service> = Api::namespaced(s.client.clone(), common::NAMESPACE);
-    assert!(services.get("explore-gateway").await.is_ok());
-    assert!(services.get("explore-features").await.is_ok());
-    assert!(deployments.get("explore-features").await.is_ok());
-
-    // Only the operator's field manager owns what it applied.
-    let managers: Vec<String> =
-        gateway.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
-    assert_eq!(managers, ["reco-operator"]);
+    scenarios::a_pipeline_creates_its_objects_and_status(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn a_better_version_is_promoted_through_every_step() {
-    let s = Scenario::start().await;
-    let _operator = Operator::start(&s).await;
-    s.create_pipeline(fast_pipeline("explore")).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.metrics.set_ctr("v2", 0.055);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    assert_eq!(s.routing("explore").await.versions.len(), 1);
-
-    s.create_version(model_version("explore", "v2")).await;
-    s.wait_for_phase("v2", VersionPhase::Shadow).await;
-    let shadow_routing = s.routing("explore").await;
-    assert_eq!(shadow_routing.shadow.as_deref(), Some("v2"));
-    s.wait_for_phase("v2", VersionPhase::Canary).await;
-    s.wait_for_phase("v2", VersionPhase::Stable).await;
-    s.wait_for_phase("v1", VersionPhase::Retired).await;
-
-    let routing = s.routing("explore").await;
-    assert_eq!(routing.versions.iter().map(|v| (v.name.as_str(), v.weight)).collect::<Vec<_>>(), [("v2", 100)]);
-    let p = s.pipelines().get("explore").await.unwrap();
-    let status = p.status.unwrap();
-    assert_eq!(status.rollout.stable.as_deref(), Some("v2"));
-    assert!(status.rollout.candidate.is_none());
-    let history: Vec<(String, VersionPhase)> =
-        status.rollout.history.iter().map(|h| (h.version.clone(), h.to)).collect();
-    assert!(history.contains(&("v2".into(), VersionPhase::Stable)), "{history:?}");
-    // Every canary weight was served before promotion, in increasing order.
-    assert_eq!(s.routing_log.canary_weights("v2"), [10, 50]);
-    // The retired version's pods are gone; the new stable's serve.
-    s.eventually("v1 objects removed", || async {
-        let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), common::NAMESPACE);
-        deployments.get("explore-retrieval-v1").await.is_err().then_some(())
-    })
-    .await;
-    assert!(s.events_with_reason("Promoted").await >= 1);
+    scenarios::a_better_version_is_promoted_through_every_step(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn a_worse_version_is_rolled_back_and_stable_keeps_serving() {
-    let s = Scenario::start().await;
-    let _operator = Operator::start(&s).await;
-    s.create_pipeline(fast_pipeline("explore")).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.metrics.set_ctr("v3", 0.01);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    s.create_version(model_version("explore", "v3")).await;
-    let rolled_back = s.wait_for_phase("v3", VersionPhase::RolledBack).await;
-    let reason = rolled_back.status.unwrap().reason.unwrap_or_default();
-    assert!(!reason.is_empty());
-
-    let routing = s.routing("explore").await;
-    assert_eq!(routing.versions.iter().map(|v| (v.name.as_str(), v.weight)).collect::<Vec<_>>(), [("v1", 100)]);
-    assert_eq!(s.version("v1").await.status.unwrap().phase, Some(VersionPhase::Stable));
-    let p = s.pipelines().get("explore").await.unwrap();
-    let degraded = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap();
-    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "RolledBack"));
-    assert!(s.events_with_reason("RolledBack").await >= 1);
-    // Stable never stopped being routed while the canary ran.
-    assert!(s.routing_log.always_serves("v1"));
+    scenarios::a_worse_version_is_rolled_back_and_stable_keeps_serving(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn an_operator_restart_mid_canary_resumes_where_it_was() {
-    let s = Scenario::start().await;
-    let mut pipeline = fast_pipeline("explore");
-    // A long first canary step, so the restart lands inside it.
-    pipeline["spec"]["rollout"]["steps"][1]["canary"]["minImpressions"] = json!(150_000);
-    s.create_pipeline(pipeline).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.metrics.set_ctr("v2", 0.055);
-    let operator = Operator::start(&s).await;
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    s.create_version(model_version("explore", "v2")).await;
-    s.wait_for_phase("v2", VersionPhase::Canary).await;
-    operator.stop().await;
-
-    let before = s.pipelines().get("explore").await.unwrap().status.unwrap().rollout;
-    let candidate = before.candidate.clone().expect("a canary in flight");
-    let _operator = Operator::start(&s).await;
-    // The new operator continues the stored step: same version, same or later step, same step start.
-    let resumed = s
-        .eventually("the restarted operator writes status", || async {
-            let status = s.pipelines().get("explore").await.ok()?.status?;
-            (status.rollout != before).then_some(status.rollout)
-        })
-        .await;
-    if let Some(c) = &resumed.candidate {
-        assert_eq!(c.version, candidate.version);
-        assert!(c.step >= candidate.step);
-        if c.step == candidate.step {
-            assert_eq!(c.step_started_at, candidate.step_started_at);
-        }
-    }
-    s.wait_for_phase("v2", VersionPhase::Stable).await;
+    scenarios::an_operator_restart_mid_canary_resumes_where_it_was(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn api_errors_and_conflicts_converge() {
-    let s = Scenario::start().await;
-    s.server.inject_failures("PATCH", "/deployments/", 500, 3);
-    s.server.inject_failures("PATCH", "/status", 409, 2);
-    s.server.inject_failures("GET", "/deployments", 503, 2);
-    let _operator = Operator::start(&s).await;
-    s.create_pipeline(fast_pipeline("explore")).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), common::NAMESPACE);
-    s.eventually("objects applied after the errors", || async { deployments.get("explore-retrieval-v1").await.ok() })
-        .await;
-    let p = s.pipelines().get("explore").await.unwrap();
-    let ready = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!(ready.status, "True");
+    scenarios::api_errors_and_conflicts_converge(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn an_invalid_spec_is_reported_and_changes_nothing() {
-    let s = Scenario::start().await;
-    let _operator = Operator::start(&s).await;
-    // The test double does not enforce the CRD schema, like a cluster whose
-    // CRD predates a rule: the operator must catch it itself.
-    let mut pipeline = fast_pipeline("broken");
-    pipeline["spec"]["rollout"]["steps"] = json!([
-        {"canary": {"weight": 50, "minImpressions": 10, "maxDuration": "1m"}},
-        {"canary": {"weight": 20, "minImpressions": 10, "maxDuration": "1m"}},
-    ]);
-    s.create_pipeline(pipeline).await;
-    let condition = s
-        .eventually("InvalidSpec reported", || async {
-            let status = s.pipelines().get("broken").await.ok()?.status?;
-            status.conditions.into_iter().find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
-        })
-        .await;
-    assert_eq!(condition.status, "False");
-    assert!(condition.message.contains("spec.rollout.steps[1].canary.weight"), "{}", condition.message);
-    assert_eq!(s.events_with_reason("InvalidSpec").await, 1);
-    let configmaps: Api<ConfigMap> = Api::namespaced(s.client.clone(), common::NAMESPACE);
-    assert!(configmaps.get("broken-routing").await.is_err(), "nothing applied for an invalid spec");
+    scenarios::an_invalid_spec_is_reported_and_changes_nothing(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
-    let s = Scenario::start().await;
-    let mut pipeline = fast_pipeline("explore");
-    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
-    s.create_pipeline(pipeline).await;
-    let _operator = Operator::start(&s).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    s.create_version(model_version("explore", "v2")).await;
-    s.wait_for_phase("v2", VersionPhase::Shadow).await;
-    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), common::NAMESPACE);
-    s.eventually("shadow pods", || async { deployments.get("explore-ranking-v2").await.ok() }).await;
-
-    s.versions().delete("v2", &DeleteParams::default()).await.unwrap();
-    s.eventually("v2 objects removed", || async {
-        let gone = deployments.get("explore-ranking-v2").await.is_err()
-            && deployments.get("explore-retrieval-v2").await.is_err();
-        gone.then_some(())
-    })
-    .await;
-    let routing = s.routing("explore").await;
-    assert_eq!(routing.shadow, None);
-    assert!(deployments.get("explore-retrieval-v1").await.is_ok(), "stable keeps its pods");
+    scenarios::a_version_that_leaves_the_pipeline_loses_its_objects(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn the_abort_annotation_rolls_back_at_once() {
-    let s = Scenario::start().await;
-    let mut pipeline = fast_pipeline("explore");
-    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
-    s.create_pipeline(pipeline).await;
-    let _operator = Operator::start(&s).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    let mut v2 = model_version("explore", "v2");
-    s.create_version(v2.clone()).await;
-    s.wait_for_phase("v2", VersionPhase::Shadow).await;
-    v2 = serde_json::to_value(s.version("v2").await).unwrap();
-    v2["metadata"]["annotations"] = json!({"reco.seed.dev/abort": "true"});
-    let object: ModelVersion = serde_json::from_value(v2).unwrap();
-    s.versions().replace("v2", &PostParams::default(), &object).await.unwrap();
-    let aborted = s.wait_for_terminal("v2").await;
-    assert!(matches!(aborted, VersionPhase::RolledBack | VersionPhase::Failed), "{aborted:?}");
-    assert_eq!(s.version("v1").await.status.unwrap().phase, Some(VersionPhase::Stable));
+    scenarios::the_abort_annotation_rolls_back_at_once(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn a_paused_pipeline_does_not_advance() {
-    let s = Scenario::start().await;
-    let mut pipeline = fast_pipeline("explore");
-    pipeline["spec"]["paused"] = json!(true);
-    s.create_pipeline(pipeline).await;
-    let _operator = Operator::start(&s).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    let p = s
-        .eventually("paused status", || async {
-            let status = s.pipelines().get("explore").await.ok()?.status?;
-            (status.phase.as_deref() == Some("Paused")).then_some(status)
-        })
-        .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let v1 = s.version("v1").await;
-    assert_ne!(v1.status.and_then(|st| st.phase), Some(VersionPhase::Stable), "no transition while paused: {p:?}");
+    scenarios::a_paused_pipeline_does_not_advance(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn routing_configmap_is_what_gateways_parse() {
-    let s = Scenario::start().await;
-    let _operator = Operator::start(&s).await;
-    s.create_pipeline(fast_pipeline("explore")).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    let table: RoutingTable = s.routing("explore").await;
-    table.validate().expect("a valid routing table");
-    assert_eq!(table.pipeline, "explore");
-    assert_eq!(table.salt, "explore");
+    scenarios::routing_configmap_is_what_gateways_parse(&Scenario::start().await).await;
 }
 
 #[tokio::test]
 async fn missing_metrics_hold_the_weight_and_never_promote() {
-    let s = Scenario::start().await;
-    s.create_pipeline(fast_pipeline("explore")).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.metrics.set_ctr("v2", 0.055);
-    let _operator = Operator::start(&s).await;
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    s.metrics.set_unavailable(Some("gateway unreachable"));
-    s.create_version(model_version("explore", "v2")).await;
-    s.wait_for_phase("v2", VersionPhase::Canary).await;
+    scenarios::missing_metrics_hold_the_weight_and_never_promote(&Scenario::start().await).await;
+}
 
-    let inconclusive = s
-        .eventually("an Inconclusive look", || async {
-            let status = s.pipelines().get("explore").await.ok()?.status?;
-            let analysis = status.last_analysis?;
-            (analysis.verdict == reco_rollout::AnalysisVerdict::Inconclusive).then_some(analysis)
-        })
-        .await;
-    assert!(inconclusive.message.contains("gateway unreachable"), "{}", inconclusive.message);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let held = s.version("v2").await.status.unwrap();
-    assert_eq!((held.phase, held.weight), (Some(VersionPhase::Canary), 10), "weight held while metrics are missing");
+#[tokio::test]
+async fn drift_on_owned_objects_is_corrected() {
+    scenarios::drift_on_owned_objects_is_corrected(&Scenario::start().await).await;
+}
 
-    s.metrics.set_unavailable(None);
-    s.wait_for_phase("v2", VersionPhase::Stable).await;
+#[tokio::test]
+async fn a_reconcile_that_changes_nothing_applies_nothing() {
+    scenarios::a_reconcile_that_changes_nothing_applies_nothing(&Scenario::start().await).await;
 }

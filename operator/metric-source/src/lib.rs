@@ -163,3 +163,20 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
     }
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn both_sources_fit_behind_the_trait_object() {
+        let url: Url = "http://127.0.0.1:9/".parse().expect("valid URL");
+        let sources: Vec<Arc<dyn MetricSource>> = vec![
+            Arc::new(PrometheusSource::new(url.clone()).expect("a client")),
+            Arc::new(ScrapeSource::new(vec![url]).expect("a client")),
+        ];
+        assert_eq!(sources.len(), 2);
+    }
+}

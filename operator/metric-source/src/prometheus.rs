@@ -26,14 +26,22 @@
 //! ```
 //!
 //! `P` and `V` are written as escaped PromQL strings, so any name is matched
-//! literally. Reading the answers: counts are rounded to whole numbers
-//! (`increase()` extrapolates to the range's edges, so it answers fractions,
-//! and slightly more than the exact count for a window that starts or ends
-//! between two scrapes); an empty vector is 0 (no series yet: no traffic); a
-//! NaN or empty quantile is "no latency" (`None`). A failed request, a
+//! literally. Reading the answers: counts are rounded to whole numbers;
+//! an empty vector is 0 (no series yet: no traffic); a NaN or empty quantile is "no latency" (`None`). A failed request, a
 //! timeout ([`crate::DEFAULT_TIMEOUT`] unless set), a non-2xx answer, a
 //! `status: error` answer or a malformed one fails the whole window with an
 //! error naming the query.
+//!
+//! Counts are Prometheus' estimates, not exact: `increase()` only sees the
+//! deltas between samples inside its range and extrapolates them to the
+//! range's edges. So it answers fractions, and near each edge of the window
+//! it can be off by up to one scrape interval's worth of traffic: traffic
+//! between the window's start and the first scrape inside it is only
+//! estimated, from the rate after that scrape (a burst there is lost). A
+//! window covering a series from its first sample (at 0) to its last is
+//! exact. For steady traffic over windows of many scrape intervals the
+//! error is small; the scrape source has no extrapolation but the same
+//! one-scrape resolution at the window's start.
 //!
 //! This module owns the I/O; building the queries and reading the answers is
 //! pure and lives in `promql` ([`crate::window_queries`]).

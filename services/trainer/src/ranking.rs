@@ -13,7 +13,7 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use reco_model::{Ranker, RankerBatch, RankerConfig, pad_bags};
+use reco_model::{Ranker, RankerBatch, RankerConfig, RankerOutput, pad_bags};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Tensor};
@@ -45,6 +45,8 @@ pub struct RankerOptions {
     pub patience: usize,
     /// Values of the high-rating weight of the value model tried on validation.
     pub value_weights: Vec<f64>,
+    /// Ranker / two-tower blends tried on validation (see [`ValueModel`]).
+    pub ranker_blends: Vec<f64>,
 }
 
 impl Default for RankerOptions {
@@ -61,6 +63,7 @@ impl Default for RankerOptions {
             max_epochs: 8,
             patience: 2,
             value_weights: vec![0.0, 0.5, 1.0],
+            ranker_blends: vec![1.0, 0.75, 0.5, 0.25, 0.0],
         }
     }
 }
@@ -171,7 +174,7 @@ pub struct TrainedRanker {
     pub vs: nn::VarStore,
     pub model: Ranker,
     pub scaler: DenseScaler,
-    pub value_weight: f64,
+    pub value_model: ValueModel,
     pub best_epoch: usize,
     pub best_valid_ndcg_at_10: f64,
 }
@@ -213,6 +216,58 @@ impl<'a> RankerInputs<'a> {
     }
 }
 
+/// Ranker outputs for every candidate of every user (logits `[n, tasks]`).
+pub fn score_candidates(
+    ranker: &Ranker,
+    inputs: &RankerInputs<'_>,
+    tt: &TwoTowerScorer,
+    cands: &[UserCandidates],
+    scaler: &DenseScaler,
+) -> Vec<RankerOutput> {
+    cands
+        .iter()
+        .map(|c| {
+            let rows: Vec<(u32, u32, &[f32; N_DENSE])> =
+                c.items.iter().zip(&c.dense).map(|(&i, d)| (c.user, i, d)).collect();
+            let b = inputs.batch(tt, &rows, scaler);
+            tch::no_grad(|| ranker.forward(&b, false))
+        })
+        .collect()
+}
+
+/// How the served score is formed from the ranker's task probabilities and
+/// the two-tower score, both chosen on validation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValueModel {
+    /// `w` in `value = p(interaction) * (1 + w * p(high rating))`.
+    pub high_rating_weight: f64,
+    /// Served score = `blend * z(ln value) + (1 - blend) * z(two-tower score)`,
+    /// z-scores taken over the user's candidates; 1 is the ranker alone.
+    pub ranker_blend: f64,
+}
+
+/// Per-user ranked lists of length `k` under the value model `vm`.
+pub fn rank_by_value(
+    outputs: &[RankerOutput],
+    cands: &[UserCandidates],
+    vm: ValueModel,
+    k: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::with_capacity(cands.len());
+    for (c, o) in cands.iter().zip(outputs) {
+        let v = Vec::<f32>::try_from(o.value(vm.high_rating_weight))?;
+        let lv: Vec<f32> = v.iter().map(|x| x.max(1e-12).ln()).collect();
+        let tt: Vec<f32> = c.dense.iter().map(|d| d[0]).collect();
+        let (zr, zt) = (zscore(&lv), zscore(&tt));
+        let blend = vm.ranker_blend as f32;
+        let s: Vec<f32> = zr.iter().zip(&zt).map(|(r, t)| blend * r + (1.0 - blend) * t).collect();
+        let mut order: Vec<usize> = (0..c.items.len()).collect();
+        order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(c.items[a].cmp(&c.items[b])));
+        out.push(order.into_iter().take(k).map(|j| c.items[j]).collect());
+    }
+    Ok(out)
+}
+
 /// Ranker scores of every candidate, as per-user ranked lists of length `k`.
 pub fn rank_candidates(
     ranker: &Ranker,
@@ -220,20 +275,10 @@ pub fn rank_candidates(
     tt: &TwoTowerScorer,
     cands: &[UserCandidates],
     scaler: &DenseScaler,
-    value_weight: f64,
+    vm: ValueModel,
     k: usize,
 ) -> Result<Vec<Vec<u32>>> {
-    let mut out = Vec::with_capacity(cands.len());
-    for c in cands {
-        let rows: Vec<(u32, u32, &[f32; N_DENSE])> =
-            c.items.iter().zip(&c.dense).map(|(&i, d)| (c.user, i, d)).collect();
-        let b = inputs.batch(tt, &rows, scaler);
-        let v = Vec::<f32>::try_from(tch::no_grad(|| ranker.forward(&b, false).value(value_weight)))?;
-        let mut order: Vec<usize> = (0..c.items.len()).collect();
-        order.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(c.items[a].cmp(&c.items[b])));
-        out.push(order.into_iter().take(k).map(|j| c.items[j]).collect());
-    }
-    Ok(out)
+    rank_by_value(&score_candidates(ranker, inputs, tt, cands, scaler), cands, vm, k)
 }
 
 /// Training material for the ranker.
@@ -299,7 +344,7 @@ pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progres
 
     let mut best = f64::NEG_INFINITY;
     let mut best_epoch = 0;
-    let mut best_weight = o.value_weights.first().copied().unwrap_or(0.0);
+    let mut best_vm = ValueModel { high_rating_weight: 0.0, ranker_blend: 1.0 };
     let mut bad = 0;
     for epoch in 1..=o.max_epochs {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_919).wrapping_add(epoch as u64));
@@ -320,25 +365,29 @@ pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progres
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        let mut epoch_best = (f64::NEG_INFINITY, 0.0);
-        for &w in &o.value_weights {
-            let ranked =
-                rank_candidates(&model, data.inputs, data.valid_sources, data.valid_candidates, &scaler, w, 10)?;
-            let ndcg = evaluate_ranked(&ranked, data.valid, &[10], &data.inputs.fs.item_train_count)["ndcg@10"];
-            if ndcg > epoch_best.0 {
-                epoch_best = (ndcg, w);
+        let mut epoch_best = (f64::NEG_INFINITY, best_vm);
+        let outputs = score_candidates(&model, data.inputs, data.valid_sources, data.valid_candidates, &scaler);
+        for &high_rating_weight in &o.value_weights {
+            for &ranker_blend in &o.ranker_blends {
+                let vm = ValueModel { high_rating_weight, ranker_blend };
+                let ranked = rank_by_value(&outputs, data.valid_candidates, vm, 10)?;
+                let ndcg = evaluate_ranked(&ranked, data.valid, &[10], &data.inputs.fs.item_train_count)["ndcg@10"];
+                if ndcg > epoch_best.0 {
+                    epoch_best = (ndcg, vm);
+                }
             }
         }
         tracing::info!(
             epoch,
             loss = loss_sum / n.max(1) as f64,
             valid_ndcg_at_10 = epoch_best.0,
-            value_weight = epoch_best.1,
+            high_rating_weight = epoch_best.1.high_rating_weight,
+            ranker_blend = epoch_best.1.ranker_blend,
             "ranker epoch"
         );
         if epoch_best.0 > best {
             best = epoch_best.0;
-            best_weight = epoch_best.1;
+            best_vm = epoch_best.1;
             best_epoch = epoch;
             best_vs.copy(&vs)?;
             bad = 0;
@@ -353,7 +402,7 @@ pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progres
         vs: best_vs,
         model: best_model,
         scaler,
-        value_weight: best_weight,
+        value_model: best_vm,
         best_epoch,
         best_valid_ndcg_at_10: best,
     })

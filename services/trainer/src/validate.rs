@@ -182,7 +182,8 @@ impl Collector {
         let e = map.entry((t.name.clone(), column.to_string(), kind)).or_default();
         e.0 += 1;
         if e.1.len() < self.rules.max_examples {
-            let line = row.map(|r| format!("line {}: ", t.lines.get(r).copied().unwrap_or(r as u64 + 2))).unwrap_or_default();
+            let line =
+                row.map(|r| format!("line {}: ", t.lines.get(r).copied().unwrap_or(r as u64 + 2))).unwrap_or_default();
             e.1.push(format!("{line}{value:?}"));
         }
     }

@@ -167,3 +167,46 @@ fn broken_files_fail_with_a_report_written_next_to_the_output() {
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+#[test]
+fn two_tower_training_never_reads_validation_or_test() {
+    use reco_trainer::features::{FeatureOptions, FeatureSpace};
+    use reco_trainer::retrieval::{TwoTowerData, train_two_tower};
+    use reco_trainer::split::{by_user, chronological_split};
+
+    // One libtorch thread: tests run in parallel on small machines.
+    tch::set_num_threads(1);
+    let data = tmp("leak");
+    write_synthetic(&data);
+    let (ds, _) = load_dataset(&data, &ValidationRules::default(), None).unwrap();
+    let o = tiny(&data, &data, 3).two_tower;
+    let fit = |ds: &reco_trainer::validate::Dataset| {
+        let split = chronological_split(ds, [0.8, 0.1, 0.1]);
+        let train = by_user(ds.users.len(), &split.train);
+        let fs = FeatureSpace::fit(ds, &split.train, FeatureOptions::default());
+        let d = TwoTowerData { ds, fs: &fs, train: &train, valid: None };
+        let t = train_two_tower(&d, &o, 3, None, &reco_trainer::Progress::hidden(), "leak").unwrap();
+        let mut vars: Vec<(String, tch::Tensor)> = t.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        (split, vars)
+    };
+    let (split, before) = fit(&ds);
+    // Point every validation and test interaction at another item with another rating.
+    let mut tampered = ds.clone();
+    let held_out: std::collections::HashSet<(u32, i64)> =
+        split.valid.iter().chain(&split.test).map(|x| (x.user, x.timestamp)).collect();
+    for x in &mut tampered.interactions {
+        if held_out.contains(&(x.user, x.timestamp)) {
+            x.item = (x.item + 1) % ds.items.len() as u32;
+            x.rating = 1.0;
+        }
+    }
+    let (split2, after) = fit(&tampered);
+    assert_eq!(split.train, split2.train);
+    assert_ne!(split.test, split2.test);
+    assert_eq!(before.len(), after.len());
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        assert!(a.equal(b), "{name} changed when only validation/test changed");
+    }
+    std::fs::remove_dir_all(data).ok();
+}

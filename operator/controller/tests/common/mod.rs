@@ -3,13 +3,16 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod scenarios;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt};
@@ -25,18 +28,20 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const NAMESPACE: &str = "reco";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The API server and what the tests read and script.
 pub struct Scenario {
-    pub server: TestApiServer,
+    /// The test double, or `None` on a real cluster.
+    server: Option<TestApiServer>,
     pub client: Client,
+    pub namespace: String,
     pub metrics: Arc<ScriptedMetrics>,
     pub routing_log: RoutingLog,
 }
 
 impl Scenario {
+    /// A scenario on the in-process API test double.
     pub async fn start() -> Self {
         let server = TestApiServer::start().await.expect("test API server starts");
         for crd in [
@@ -46,16 +51,48 @@ impl Scenario {
             server.register_crd(&crd).expect("CRD registers");
         }
         let client = server.client();
-        let routing_log = RoutingLog::start(client.clone());
-        Self { server, client, metrics: Arc::new(ScriptedMetrics::default()), routing_log }
+        Self::with(Some(server), client, "reco".to_owned())
+    }
+
+    /// A scenario on the cluster of the current kubeconfig, in a new namespace.
+    /// The reco CRDs must be installed (`kubectl apply --server-side -f crds/`).
+    pub async fn real_cluster() -> Self {
+        assert!(
+            std::env::var_os("RECO_REAL_CLUSTER").is_some(),
+            "set RECO_REAL_CLUSTER=1 (and KUBECONFIG) to run the real-cluster tests"
+        );
+        let client = Client::try_default().await.expect("a kubeconfig or in-cluster configuration");
+        let namespace = format!("reco-test-{:08x}", rand::random::<u32>());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let object: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        namespaces.create(&PostParams::default(), &object).await.expect("namespace created");
+        Self::with(None, client, namespace)
+    }
+
+    fn with(server: Option<TestApiServer>, client: Client, namespace: String) -> Self {
+        let routing_log = RoutingLog::start(Api::namespaced(client.clone(), &namespace));
+        Self { server, client, namespace, metrics: Arc::new(ScriptedMetrics::default()), routing_log }
+    }
+
+    /// Deletes a real cluster's test namespace (the test double goes with the process).
+    pub async fn cleanup(self) {
+        if self.server.is_none() {
+            let namespaces: Api<Namespace> = Api::all(self.client.clone());
+            namespaces.delete(&self.namespace, &Default::default()).await.expect("namespace deleted");
+        }
+    }
+
+    /// The test double, for fault injection; scenarios that need it do not run on real clusters.
+    pub fn server(&self) -> &TestApiServer {
+        self.server.as_ref().expect("this scenario needs the API test double")
     }
 
     pub fn pipelines(&self) -> Api<RecommenderPipeline> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+        Api::namespaced(self.client.clone(), &self.namespace)
     }
 
     pub fn versions(&self) -> Api<ModelVersion> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+        Api::namespaced(self.client.clone(), &self.namespace)
     }
 
     pub async fn create_pipeline(&self, object: Value) -> RecommenderPipeline {
@@ -106,16 +143,18 @@ impl Scenario {
 
     /// The routing table in the pipeline's routing ConfigMap.
     pub async fn routing(&self, pipeline: &str) -> RoutingTable {
-        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = format!("{pipeline}-routing");
         let cm = self.eventually("routing ConfigMap", || async { configmaps.get(&name).await.ok() }).await;
         let yaml = cm.data.unwrap_or_default().remove("routing.yaml").expect("routing.yaml key");
         serde_saphyr::from_str(&yaml).expect("routing.yaml parses")
     }
 
-    /// Number of Events (events.k8s.io/v1) with this reason.
+    /// Number of Events (events.k8s.io/v1) with this reason in the namespace.
     pub async fn events_with_reason(&self, reason: &str) -> usize {
-        self.server.objects("events.k8s.io", "events").iter().filter(|e| e["reason"] == reason).count()
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = events.list(&Default::default()).await.expect("events list");
+        list.items.iter().filter(|e| e.reason.as_deref() == Some(reason)).count()
     }
 }
 
@@ -124,7 +163,7 @@ pub fn fast_pipeline(name: &str) -> Value {
     json!({
         "apiVersion": "reco.seed.dev/v1alpha1",
         "kind": "RecommenderPipeline",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name},
         "spec": {
             "rollout": {
                 "steps": [
@@ -142,7 +181,7 @@ pub fn model_version(pipeline: &str, name: &str) -> Value {
     json!({
         "apiVersion": "reco.seed.dev/v1alpha1",
         "kind": "ModelVersion",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name},
         "spec": {"pipeline": pipeline, "artifactUri": format!("file:///models/{name}"), "offlineMetrics": {"ndcg@10": 0.1}},
     })
 }
@@ -244,10 +283,9 @@ impl MetricSource for ScriptedSource {
 pub struct RoutingLog(Arc<Mutex<Vec<RoutingTable>>>);
 
 impl RoutingLog {
-    fn start(client: Client) -> Self {
+    fn start(configmaps: Api<ConfigMap>) -> Self {
         let log = Self::default();
         let recorded = log.clone();
-        let configmaps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
         tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher(configmaps, watcher::Config::default()).applied_objects());
             while let Some(Ok(cm)) = events.next().await {

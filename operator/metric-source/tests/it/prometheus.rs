@@ -31,9 +31,9 @@ fn clicks_selector(pipeline: &str, version: &str) -> String {
 
 /// Asserts a side: counts within `[expected, expected × 1.3]` (rounded) to
 /// allow for `increase()` extrapolation, exact when `exact`; p99 up to float
-/// error.
+/// error; `context` is appended to a failure's message.
 #[track_caller]
-fn assert_side(actual: &SideMetrics, expected: &Traffic, exact: bool) {
+fn assert_side(actual: &SideMetrics, expected: &Traffic, exact: bool, context: &str) {
     let pairs = [
         ("impressions", actual.impressions, expected.impressions),
         ("clicks", actual.clicks, expected.clicks),
@@ -42,7 +42,7 @@ fn assert_side(actual: &SideMetrics, expected: &Traffic, exact: bool) {
     ];
     for (name, actual, expected) in pairs {
         let ceiling = if exact { expected } else { (expected as f64 * 1.3).round() as u64 };
-        assert!((expected..=ceiling).contains(&actual), "{name}: {actual} not in [{expected}, {ceiling}]");
+        assert!((expected..=ceiling).contains(&actual), "{name}: {actual} not in [{expected}, {ceiling}]{context}");
     }
     assert_latency(actual.p99_latency_seconds, P99);
 }
@@ -83,36 +83,39 @@ async fn reads_windows_from_a_real_prometheus() {
         window(pipeline, stable, candidate, shadow, test_start - SignedDuration::from_mins(1), at_last_sample)
     };
     let canary = source.window(&whole("home", "v1", "v2", false)).await.expect("a window");
-    assert_side(&canary.stable, &v1, true);
-    assert_side(&canary.candidate, &v2, true);
+    assert_side(&canary.stable, &v1, true, "");
+    assert_side(&canary.candidate, &v2, true, "");
     let shadow = source.window(&whole("home", "v1", "v3", true)).await.expect("a window");
-    assert_side(&shadow.stable, &v1, true);
-    assert_side(&shadow.candidate, &v3, true);
+    assert_side(&shadow.stable, &v1, true, "");
+    assert_side(&shadow.candidate, &v3, true, "");
     assert_eq!((shadow.candidate.impressions, shadow.candidate.clicks), (0, 0), "a shadow shows nothing");
     // The hostile names are matched literally, and inject nothing.
     let hostile_window = source.window(&whole(HOSTILE_PIPELINE, HOSTILE_VERSION, "v2", false)).await.expect("a window");
-    assert_side(&hostile_window.stable, &hostile, true);
+    assert_side(&hostile_window.stable, &hostile, true, "");
     assert_eq!(hostile_window.candidate, SideMetrics::default(), "v2 serves only pipeline home");
     // A version without series: no traffic, not an error.
     let unknown = source.window(&whole("home", "v1", "v404", false)).await.expect("a window");
     assert_eq!(unknown.candidate, SideMetrics::default());
 
     // Within tolerance: a window starting between two scrapes, ending now.
+    // The traffic comes 2 s into the window, after a scrape inside it:
+    // `increase()` sees only deltas between samples in its range, so
+    // traffic before the window's first sample would be lost.
     let middle = Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let (v1_more, v2_more) = (Traffic::new(200, 20, 200, 2), Traffic::new(100, 10, 100, 1));
     gateway.serve("home", "v1", &v1_more);
     gateway.serve("home", "v2", &v2_more);
     prometheus.wait_for(&v1_clicks, 50.0).await;
-    // A range of 12 s with 1 s scrapes: extrapolation adds at most ~2.2 s of
-    // ~9.8 s sampled, under the 30% the assertion allows.
+    // A range of at least 12 s with 1 s scrapes: extrapolation adds at most
+    // ~2.2 s to ~9.8 s sampled, under the 30% the assertion allows.
     let wait = (middle + SignedDuration::from_secs(12)).duration_since(Timestamp::now());
     tokio::time::sleep(wait.try_into().unwrap_or_default()).await;
-    let recent: WindowMetrics =
-        source.window(&window("home", "v1", "v2", false, middle, Timestamp::now())).await.expect("a window");
-    let raw = format!("{}\n{}", prometheus.raw("up[30s]").await, prometheus.raw(&format!("{v1_clicks}[30s]")).await);
-    eprintln!("DBG middle={middle} recent={recent:?}\n{raw}");
-    assert_side(&recent.stable, &v1_more, false);
-    assert_side(&recent.candidate, &v2_more, false);
+    let recent_window = window("home", "v1", "v2", false, middle, Timestamp::now());
+    let recent = source.window(&recent_window).await.expect("a window");
+    let context = format!("\nwindow {recent_window:?}\nsamples {}", prometheus.raw(&format!("{v1_clicks}[30s]")).await);
+    assert_side(&recent.stable, &v1_more, false, &context);
+    assert_side(&recent.candidate, &v2_more, false, &context);
 }
 
 /// A fake Prometheus: `/<mode>/api/v1/query` answers according to `mode`.
