@@ -430,3 +430,125 @@ fn to_yaml<T: Serialize>(value: &T) -> String {
 fn serde_variant<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_lowercase)).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reco_api::{ModelVersionSpec, RecommenderPipelineSpec};
+
+    fn pipeline(spec: serde_json::Value) -> RecommenderPipeline {
+        let spec: RecommenderPipelineSpec = serde_json::from_value(spec).unwrap();
+        let mut p = RecommenderPipeline::new("explore", spec);
+        p.metadata.namespace = Some("reco".into());
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    fn version(name: &str, image: Option<&str>) -> ModelVersion {
+        ModelVersion::new(
+            name,
+            ModelVersionSpec {
+                pipeline: "explore".into(),
+                artifact_uri: format!("s3://models/{name}"),
+                offline_metrics: Default::default(),
+                image: image.map(str::to_owned),
+            },
+        )
+    }
+
+    fn container(d: &Deployment) -> &Container {
+        &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    }
+
+    #[test]
+    fn long_names_are_cut_to_63_characters_and_stay_unique() {
+        assert_eq!(object_name(&["explore", "gateway"]), "explore-gateway");
+        let long = "a".repeat(60);
+        let (one, two) = (object_name(&[&long, "retrieval", "v1"]), object_name(&[&long, "retrieval", "v2"]));
+        assert!(one.len() <= 63 && two.len() <= 63);
+        assert_ne!(one, two);
+        assert!(one.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert_eq!(object_name(&["Explore", "Gateway"]), "explore-gateway");
+    }
+
+    #[test]
+    fn selectors_match_the_pod_labels_and_pick_one_version() {
+        let p = pipeline(serde_json::json!({}));
+        let d = version_deployment(&p, &version("v2", None), Component::Retrieval);
+        let spec = d.spec.unwrap();
+        let selector = spec.selector.match_labels.unwrap();
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(selector.get(VERSION_LABEL).map(String::as_str), Some("v2"));
+        let service = version_service(&p, "v2", Component::Retrieval);
+        assert_eq!(service.spec.unwrap().selector.unwrap(), selector);
+    }
+
+    #[test]
+    fn every_object_is_owned_by_its_pipeline() {
+        let p = pipeline(serde_json::json!({}));
+        let routing = RoutingTable::default();
+        let metas = [
+            gateway_deployment(&p).metadata,
+            features_deployment(&p).metadata,
+            gateway_service(&p).metadata,
+            features_service(&p).metadata,
+            routing_configmap(&p, &routing, &[]).metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.unwrap()[0];
+            assert_eq!((owner.uid.as_str(), owner.controller), ("uid-1", Some(true)));
+            assert_eq!(meta.namespace.as_deref(), Some("reco"));
+        }
+    }
+
+    #[test]
+    fn images_resources_and_replicas_follow_the_spec_then_the_defaults() {
+        let p = pipeline(serde_json::json!({
+            "image": "registry.example/reco:1.2.3",
+            "retrieval": {"replicas": 3, "image": "registry.example/retrieval:9",
+                          "resources": {"limits": {"cpu": "4", "memory": "8Gi"}}},
+        }));
+        let retrieval = version_deployment(&p, &version("v1", None), Component::Retrieval);
+        assert_eq!(retrieval.spec.as_ref().unwrap().replicas, Some(3));
+        assert_eq!(container(&retrieval).image.as_deref(), Some("registry.example/retrieval:9"));
+        let limits = container(&retrieval).resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["memory"], Quantity("8Gi".into()));
+        // A version's own image wins over the component's.
+        let custom = version_deployment(&p, &version("v2", Some("registry.example/custom:2")), Component::Ranking);
+        assert_eq!(container(&custom).image.as_deref(), Some("registry.example/custom:2"));
+        // Components without settings take the pipeline image and the defaults.
+        let gateway = gateway_deployment(&p);
+        assert_eq!(container(&gateway).image.as_deref(), Some("registry.example/reco:1.2.3"));
+        assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(2));
+        assert_eq!(container(&gateway).resources, Some(Component::Gateway.default_resources()));
+    }
+
+    #[test]
+    fn version_pods_are_told_their_model() {
+        let p = pipeline(serde_json::json!({"ranking": {"valueWeights": {"click": 1.0, "like": 0.5}}}));
+        let args = container(&version_deployment(&p, &version("v7", None), Component::Ranking)).args.clone().unwrap();
+        for expected in
+            ["serve", "ranking", "--model-version=v7", "--model-uri=s3://models/v7", "--value-weights=click=1,like=0.5"]
+        {
+            assert!(args.iter().any(|a| a == expected), "{expected} missing from {args:?}");
+        }
+    }
+
+    #[test]
+    fn routing_configmap_carries_the_table_and_each_versions_services() {
+        let p = pipeline(serde_json::json!({}));
+        let table = RoutingTable {
+            pipeline: "explore".into(),
+            salt: "explore".into(),
+            versions: vec![reco_rollout::RoutedVersion { name: "v1".into(), weight: 100 }],
+            shadow: Some("v2".into()),
+        };
+        let data = routing_configmap(&p, &table, &["v1", "v2"]).data.unwrap();
+        let parsed: RoutingTable = serde_saphyr::from_str(&data[ROUTING_KEY]).unwrap();
+        assert_eq!(parsed, table);
+        let endpoints: BTreeMap<String, BTreeMap<String, String>> =
+            serde_saphyr::from_str(&data[ENDPOINTS_KEY]).unwrap();
+        assert_eq!(endpoints["v2"]["ranking"], "http://explore-ranking-v2.reco.svc:50051");
+    }
+}

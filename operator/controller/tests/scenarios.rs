@@ -74,3 +74,8 @@ async fn drift_on_owned_objects_is_corrected() {
 async fn a_reconcile_that_changes_nothing_applies_nothing() {
     scenarios::a_reconcile_that_changes_nothing_applies_nothing(&Scenario::start().await).await;
 }
+
+#[tokio::test]
+async fn a_version_whose_pods_cannot_start_fails_and_stable_serves_on() {
+    scenarios::a_version_whose_pods_cannot_start_fails_and_stable_serves_on(&Scenario::start().await).await;
+}

@@ -48,6 +48,11 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// How long a Lease is valid after the leader's last renewal.
+const LEASE_SECONDS: u64 = 15;
+/// The leader renews this long before its Lease would expire.
+const LEASE_GRACE_SECONDS: u64 = 5;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Json,
@@ -89,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
             .with_namespace(&args.lease_namespace)
             .with_identity(&args.identity)
             .with_field_manager(reco_api::FIELD_MANAGER)
+            // client-go's defaults: a standby takes over within 15 s of a crash.
+            .with_duration(LEASE_SECONDS)
+            .with_grace(LEASE_GRACE_SECONDS)
             .build()
             .await
             .context("creating the leader-election lease manager")?;

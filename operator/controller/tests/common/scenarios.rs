@@ -329,3 +329,37 @@ pub async fn a_reconcile_that_changes_nothing_applies_nothing(s: &Scenario) {
         .collect();
     assert!(writes.is_empty(), "a reconcile with nothing to change wrote: {writes:?}");
 }
+
+/// The test double plays the Deployment controller: it marks the candidate's
+/// retrieval Deployment as stuck, as a real cluster does when the image cannot
+/// be pulled or the artifact cannot be loaded.
+pub async fn a_version_whose_pods_cannot_start_fails_and_stable_serves_on(s: &Scenario) {
+    let mut pipeline = fast_pipeline("explore");
+    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
+    s.create_pipeline(pipeline).await;
+    let _operator = Operator::start(s).await;
+    s.metrics.set_ctr("v1", 0.05);
+    s.create_version(model_version("explore", "v1")).await;
+    s.wait_for_phase("v1", VersionPhase::Stable).await;
+    s.create_version(model_version("explore", "v2")).await;
+    s.wait_for_phase("v2", VersionPhase::Shadow).await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    s.eventually("v2 retrieval pods", || async { deployments.get("explore-retrieval-v2").await.ok() }).await;
+
+    let stuck = json!({"status": {"conditions": [{
+        "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet \"explore-retrieval-v2-7d9\" has timed out progressing: ImagePullBackOff",
+    }]}});
+    deployments
+        .patch_status("explore-retrieval-v2", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(stuck))
+        .await
+        .unwrap();
+    let failed = s.wait_for_phase("v2", VersionPhase::Failed).await;
+    let reason = failed.status.unwrap().reason.unwrap_or_default();
+    assert!(reason.contains("explore-retrieval-v2") && reason.contains("ImagePullBackOff"), "{reason}");
+    assert_eq!(
+        s.routing("explore").await.versions.iter().map(|v| (v.name.clone(), v.weight)).collect::<Vec<_>>(),
+        [("v1".to_owned(), 100)]
+    );
+    assert!(deployments.get("explore-retrieval-v1").await.is_ok(), "stable keeps its pods");
+}
