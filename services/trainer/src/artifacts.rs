@@ -3,6 +3,7 @@
 //! their ids, the feature space, data statistics, `metrics.json` and a
 //! `ModelVersion` manifest.
 
+use reco_api::{ModelVersion, ModelVersionSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -39,35 +40,6 @@ pub struct MetricsFile {
     pub seed: u64,
 }
 
-/// The `ModelVersion` custom resource (group `reco.seed.dev/v1alpha1`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelVersionManifest {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: ModelVersionSpec,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ObjectMeta {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelVersionSpec {
-    /// The `RecommenderPipeline` this version belongs to.
-    pub pipeline: String,
-    pub artifact_uri: String,
-    pub offline_metrics: BTreeMap<String, f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-}
-
 /// Whether `name` is a valid Kubernetes object name (RFC 1123 subdomain).
 pub fn valid_k8s_name(name: &str) -> bool {
     !name.is_empty()
@@ -89,6 +61,7 @@ pub fn offline_metrics(served: &BTreeMap<String, f64>) -> BTreeMap<String, f64> 
         .collect()
 }
 
+/// The `ModelVersion` that rolls this model out once applied.
 pub fn model_version(
     name: &str,
     namespace: Option<&str>,
@@ -96,7 +69,7 @@ pub fn model_version(
     artifact_uri: &str,
     metrics: &BTreeMap<String, f64>,
     image: Option<&str>,
-) -> Result<ModelVersionManifest> {
+) -> Result<ModelVersion> {
     for (what, n) in [("version name", name), ("pipeline name", pipeline)] {
         if !valid_k8s_name(n) {
             return Err(TrainError::Options(format!(
@@ -104,20 +77,21 @@ pub fn model_version(
             )));
         }
     }
-    let mut labels = BTreeMap::new();
-    labels.insert("reco.seed.dev/pipeline".to_string(), pipeline.to_string());
-    labels.insert("app.kubernetes.io/managed-by".to_string(), "reco-trainer".to_string());
-    Ok(ModelVersionManifest {
-        api_version: "reco.seed.dev/v1alpha1".into(),
-        kind: "ModelVersion".into(),
-        metadata: ObjectMeta { name: name.to_string(), namespace: namespace.map(str::to_string), labels },
-        spec: ModelVersionSpec {
+    let mut version = ModelVersion::new(
+        name,
+        ModelVersionSpec {
             pipeline: pipeline.to_string(),
             artifact_uri: artifact_uri.to_string(),
             offline_metrics: offline_metrics(metrics),
             image: image.map(str::to_string),
         },
-    })
+    );
+    version.metadata.namespace = namespace.map(str::to_string);
+    version.metadata.labels = Some(BTreeMap::from([
+        (reco_api::PIPELINE_LABEL.to_string(), pipeline.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), "reco-trainer".to_string()),
+    ]));
+    Ok(version)
 }
 
 pub fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<()> {
@@ -153,6 +127,10 @@ mod tests {
         assert!(yaml.contains("0.123457"));
         assert!(!yaml.contains("avg_popularity") && !yaml.contains("users"));
         assert!(!yaml.contains("image"));
+        assert!(!yaml.contains("status"), "a new version has no status: {yaml}");
+        let parsed: ModelVersion = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(parsed.spec, mv.spec);
+        assert_eq!(parsed.metadata.namespace.as_deref(), Some("reco"));
     }
 
     #[test]
