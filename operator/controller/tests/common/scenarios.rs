@@ -14,6 +14,20 @@ use serde_json::json;
 
 use super::{Operator, Scenario, fast_pipeline, model_version};
 
+/// A pipeline with v1 stable and v2 held in a one-hour shadow step.
+async fn v1_stable_and_v2_in_a_long_shadow(s: &Scenario) -> Operator {
+    let mut pipeline = fast_pipeline("explore");
+    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
+    s.create_pipeline(pipeline).await;
+    let operator = Operator::start(s).await;
+    s.metrics.set_ctr("v1", 0.05);
+    s.create_version(model_version("explore", "v1")).await;
+    s.wait_for_phase("v1", VersionPhase::Stable).await;
+    s.create_version(model_version("explore", "v2")).await;
+    s.wait_for_phase("v2", VersionPhase::Shadow).await;
+    operator
+}
+
 pub async fn a_pipeline_creates_its_objects_and_status(s: &Scenario) {
     let _operator = Operator::start(s).await;
     let pipeline = s.create_pipeline(fast_pipeline("explore")).await;
@@ -191,15 +205,7 @@ pub async fn an_invalid_spec_is_reported_and_changes_nothing(s: &Scenario) {
 }
 
 pub async fn a_version_that_leaves_the_pipeline_loses_its_objects(s: &Scenario) {
-    let mut pipeline = fast_pipeline("explore");
-    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
-    s.create_pipeline(pipeline).await;
-    let _operator = Operator::start(s).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    s.create_version(model_version("explore", "v2")).await;
-    s.wait_for_phase("v2", VersionPhase::Shadow).await;
+    let _operator = v1_stable_and_v2_in_a_long_shadow(s).await;
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
     s.eventually("shadow pods", || async { deployments.get("explore-ranking-v2").await.ok() }).await;
 
@@ -216,17 +222,8 @@ pub async fn a_version_that_leaves_the_pipeline_loses_its_objects(s: &Scenario) 
 }
 
 pub async fn the_abort_annotation_rolls_back_at_once(s: &Scenario) {
-    let mut pipeline = fast_pipeline("explore");
-    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
-    s.create_pipeline(pipeline).await;
-    let _operator = Operator::start(s).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    let mut v2 = model_version("explore", "v2");
-    s.create_version(v2.clone()).await;
-    s.wait_for_phase("v2", VersionPhase::Shadow).await;
-    v2 = serde_json::to_value(s.version("v2").await).unwrap();
+    let _operator = v1_stable_and_v2_in_a_long_shadow(s).await;
+    let mut v2 = serde_json::to_value(s.version("v2").await).unwrap();
     v2["metadata"]["annotations"] = json!({"reco.seed.dev/abort": "true"});
     let object: ModelVersion = serde_json::from_value(v2).unwrap();
     s.versions().replace("v2", &PostParams::default(), &object).await.unwrap();
@@ -334,15 +331,7 @@ pub async fn a_reconcile_that_changes_nothing_applies_nothing(s: &Scenario) {
 /// retrieval Deployment as stuck, as a real cluster does when the image cannot
 /// be pulled or the artifact cannot be loaded.
 pub async fn a_version_whose_pods_cannot_start_fails_and_stable_serves_on(s: &Scenario) {
-    let mut pipeline = fast_pipeline("explore");
-    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
-    s.create_pipeline(pipeline).await;
-    let _operator = Operator::start(s).await;
-    s.metrics.set_ctr("v1", 0.05);
-    s.create_version(model_version("explore", "v1")).await;
-    s.wait_for_phase("v1", VersionPhase::Stable).await;
-    s.create_version(model_version("explore", "v2")).await;
-    s.wait_for_phase("v2", VersionPhase::Shadow).await;
+    let _operator = v1_stable_and_v2_in_a_long_shadow(s).await;
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
     s.eventually("v2 retrieval pods", || async { deployments.get("explore-retrieval-v2").await.ok() }).await;
 
