@@ -333,6 +333,9 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     pipeline_conditions(&mut status, p.metadata.generation, &decision, &infos, &Time(now));
     write_pipeline_status(p, ctx, &namespace, status).await?;
 
+    if decision.state.candidate.is_none() {
+        ctx.sources.release(p);
+    }
     let requeue =
         if decision.state.candidate.is_some() { decision.requeue_after.min(interval) } else { decision.requeue_after };
     Ok(Action::requeue(requeue))

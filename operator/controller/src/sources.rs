@@ -18,6 +18,10 @@ use crate::resources::{HTTP_PORT, object_name};
 pub trait MetricSources: Send + Sync {
     /// The source to read, or why there is none (the look is then Inconclusive).
     fn for_pipeline<'a>(&'a self, p: &'a RecommenderPipeline) -> BoxFuture<'a, Result<Arc<dyn MetricSource>, String>>;
+
+    /// Called when the pipeline has no rollout in flight: state kept for its
+    /// looks (scrape history, background scraping) can go.
+    fn release(&self, _p: &RecommenderPipeline) {}
 }
 
 /// Sources for pipelines running in the cluster. Scrape sources are kept
@@ -78,6 +82,7 @@ impl MetricSources for ClusterMetricSources {
                         None => {
                             let scraper = Arc::new(ScrapeSource::new(targets.clone()).map_err(|e| e.to_string())?);
                             self.scrapers.lock().expect("scrapers lock").insert(key, scraper.clone());
+                            tokio::spawn(scrape_periodically(Arc::downgrade(&scraper)));
                             scraper
                         }
                     };
@@ -86,5 +91,28 @@ impl MetricSources for ClusterMetricSources {
                 }
             }
         })
+    }
+
+    fn release(&self, p: &RecommenderPipeline) {
+        let key = (p.namespace().unwrap_or_default(), p.name_any());
+        self.scrapers.lock().expect("scrapers lock").remove(&key);
+    }
+}
+
+/// How often gateways are scraped between looks, so that a step's window
+/// starts near its start and counter resets are seen.
+const SCRAPE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Scrapes until the source is released. Failures are left to the next look,
+/// which scrapes again and reports them as Inconclusive.
+async fn scrape_periodically(scraper: std::sync::Weak<ScrapeSource>) {
+    let mut ticks = tokio::time::interval(SCRAPE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(scraper) = scraper.upgrade() else { return };
+        if let Err(error) = scraper.scrape().await {
+            tracing::debug!(%error, "background scrape failed");
+        }
     }
 }
