@@ -59,7 +59,10 @@ runs = []
 for seed in seeds:
     dest = out / f"seed{seed}"
     started = time.monotonic()
-    child = subprocess.Popen(["target/release/reco", "train", "--data", data, "--out", str(dest), "--seed", str(seed), "--quiet"])
+    child = subprocess.Popen(
+        ["target/release/reco", "train", "--data", data, "--out", str(dest), "--seed", str(seed), "--quiet"],
+        stdout=subprocess.DEVNULL,  # its own summary; the tables below are built from metrics.json
+    )
     _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS, in KiB
     wall = time.monotonic() - started
     if os.waitstatus_to_exitcode(status) != 0:

@@ -112,7 +112,8 @@ pub async fn run(
         |v: &mut ModelVersion| strip_managed_fields(v),
     )
     .reflect(writer)
-    .applied_objects();
+    // Deleted versions too: their pods must go at once.
+    .touched_objects();
     let (pipeline_reader, pipeline_writer) = reflector::store();
     let pipelines = watch_all(
         &namespaces,
@@ -162,7 +163,7 @@ pub async fn run(
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
-        versions: versions.clone(),
+        versions,
         deployments,
         services,
         configmaps,
