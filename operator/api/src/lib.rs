@@ -10,6 +10,10 @@
 //! which converts the Kubernetes-shaped spec into the engine's policy and
 //! names the offending field when it is invalid.
 
+// kube's `printcolumn(name = .., type_ = ..)` repeats `type_` once per column,
+// which clippy mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 mod conditions;
 mod model_version;
 mod pipeline;

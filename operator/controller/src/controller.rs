@@ -144,7 +144,7 @@ pub async fn run(
         &namespaces,
         |ns| scoped_api::<PartialObjectMeta<Service>>(&client, ns),
         owned.clone(),
-        |s| strip_managed_fields(s),
+        strip_managed_fields,
     )
     .reflect(service_writer)
     .applied_objects();
@@ -153,7 +153,7 @@ pub async fn run(
         &namespaces,
         |ns| scoped_api::<PartialObjectMeta<ConfigMap>>(&client, ns),
         owned,
-        |c| strip_managed_fields(c),
+        strip_managed_fields,
     )
     .reflect(configmap_writer)
     .applied_objects();
@@ -437,9 +437,12 @@ fn serving_versions(decision: &Decision) -> BTreeSet<String> {
     serving
 }
 
+/// An object the operator applies: its Rust type, namespace and name.
+type AppliedKey = (&'static str, String, String);
+
 /// Hash and resulting resourceVersion of the last apply of each object.
 #[derive(Default)]
-struct AppliedCache(Mutex<HashMap<(&'static str, String, String), (u64, String)>>);
+struct AppliedCache(Mutex<HashMap<AppliedKey, (u64, String)>>);
 
 /// Applies `object` with server-side apply, unless the same object was
 /// applied before and the cluster's copy (`current`, from a watch store) is

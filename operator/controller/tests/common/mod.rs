@@ -304,10 +304,10 @@ impl RoutingLog {
     pub fn canary_weights(&self, version: &str) -> Vec<u8> {
         let mut weights: Vec<u8> = Vec::new();
         for table in self.0.lock().unwrap().iter().filter(|t| t.versions.len() > 1) {
-            if let Some(v) = table.versions.iter().find(|v| v.name == version) {
-                if weights.last() != Some(&v.weight) {
-                    weights.push(v.weight);
-                }
+            if let Some(v) = table.versions.iter().find(|v| v.name == version)
+                && weights.last() != Some(&v.weight)
+            {
+                weights.push(v.weight);
             }
         }
         weights
