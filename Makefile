@@ -12,7 +12,7 @@ test: ## Install the tools, build the workspace and run every test.
 bench: ## Run the benchmarks and record them in BENCHMARKS.md.
 	scripts/bench.sh
 
-crds: ## Regenerate crds/ and the chart's copy from the Rust types.
+crds: ## Regenerate crds/ and its chart and kustomize copies from the Rust types.
 	cargo run -q -p reco-operator --bin crdgen -- --out crds
 	cargo run -q -p reco-operator --bin crdgen -- --out charts/reco/crds
 	cargo run -q -p reco-operator --bin crdgen -- --out manifests/base/crds
