@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, stream};
-use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
 use reco_api::{ModelVersion, RecommenderPipeline};
 use reco_kube_testserver::TestApiServer;
@@ -37,21 +36,13 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1000);
 
     let server = TestApiServer::start().await?;
-    for crd in [serde_json::to_value(RecommenderPipeline::crd())?, serde_json::to_value(ModelVersion::crd())?] {
-        server.register_crd(&crd)?;
+    for crd in reco_operator::crds::crds() {
+        server.register_custom_resource(&crd)?;
     }
     let dir = std::env::temp_dir().join(format!("reco-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
-         users: [{{name: test, user: {{}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: test, namespace: {NAMESPACE}}}}}]\n\
-         current-context: test\n",
-            server.url()
-        ),
-    )?;
+    std::fs::write(&kubeconfig, server.kubeconfig(NAMESPACE))?;
     let metrics_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let binary =
         std::env::current_exe()?.parent().and_then(|p| p.parent()).context("target dir")?.join("reco-operator");

@@ -1,15 +1,21 @@
 //! The CustomResourceDefinitions as YAML, generated from the Rust types.
 //! `crdgen` writes them to `crds/`; a test fails when the files drift.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use reco_api::{ModelVersion, RecommenderPipeline};
 
-/// File name and YAML of each CRD, in a stable order.
-pub fn crd_files() -> Vec<(&'static str, String)> {
-    vec![
-        ("recommenderpipelines.reco.seed.dev.yaml", to_yaml(&RecommenderPipeline::crd())),
-        ("modelversions.reco.seed.dev.yaml", to_yaml(&ModelVersion::crd())),
-    ]
+/// The reco CRDs, in a stable order.
+pub fn crds() -> [CustomResourceDefinition; 2] {
+    [RecommenderPipeline::crd(), ModelVersion::crd()]
+}
+
+/// File name (`<plural>.<group>.yaml`) and YAML of each CRD, in a stable order.
+pub fn crd_files() -> Vec<(String, String)> {
+    crds()
+        .iter()
+        .map(|crd| (format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default()), to_yaml(crd)))
+        .collect()
 }
 
 fn to_yaml<T: serde::Serialize>(crd: &T) -> String {

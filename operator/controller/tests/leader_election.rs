@@ -7,12 +7,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kube::CustomResourceExt;
+use common::eventually;
 use kube::api::{Api, PostParams};
-use reco_api::{ModelVersion, RecommenderPipeline};
+use reco_api::RecommenderPipeline;
 use reco_kube_testserver::TestApiServer;
 use serde_json::json;
 
+mod common;
+
+/// Longer than the 15 s Lease a standby may have to wait out.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 struct Replica {
@@ -63,17 +66,6 @@ impl Drop for Replica {
     }
 }
 
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn pipeline(name: &str) -> RecommenderPipeline {
     serde_json::from_value(json!({
         "apiVersion": "reco.seed.dev/v1alpha1", "kind": "RecommenderPipeline",
@@ -85,25 +77,15 @@ fn pipeline(name: &str) -> RecommenderPipeline {
 #[tokio::test]
 async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
     let server = TestApiServer::start().await.unwrap();
-    for crd in
-        [serde_json::to_value(RecommenderPipeline::crd()).unwrap(), serde_json::to_value(ModelVersion::crd()).unwrap()]
-    {
-        server.register_crd(&crd).unwrap();
+    for crd in reco_operator::crds::crds() {
+        server.register_custom_resource(&crd).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: t, user: {{}}}}]\n\
-             contexts: [{{name: t, context: {{cluster: t, user: t}}}}]\ncurrent-context: t\n",
-            server.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, server.kubeconfig("reco")).unwrap();
 
     let mut replicas = [Replica::start("replica-a", &kubeconfig), Replica::start("replica-b", &kubeconfig)];
-    let holder = eventually("a Lease holder", || async {
+    let holder = eventually("a Lease holder", PATIENCE, || async {
         let lease = server.get_json("coordination.k8s.io", "leases", Some("reco-system"), "reco-operator")?;
         lease["spec"]["holderIdentity"].as_str().filter(|h| !h.is_empty()).map(str::to_owned)
     })
@@ -113,18 +95,21 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
 
     let pipelines: Api<RecommenderPipeline> = Api::namespaced(server.client(), "reco");
     pipelines.create(&PostParams::default(), &pipeline("first")).await.unwrap();
-    eventually("the leader reconciles", || async { (replicas[leader].reconciles().await > 0.0).then_some(()) }).await;
+    eventually("the leader reconciles", PATIENCE, || async {
+        (replicas[leader].reconciles().await > 0.0).then_some(())
+    })
+    .await;
     assert_eq!(replicas[standby].reconciles().await, 0.0, "the standby must not reconcile");
 
     replicas[leader].terminate();
     let standby_identity = replicas[standby].identity;
-    eventually("the standby holds the Lease", || async {
+    eventually("the standby holds the Lease", PATIENCE, || async {
         let lease = server.get_json("coordination.k8s.io", "leases", Some("reco-system"), "reco-operator")?;
         (lease["spec"]["holderIdentity"] == standby_identity).then_some(())
     })
     .await;
     pipelines.create(&PostParams::default(), &pipeline("second")).await.unwrap();
-    eventually("the new leader reconciles the new pipeline", || async {
+    eventually("the new leader reconciles the new pipeline", PATIENCE, || async {
         let status = server.get_json("reco.seed.dev", "recommenderpipelines", Some("reco"), "second")?;
         status["status"]["observedGeneration"].as_i64().map(|_| ())
     })

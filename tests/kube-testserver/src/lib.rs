@@ -224,6 +224,18 @@ impl TestApiServer {
         self.address
     }
 
+    /// A kubeconfig pointing at this server (no credentials), for programs
+    /// started as their own process with `KUBECONFIG`.
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: test, user: {{}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test, namespace: {namespace}}}}}]\n\
+             current-context: test\n",
+            self.url()
+        )
+    }
+
     /// Serves the custom resource a `CustomResourceDefinition` (as JSON) describes, without
     /// storing the CRD object.
     pub fn register_crd(&self, crd: &Value) -> Result<ResourceType, CrdError> {

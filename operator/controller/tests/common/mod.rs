@@ -13,9 +13,9 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
+use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, CustomResourceExt};
 use prometheus_client::registry::Registry;
 use reco_api::{ModelVersion, RecommenderPipeline};
 use reco_kube_testserver::TestApiServer;
@@ -44,11 +44,8 @@ impl Scenario {
     /// A scenario on the in-process API test double.
     pub async fn start() -> Self {
         let server = TestApiServer::start().await.expect("test API server starts");
-        for crd in [
-            serde_json::to_value(RecommenderPipeline::crd()).unwrap(),
-            serde_json::to_value(ModelVersion::crd()).unwrap(),
-        ] {
-            server.register_crd(&crd).expect("CRD registers");
+        for crd in reco_operator::crds::crds() {
+            server.register_custom_resource(&crd).expect("CRD registers");
         }
         let client = server.client();
         Self::with(Some(server), client, "reco".to_owned())
@@ -110,19 +107,12 @@ impl Scenario {
     }
 
     /// Polls until `check` gives a value, or fails the test after 30 s.
-    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    pub async fn eventually<T, F, Fut>(&self, what: &str, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(what, PATIENCE, check).await
     }
 
     pub async fn wait_for_phase(&self, version: &str, phase: VersionPhase) -> ModelVersion {
@@ -155,6 +145,22 @@ impl Scenario {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         let list = events.list(&Default::default()).await.expect("events list");
         list.items.iter().filter(|e| e.reason.as_deref() == Some(reason)).count()
+    }
+}
+
+/// Polls `check` every 50 ms until it gives a value, or fails the test after `patience`.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
