@@ -1,7 +1,7 @@
 # reco: the commands a developer and CI run. Each target installs what it
 # needs (idempotent; big downloads are cached under ~/.cache/reco).
 
-.PHONY: test bench crds lint images help
+.PHONY: test bench demo crds lint images help
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -11,6 +11,10 @@ test: ## Install the tools, build the workspace and run every test.
 
 bench: ## Run the benchmarks and record them in BENCHMARKS.md.
 	scripts/bench.sh
+
+demo: ## Run the whole product on one machine: v2 promoted, v3 rolled back (demo-out/report.json, ctr.png).
+	scripts/ensure-ml100k.sh >/dev/null
+	eval "$$(scripts/env.sh)" && cargo run --release -q -p reco-cli --bin reco -- demo --out ./demo-out
 
 crds: ## Regenerate crds/ and its chart and kustomize copies from the Rust types.
 	cargo run -q -p reco-operator --bin crdgen -- --out crds

@@ -5,7 +5,8 @@
 #     eval "$(scripts/env.sh)"
 #
 # libtorch for the tch crates, helm and kubectl for the packaging tests,
-# Prometheus for the metric-source tests. Progress goes to stderr.
+# Prometheus for the metric-source tests, redis-server for the feature-store
+# tests. Progress goes to stderr.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -13,3 +14,5 @@ here="$(cd "$(dirname "$0")" && pwd)"
 "$here/ensure-k8s-tools.sh"
 prometheus="$("$here/ensure-prometheus.sh")"
 echo "export PROMETHEUS_BIN='$prometheus'"
+redis="$("$here/ensure-redis.sh")"
+echo "export REDIS_SERVER_BIN='$redis'"

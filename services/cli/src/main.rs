@@ -1,7 +1,11 @@
 //! `reco`: one binary for every reco process. For now it trains models
 //! (`reco train`); serving, `standalone` and `demo` join as subcommands.
 
+mod demo;
+mod loadgen;
 mod logging;
+mod serve;
+mod standalone;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -23,13 +27,48 @@ enum Command {
     /// evaluate them against most-popular and write the model artifacts and
     /// a ModelVersion manifest.
     Train(Box<train::TrainArgs>),
+    /// Run one service (as the operator deploys them).
+    #[command(subcommand)]
+    Serve(serve::Service),
+    /// Run every service in one process on the embedded defaults, serving
+    /// the model versions found in --models.
+    #[command(mut_arg("pipeline", |a| a.required(false).default_value("standalone")))]
+    Standalone(Box<standalone::StandaloneArgs>),
+    /// Drive a gateway's `POST /v1/recommend` in a closed or open loop and
+    /// report latency percentiles and throughput.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Run the whole product on one machine: train v1, v2 and a broken v3,
+    /// serve them with `reco standalone`, replay ml-100k users against it and
+    /// roll v2 out (promoted) and then v3 (rolled back) with the operator's
+    /// rollout engine; writes report.json and ctr.png.
+    Demo(Box<demo::DemoArgs>),
+}
+
+/// The async runtime of the serving commands.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Every HTTP client of this process (reqwest over rustls) uses ring.
+fn install_crypto_provider() {
+    // Already installed (by a test harness) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    install_crypto_provider();
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
+        Command::Demo(args) => demo::run(*args),
+        Command::Serve(service) => runtime().and_then(|rt| rt.block_on(serve::run(service))),
+        Command::Standalone(args) => runtime().and_then(|rt| rt.block_on(standalone::run(*args))),
+        Command::Loadgen(args) => runtime().and_then(|rt| {
+            let report = rt.block_on(loadgen::run(args))?;
+            println!("{}", loadgen::summary(&report));
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -54,7 +93,7 @@ mod tests {
     fn train_flags_parse() {
         let cli =
             Cli::try_parse_from(["reco", "train", "--data", "ml-100k", "--out", "/tmp/x", "--seed", "3"]).unwrap();
-        let Command::Train(a) = cli.command;
+        let Command::Train(a) = cli.command else { panic!("not train: {:?}", cli.command) };
         assert_eq!(a.seed, 3);
         assert_eq!(a.data, "ml-100k");
     }

@@ -111,35 +111,6 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-fn cache_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECO_CACHE") {
-        return PathBuf::from(p);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("reco")
-}
-
-fn resolve_data(data: &str) -> anyhow::Result<PathBuf> {
-    if data == "ml-100k" {
-        let dir = cache_root().join("ml-100k");
-        if !dir.join(".complete").exists() {
-            bail!(
-                "MovieLens-100K is not in the cache at {}; run scripts/ensure-ml100k.sh (fetches the recbole wheel from PyPI) or pass --data DIR",
-                dir.display()
-            );
-        }
-        return Ok(dir);
-    }
-    let dir = PathBuf::from(data);
-    if !dir.is_dir() {
-        bail!("--data {data}: not a directory (and not the name `ml-100k`)");
-    }
-    Ok(dir)
-}
-
 fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
     let (a, b) = s.split_once(':').with_context(|| format!("--rating-range {s:?}: expected MIN:MAX"))?;
     let lo: f64 = a.trim().parse().with_context(|| format!("--rating-range {s:?}: bad minimum"))?;
@@ -151,7 +122,7 @@ fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let data = resolve_data(&a.data)?;
+    let data = reco_trainer::pipeline::resolve_data(&a.data)?;
     let mut o = TrainOptions::new(data, a.out.clone(), a.seed);
     o.rules.rating_range = parse_range(&a.rating_range)?;
     o.two_tower.max_epochs = a.epochs;

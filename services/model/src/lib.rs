@@ -6,10 +6,18 @@
 //! float batches ([`UserBatch`], [`ItemBatch`], [`RankerBatch`]) so that this
 //! crate knows nothing about files, HTTP or how ids are mapped to indices.
 //! Index 0 of every categorical vocabulary means "unknown or padding".
+//!
+//! [`features`] (the fitted feature space), [`scoring`] (ranker features and
+//! the value model) and [`artifacts`] (the files of a version and their
+//! loader) are shared by `reco train` and the services, so a model serves
+//! exactly as it was trained and evaluated.
 
+pub mod artifacts;
 mod config;
+pub mod features;
 mod inputs;
 mod ranker;
+pub mod scoring;
 mod two_tower;
 
 pub use config::{RankerConfig, TwoTowerConfig};

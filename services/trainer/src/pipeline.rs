@@ -10,10 +10,12 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::Tensor;
 
+use reco_model::artifacts::{CandidateCounts, EMBEDDINGS_TENSOR, ITEM_ITEM_TENSOR, RankerFile, TwoTowerFile};
+
 use crate::artifacts::{self, MetricsFile, files, write_json, write_yaml};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalSet, evaluate, evaluate_ranked};
-use crate::features::{FeatureOptions, FeatureSpace};
+use crate::features::{self, FeatureOptions};
 use crate::progress::Progress;
 use crate::ranking::{self, RankerData, RankerInputs, RankerOptions, SourceSet};
 use crate::retrieval::{EpochLog, TwoTowerData, TwoTowerOptions, train_two_tower};
@@ -85,7 +87,7 @@ pub struct RunReport {
     pub two_tower_best_epoch: usize,
     pub ranker_fit_two_tower_epochs: Vec<EpochLog>,
     pub ranker_best_epoch: usize,
-    pub ranker_value_model: ranking::ValueModel,
+    pub ranker_value_model: reco_model::scoring::ValueModel,
     pub ease_lambda: f64,
     pub peak_rss_mib: Option<f64>,
     pub threads: usize,
@@ -126,6 +128,40 @@ fn timed<T>(stages: &mut BTreeMap<String, f64>, name: &str, f: impl FnOnce() -> 
     tracing::info!(stage = name, seconds = format!("{s:.1}"), "done");
     stages.insert(name.to_string(), s);
     Ok(out)
+}
+
+/// Where reco caches big downloads and derived data: `$RECO_CACHE`, else
+/// `$XDG_CACHE_HOME/reco`, else `~/.cache/reco`.
+pub fn cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("RECO_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("reco")
+}
+
+/// The data directory `data` names: `ml-100k` (the cache that
+/// scripts/ensure-ml100k.sh fills) or a directory in the three-file layout.
+pub fn resolve_data(data: &str) -> Result<PathBuf> {
+    if data == "ml-100k" {
+        let dir = cache_root().join("ml-100k");
+        if !dir.join(".complete").exists() {
+            return Err(TrainError::Options(format!(
+                "MovieLens-100K is not in the cache at {}; run scripts/ensure-ml100k.sh (fetches the recbole wheel \
+                 from PyPI) or pass a data directory",
+                dir.display()
+            )));
+        }
+        return Ok(dir);
+    }
+    let dir = PathBuf::from(data);
+    if !dir.is_dir() {
+        return Err(TrainError::Options(format!("{data}: not a directory (and not the name `ml-100k`)")));
+    }
+    Ok(dir)
 }
 
 /// Load and validate the data directory; on failure the report is also
@@ -209,7 +245,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let train = by_user(n_users, &split.train);
     let valid = by_user(n_users, &split.valid);
     let test = by_user(n_users, &split.test);
-    let fs = FeatureSpace::fit(&ds, &split.train, o.features);
+    let fs = features::fit(&ds, &split.train, o.features);
     let train_valid = concat(&train, &valid);
     let valid_set = EvalSet::new(&train, &valid);
     let test_set = EvalSet::new(&train_valid, &test);
@@ -252,7 +288,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     // Ranker: sources refitted on the early part of train, labels from the late part.
     let (early, late) = ranking::early_late(&train, o.ranker_late_ratio);
     let early_flat: Vec<Interaction> = early.iter().flatten().copied().collect();
-    let fs_early = FeatureSpace::fit(&ds, &early_flat, o.features);
+    let fs_early = features::fit(&ds, &early_flat, o.features);
     let tt_early = timed(&mut stages, "two_tower_ranker_fit", || {
         let data = TwoTowerData { ds: &ds, fs: &fs_early, train: &early, valid: None };
         let opts = TwoTowerOptions { max_epochs: tt.best_epoch.max(1), ..o.two_tower.clone() };
@@ -315,22 +351,23 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     // Artifacts.
     let out = &o.out;
     tt.vs.save(out.join(files::TWO_TOWER_WEIGHTS))?;
-    write_json(out, files::TWO_TOWER_CONFIG, &serde_json::json!({ "model": tt.model.config, "features": o.features }))?;
-    Tensor::write_safetensors(&[("embeddings", &tt_scorer.items.contiguous())], out.join(files::ITEM_EMBEDDINGS))?;
+    write_json(out, files::TWO_TOWER_CONFIG, &TwoTowerFile { model: tt.model.config.clone(), features: o.features })?;
+    Tensor::write_safetensors(&[(EMBEDDINGS_TENSOR, &tt_scorer.items.contiguous())], out.join(files::ITEM_EMBEDDINGS))?;
     write_json(out, files::ITEM_IDS, &ds.items.iter().map(|i| &i.id).collect::<Vec<_>>())?;
     write_json(out, files::USER_IDS, &ds.users.iter().map(|u| &u.id).collect::<Vec<_>>())?;
-    Tensor::write_safetensors(&[("weights", &ease.weights.contiguous())], out.join(files::ITEM_ITEM_WEIGHTS))?;
+    write_json(out, files::ITEMS, &ds.items)?;
+    Tensor::write_safetensors(&[(ITEM_ITEM_TENSOR, &ease.weights.contiguous())], out.join(files::ITEM_ITEM_WEIGHTS))?;
     ranker.vs.save(out.join(files::RANKER_WEIGHTS))?;
     write_json(
         out,
         files::RANKER_CONFIG,
-        &serde_json::json!({
-            "model": ranker.model.config,
-            "dense_scaler": ranker.scaler,
-            "value_model": ranker.value_model,
-            "candidates": { "per_source": o.ranker.per_source, "popular": o.ranker.popular },
-            "item_item_lambda": ease.lambda,
-        }),
+        &RankerFile {
+            model: ranker.model.config.clone(),
+            dense_scaler: ranker.scaler.clone(),
+            value_model: ranker.value_model,
+            candidates: CandidateCounts { per_source: o.ranker.per_source, popular: o.ranker.popular },
+            item_item_lambda: ease.lambda,
+        },
     )?;
     write_json(out, files::FEATURES, &fs)?;
     write_json(out, files::FEATURE_STATS, &serde_json::json!({ "data": stats, "features": fs.summary() }))?;

@@ -13,6 +13,7 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use reco_model::scoring::{self, DenseScaler, N_DENSE, SourceEvidence, ValueModel};
 use reco_model::{Ranker, RankerBatch, RankerConfig, RankerOutput, pad_bags};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
@@ -24,9 +25,6 @@ use crate::features::FeatureSpace;
 use crate::progress::Progress;
 use crate::sources::{ItemItemScorer, TwoTowerScorer};
 use crate::validate::{Dataset, Interaction};
-
-/// Number of dense ranker features (see [`dense_features`]).
-pub const N_DENSE: usize = 9;
 
 /// Hyper-parameters of candidate generation and the ranker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,17 +84,6 @@ pub struct UserCandidates {
     pub dense: Vec<[f32; N_DENSE]>,
 }
 
-fn rank_weight(rank: Option<usize>) -> f32 {
-    rank.map_or(0.0, |r| 1.0 / ((r + 2) as f32).log2())
-}
-
-fn zscore(v: &[f32]) -> Vec<f32> {
-    let n = v.len().max(1) as f32;
-    let mean = v.iter().sum::<f32>() / n;
-    let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt().max(1e-6);
-    v.iter().map(|x| (x - mean) / std).collect()
-}
-
 /// Candidates (union of the sources' top lists, known items excluded) with
 /// dense features: two-tower and item-to-item scores, log popularity, the
 /// three sources' rank weights `1/log2(2+rank)`, log history length, and the
@@ -116,56 +103,22 @@ pub fn dense_features(src: &SourceSet<'_>, set: &EvalSet, o: &RankerOptions) -> 
         let idx = Tensor::from_slice(&items.iter().map(|&i| i as i64).collect::<Vec<_>>());
         let tt = Vec::<f32>::try_from(src.two_tower.scores(&[user])?.select(0, 0).index_select(0, &idx))?;
         let ii = Vec::<f32>::try_from(src.item_item.scores(&[user])?.select(0, 0).index_select(0, &idx))?;
-        let (tz, iz) = (zscore(&tt), zscore(&ii));
-        let hist_len = (src.history_len[user as usize] as f32 + 1.0).ln();
-        let dense = items
+        let evidence: Vec<SourceEvidence> = items
             .iter()
             .enumerate()
-            .map(|(j, item)| {
-                [
-                    tt[j],
-                    ii[j],
-                    (src.popularity[*item as usize] as f32 + 1.0).ln(),
-                    rank_weight(tr.get(item).copied()),
-                    rank_weight(ir.get(item).copied()),
-                    rank_weight(pr.get(item).copied()),
-                    hist_len,
-                    tz[j],
-                    iz[j],
-                ]
+            .map(|(j, item)| SourceEvidence {
+                two_tower_score: tt[j],
+                item_to_item_score: ii[j],
+                train_count: src.popularity[*item as usize],
+                two_tower_rank: tr.get(item).copied(),
+                item_to_item_rank: ir.get(item).copied(),
+                popular_rank: pr.get(item).copied(),
             })
             .collect();
+        let dense = scoring::dense_features(&evidence, src.history_len[user as usize]);
         out.push(UserCandidates { user, items, dense });
     }
     Ok(out)
-}
-
-/// Mean and standard deviation of each dense feature, fitted on ranker training rows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DenseScaler {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-impl DenseScaler {
-    pub fn fit(cands: &[UserCandidates]) -> Self {
-        let mut mean = [0f64; N_DENSE];
-        let mut sq = [0f64; N_DENSE];
-        let mut n = 0f64;
-        for c in cands {
-            for row in &c.dense {
-                n += 1.0;
-                for (j, &x) in row.iter().enumerate() {
-                    mean[j] += x as f64;
-                    sq[j] += (x as f64).powi(2);
-                }
-            }
-        }
-        let n = n.max(1.0);
-        let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
-        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / n - m * m).max(0.0).sqrt().max(1e-6)) as f32).collect();
-        DenseScaler { mean: mean.into_iter().map(|m| m as f32).collect(), std }
-    }
 }
 
 /// A trained ranker with what serving needs to use it.
@@ -188,7 +141,7 @@ pub struct RankerInputs<'a> {
 
 impl<'a> RankerInputs<'a> {
     pub fn new(ds: &'a Dataset, fs: &'a FeatureSpace) -> Self {
-        let genres = fs.item_batch(ds).genres;
+        let genres = fs.item_batch(&ds.items).genres;
         RankerInputs { ds, fs, genres }
     }
 
@@ -196,10 +149,7 @@ impl<'a> RankerInputs<'a> {
     fn batch(&self, tt: &TwoTowerScorer, rows: &[(u32, u32, &[f32; N_DENSE])], scaler: &DenseScaler) -> RankerBatch {
         let users = Tensor::from_slice(&rows.iter().map(|r| r.0 as i64).collect::<Vec<_>>());
         let items = Tensor::from_slice(&rows.iter().map(|r| r.1 as i64).collect::<Vec<_>>());
-        let mut dense = Vec::with_capacity(rows.len() * N_DENSE);
-        for r in rows {
-            dense.extend(r.2.iter().enumerate().map(|(j, x)| (x - scaler.mean[j]) / scaler.std[j]));
-        }
+        let dense = scaler.apply(rows.iter().map(|r| r.2));
         let user = |f: &dyn Fn(u32) -> i64| Tensor::from_slice(&rows.iter().map(|r| f(r.0)).collect::<Vec<_>>());
         let ds = self.ds;
         let fs = self.fs;
@@ -235,17 +185,6 @@ pub fn score_candidates(
         .collect()
 }
 
-/// How the served score is formed from the ranker's task probabilities and
-/// the two-tower score, both chosen on validation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ValueModel {
-    /// `w` in `value = p(interaction) * (1 + w * p(high rating))`.
-    pub high_rating_weight: f64,
-    /// Served score = `blend * z(ln value) + (1 - blend) * z(two-tower score)`,
-    /// z-scores taken over the user's candidates; 1 is the ranker alone.
-    pub ranker_blend: f64,
-}
-
 /// Per-user ranked lists of length `k` under the value model `vm`.
 pub fn rank_by_value(
     outputs: &[RankerOutput],
@@ -256,11 +195,8 @@ pub fn rank_by_value(
     let mut out = Vec::with_capacity(cands.len());
     for (c, o) in cands.iter().zip(outputs) {
         let v = Vec::<f32>::try_from(o.value(vm.high_rating_weight))?;
-        let lv: Vec<f32> = v.iter().map(|x| x.max(1e-12).ln()).collect();
         let tt: Vec<f32> = c.dense.iter().map(|d| d[0]).collect();
-        let (zr, zt) = (zscore(&lv), zscore(&tt));
-        let blend = vm.ranker_blend as f32;
-        let s: Vec<f32> = zr.iter().zip(&zt).map(|(r, t)| blend * r + (1.0 - blend) * t).collect();
+        let s = vm.served_scores(&v, &tt);
         let mut order: Vec<usize> = (0..c.items.len()).collect();
         order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(c.items[a].cmp(&c.items[b])));
         out.push(order.into_iter().take(k).map(|j| c.items[j]).collect());
@@ -323,7 +259,7 @@ pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progres
     let best_model = Ranker::new(&best_vs.root(), config);
     best_vs.copy(&vs)?;
     let mut opt = nn::Adam::default().build(&vs, o.learning_rate)?;
-    let scaler = DenseScaler::fit(data.fit_candidates);
+    let scaler = DenseScaler::fit(data.fit_candidates.iter().flat_map(|c| &c.dense));
 
     let mut rows: Vec<(u32, u32, &[f32; N_DENSE], f32, f32)> = Vec::new();
     for c in data.fit_candidates {
@@ -457,13 +393,5 @@ mod tests {
         assert_eq!(early[0].len(), 8);
         assert!(late[1].is_empty() && early[1].len() == 1);
         assert_eq!((early[2].len(), late[2].len()), (1, 1));
-    }
-
-    #[test]
-    fn zscore_and_rank_weight() {
-        let z = zscore(&[1.0, 2.0, 3.0]);
-        assert!((z[1]).abs() < 1e-6 && z[2] > 0.0);
-        assert_eq!(rank_weight(None), 0.0);
-        assert_eq!(rank_weight(Some(0)), 1.0);
     }
 }

@@ -181,7 +181,7 @@ pub fn train_two_tower(
         }
     }
 
-    let items_all = data.fs.item_batch(data.ds);
+    let items_all = data.fs.item_batch(&data.ds.items);
     let n_items = data.ds.items.len();
     let logq = Tensor::from_slice(&log_q(&data.fs.item_train_count, o.batch_size, o.uniform_negatives));
     let mut examples: Vec<(u32, usize)> = Vec::new();
@@ -293,7 +293,7 @@ fn step_loss(
     for &(u, t) in chunk {
         let h = &data.train[u as usize];
         let now = h[t.saturating_sub(1)].timestamp;
-        data.fs.push_user(&mut users, data.ds, u, &h[..t], now);
+        crate::features::push_user(data.fs, &mut users, data.ds, u, &h[..t], now);
         positives.push(h[t].item);
     }
     let u = model.encode_users(&users, true)?;

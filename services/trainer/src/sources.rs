@@ -99,7 +99,7 @@ pub fn encode_users(
         let mut b = UserBatch::default();
         for &u in chunk {
             let h = &histories[u as usize];
-            fs.push_user(&mut b, ds, u, h, h.last().map_or(0, |x| x.timestamp));
+            crate::features::push_user(fs, &mut b, ds, u, h, h.last().map_or(0, |x| x.timestamp));
         }
         parts.push(tch::no_grad(|| model.encode_users(&b, false))?);
     }
@@ -115,7 +115,7 @@ pub struct TwoTowerScorer {
 
 impl TwoTowerScorer {
     pub fn new(model: &TwoTower, fs: &FeatureSpace, ds: &Dataset, histories: &[Vec<Interaction>]) -> Result<Self> {
-        let items = tch::no_grad(|| model.encode_items(&fs.item_batch(ds), false))?;
+        let items = tch::no_grad(|| model.encode_items(&fs.item_batch(&ds.items), false))?;
         Ok(TwoTowerScorer { users: encode_users(model, fs, ds, histories)?, items })
     }
 }

@@ -95,24 +95,7 @@ impl fmt::Display for ValidationReport {
     }
 }
 
-/// A user with optional demographics.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct User {
-    pub id: String,
-    pub age: Option<u32>,
-    pub gender: Option<String>,
-    pub occupation: Option<String>,
-    pub zip: Option<String>,
-}
-
-/// An item with optional content features.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Item {
-    pub id: String,
-    pub title: Option<String>,
-    pub year: Option<i32>,
-    pub genres: Vec<String>,
-}
+pub use reco_model::features::{Item, User};
 
 /// One interaction, with dense 0-based user and item indices.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -170,7 +170,7 @@ fn broken_files_fail_with_a_report_written_next_to_the_output() {
 
 #[test]
 fn two_tower_training_never_reads_validation_or_test() {
-    use reco_trainer::features::{FeatureOptions, FeatureSpace};
+    use reco_trainer::features::{self, FeatureOptions};
     use reco_trainer::retrieval::{TwoTowerData, train_two_tower};
     use reco_trainer::split::{by_user, chronological_split};
 
@@ -183,7 +183,7 @@ fn two_tower_training_never_reads_validation_or_test() {
     let fit = |ds: &reco_trainer::validate::Dataset| {
         let split = chronological_split(ds, [0.8, 0.1, 0.1]);
         let train = by_user(ds.users.len(), &split.train);
-        let fs = FeatureSpace::fit(ds, &split.train, FeatureOptions::default());
+        let fs = features::fit(ds, &split.train, FeatureOptions::default());
         let d = TwoTowerData { ds, fs: &fs, train: &train, valid: None };
         let t = train_two_tower(&d, &o, 3, None, &reco_trainer::Progress::hidden(), "leak").unwrap();
         let mut vars: Vec<(String, tch::Tensor)> = t.vs.variables().into_iter().collect();

@@ -1,0 +1,542 @@
+//! The scenario of `reco demo`: train (or reuse) v1, v2 and v3, serve them
+//! with `reco standalone` as a child process, replay users against it, roll
+//! v2 out (shadow, every canary step, promoted) and then v3 (rolled back),
+//! and write `report.json` and `ctr.png`.
+//!
+//! [`Demo`] exposes the stages so tests can inject faults between ticks
+//! ([`Fault`]); [`run_demo`] and [`run_aa`] compose them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use reco_metric_source::{MetricSource, PrometheusSource, ScrapeSource};
+use reco_rollout::{Step, VersionPhase, signals};
+use serde::{Deserialize, Serialize};
+
+use crate::models::{self, BETTER, BROKEN, ModelOptions, STABLE};
+use crate::policy::DemoPolicy;
+use crate::replay::ReplayData;
+use crate::report::{DemoReport, RequestTotals, TimelineEntry, Traffic, VersionOutcome, outcome_name};
+use crate::runner::{self, LocalRunner, RunnerConfig};
+use crate::sim::{SimConfig, SimStats, Simulator};
+use crate::stack::{Gateway, GatewayConfig, Prometheus};
+
+/// The copy of v1 that A/A runs roll out against v1.
+pub const AA_COPY: &str = "v1-aa";
+
+/// Everything a demo run is told.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Output directory: models, state, logs, `report.json`, `ctr.png`.
+    pub out: PathBuf,
+    /// The `reco` binary that runs `standalone` (normally the current executable).
+    pub reco_bin: PathBuf,
+    pub models: ModelOptions,
+    /// Where trained models are cached (`~/.cache/reco/demo-models`).
+    pub cache_root: PathBuf,
+    /// `Some(prometheus binary)`: read metrics through a real Prometheus;
+    /// `None`: scrape the gateway's `/metrics` directly.
+    pub prometheus: Option<PathBuf>,
+    pub pipeline: String,
+    pub policy: DemoPolicy,
+    /// The policy as written (for the report).
+    pub policy_text: String,
+    /// Simulator seed (user and noise choices).
+    pub seed: u64,
+    pub rate: f64,
+    pub concurrency: usize,
+    pub noise: f64,
+    pub page_size: u32,
+    /// The whole run fails past this.
+    pub max_wall: Duration,
+    /// How long `reco standalone` may take to become ready.
+    pub ready_timeout: Duration,
+    /// The gateway's per-request deadline (`--deadline-ms`).
+    pub deadline_ms: u32,
+    /// Continue from the runner state in `out` instead of starting over.
+    pub resume: bool,
+    /// Print one timeline line per tick on stdout.
+    pub print_timeline: bool,
+}
+
+/// A fault to inject after a tick (tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    KillGateway,
+    RestartGateway,
+    KillPrometheus,
+    RestartPrometheus,
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Models(#[from] models::ModelError),
+    #[error(transparent)]
+    Runner(#[from] runner::RunnerError),
+    #[error(transparent)]
+    Stack(#[from] crate::stack::StackError),
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
+    #[error(transparent)]
+    Sim(#[from] crate::sim::SimError),
+    #[error("metric source: {0}")]
+    Source(#[from] reco_metric_source::SourceError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the demo ran past its time limit of {limit_s} s while rolling out {version}")]
+    Timeout { version: String, limit_s: u64 },
+    #[error("{0} was injected but the demo has no Prometheus (run with --prometheus)")]
+    NoPrometheus(&'static str),
+    #[error("background task failed: {0}")]
+    Join(String),
+    #[error("cannot serialize the report: {0}")]
+    Serialize(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
+    move |source| DemoError::Io { path: path.to_owned(), source }
+}
+
+enum Source {
+    Scrape(ScrapeSource),
+    Prometheus(PrometheusSource),
+}
+
+impl Source {
+    fn as_dyn(&self) -> &dyn MetricSource {
+        match self {
+            Source::Scrape(source) => source,
+            Source::Prometheus(source) => source,
+        }
+    }
+}
+
+/// A running demo: the serving process, its traffic and the local runner.
+pub struct Demo {
+    opts: DemoOptions,
+    started: Instant,
+    runner: LocalRunner,
+    gateway: Gateway,
+    prometheus: Option<Prometheus>,
+    source: Source,
+    sim: Option<Simulator>,
+    timeline: Vec<TimelineEntry>,
+    outcomes: BTreeMap<String, VersionOutcome>,
+}
+
+impl Demo {
+    fn models_dir(&self) -> PathBuf {
+        self.opts.out.join("models")
+    }
+
+    /// Prepares the models, starts `reco standalone` (and Prometheus), makes
+    /// v1 stable and starts the traffic. With `aa`, also installs [`AA_COPY`].
+    pub async fn start(opts: DemoOptions, aa: bool) -> Result<Demo, DemoError> {
+        let started = Instant::now();
+        let models_dir = opts.out.join("models");
+        std::fs::create_dir_all(&models_dir).map_err(io(&models_dir))?;
+        let state_path = opts.out.join("state.json");
+        if !opts.resume {
+            for stale in [state_path.clone(), models_dir.join(runner::ROUTING_FILE)] {
+                if stale.exists() {
+                    std::fs::remove_file(&stale).map_err(io(&stale))?;
+                }
+            }
+            // The standalone's feature store and event log: a new run starts from the seeded histories.
+            let serving_state = models_dir.join(".state");
+            if serving_state.exists() {
+                std::fs::remove_dir_all(&serving_state).map_err(io(&serving_state))?;
+            }
+        }
+
+        let (model_opts, cache_root) = (opts.models.clone(), opts.cache_root.clone());
+        let cached = tokio::task::spawn_blocking(move || models::ensure_models(&model_opts, &cache_root))
+            .await
+            .map_err(|e| DemoError::Join(e.to_string()))??;
+        println!("models: v1 {}, v2 {}, v3 {}", cached.v1.display(), cached.v2.display(), cached.v3.display());
+        for (version, dir) in [(STABLE, &cached.v1), (BETTER, &cached.v2), (BROKEN, &cached.v3)] {
+            models::copy_version(dir, &models_dir.join(version))?;
+        }
+        if aa {
+            models::copy_version(&cached.v1, &models_dir.join(AA_COPY))?;
+        }
+
+        let mut runner = LocalRunner::open(RunnerConfig {
+            pipeline: opts.pipeline.clone(),
+            salt: opts.pipeline.clone(),
+            state_path,
+            models_dir: models_dir.clone(),
+            policy: opts.policy.clone(),
+        })?;
+        runner.add_version(STABLE, Timestamp::now())?;
+        runner.apply(None, Timestamp::now())?;
+
+        let logs = opts.out.join("logs");
+        std::fs::create_dir_all(&logs).map_err(io(&logs))?;
+        let gateway = Gateway::start(GatewayConfig {
+            bin: opts.reco_bin.clone(),
+            models: models_dir.clone(),
+            pipeline: opts.pipeline.clone(),
+            seed_data: Some(opts.models.data.clone()),
+            deadline_ms: opts.deadline_ms,
+            token_key: format!("reco-demo-token-key-{:020}-{:020}", opts.seed, opts.seed.rotate_left(32)),
+            log: logs.join("standalone.log"),
+            ready_timeout: opts.ready_timeout,
+        })
+        .await?;
+        println!("reco standalone (pid {}) ready at http://{}", gateway.pid().unwrap_or(0), gateway.addr());
+        let (prometheus, source) = match &opts.prometheus {
+            Some(bin) => {
+                let prometheus = Prometheus::start(bin, &opts.out.join("prometheus"), gateway.addr()).await?;
+                println!("Prometheus (pid {}) ready at {}", prometheus.pid().unwrap_or(0), prometheus.base());
+                let source = PrometheusSource::new(prometheus.base())?.with_min_range(Duration::from_secs(3));
+                (Some(prometheus), Source::Prometheus(source))
+            }
+            None => (None, Source::Scrape(ScrapeSource::new(vec![gateway.url("metrics")])?)),
+        };
+        if let Source::Scrape(scrape) = &source {
+            // History from the start, so the first window has a baseline.
+            let _ = scrape.scrape().await;
+        }
+
+        let (data, max_users) = (opts.models.data.clone(), opts.models.max_users);
+        let replay = tokio::task::spawn_blocking(move || ReplayData::load(&data, max_users))
+            .await
+            .map_err(|e| DemoError::Join(e.to_string()))??;
+        println!("replaying {} users at {} requests/s", replay.users.len(), opts.rate);
+        let sim = Simulator::start(
+            SimConfig {
+                base: gateway.url(""),
+                rate: opts.rate,
+                concurrency: opts.concurrency,
+                seed: opts.seed,
+                noise: opts.noise,
+                page_size: opts.page_size,
+                context: serde_json::json!({"attributes": {"surface": "demo"}}),
+            },
+            Arc::new(replay),
+        )?;
+        Ok(Demo {
+            opts,
+            started,
+            runner,
+            gateway,
+            prometheus,
+            source,
+            sim: Some(sim),
+            timeline: Vec::new(),
+            outcomes: BTreeMap::new(),
+        })
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    pub fn prometheus(&self) -> Option<&Prometheus> {
+        self.prometheus.as_ref()
+    }
+
+    pub fn runner(&self) -> &LocalRunner {
+        &self.runner
+    }
+
+    pub fn timeline(&self) -> &[TimelineEntry] {
+        &self.timeline
+    }
+
+    /// The simulator's counts so far.
+    pub fn traffic(&self) -> SimStats {
+        self.sim.as_ref().map(Simulator::stats).unwrap_or_default()
+    }
+
+    /// Starts over with a fresh runner state (file `state-NAME.json`) and
+    /// user salt, v1 stable: the next rollout is independent of the last.
+    pub fn reset_runner(&mut self, name: &str) -> Result<(), DemoError> {
+        let state_path = self.opts.out.join(format!("state-{name}.json"));
+        if state_path.exists() {
+            std::fs::remove_file(&state_path).map_err(io(&state_path))?;
+        }
+        self.runner = LocalRunner::open(RunnerConfig {
+            pipeline: self.opts.pipeline.clone(),
+            salt: format!("{}-{name}", self.opts.pipeline),
+            state_path,
+            models_dir: self.models_dir(),
+            policy: self.opts.policy.clone(),
+        })?;
+        self.runner.add_version(STABLE, Timestamp::now())?;
+        self.runner.apply(None, Timestamp::now())?;
+        Ok(())
+    }
+
+    /// Rolls `version` out, one tick per analysis interval, until it is
+    /// promoted or rolled back. `hook` sees every tick and may inject faults.
+    pub async fn roll_out(
+        &mut self,
+        version: &str,
+        hook: &mut dyn FnMut(&TimelineEntry) -> Vec<Fault>,
+    ) -> Result<VersionOutcome, DemoError> {
+        let begun = Instant::now();
+        let traffic_before = self.traffic().total();
+        let candidate_before = self.traffic().version(version);
+        self.runner.add_version(version, Timestamp::now())?;
+        let mut transitions = Vec::new();
+        loop {
+            if self.started.elapsed() > self.opts.max_wall {
+                return Err(DemoError::Timeout { version: version.to_owned(), limit_s: self.opts.max_wall.as_secs() });
+            }
+            let tick_start = Instant::now();
+            let unavailable = self.gateway.check_ready().await.err();
+            let tick = self.runner.tick(self.source.as_dyn(), unavailable, Timestamp::now()).await?;
+            let entry = self.entry(version, &tick);
+            if self.opts.print_timeline {
+                println!("{}", entry.line());
+            }
+            transitions.extend(entry.transitions.iter().cloned());
+            let faults = hook(&entry);
+            self.timeline.push(entry);
+            for fault in faults {
+                self.inject(fault).await?;
+            }
+            let phase = runner::phase_of(&tick.decision, version);
+            if let Some(phase @ (VersionPhase::Stable | VersionPhase::RolledBack | VersionPhase::Failed)) = phase {
+                let traffic = self.traffic();
+                let served = traffic.version(version);
+                let outcome = VersionOutcome {
+                    outcome: outcome_name(phase).to_owned(),
+                    reason: tick.decision.versions.get(version).map(|s| s.reason.clone()).unwrap_or_default(),
+                    wall_seconds: begun.elapsed().as_secs_f64(),
+                    impressions_to_decision: traffic.total().impressions.saturating_sub(traffic_before.impressions),
+                    candidate_impressions_to_decision: served.impressions.saturating_sub(candidate_before.impressions),
+                    transitions,
+                    impressions: served.impressions,
+                    clicks: served.clicks,
+                    ctr: served.ctr(),
+                };
+                self.outcomes.insert(version.to_owned(), outcome.clone());
+                return Ok(outcome);
+            }
+            if let Source::Scrape(scrape) = &self.source
+                && tick.analysis.is_none()
+            {
+                let _ = scrape.scrape().await;
+            }
+            tokio::time::sleep(self.opts.policy.interval.saturating_sub(tick_start.elapsed())).await;
+        }
+    }
+
+    async fn inject(&mut self, fault: Fault) -> Result<(), DemoError> {
+        let t = self.started.elapsed().as_secs_f64();
+        match fault {
+            Fault::KillGateway => {
+                println!("[{t:>6.1}s] fault: killing reco standalone (pid {})", self.gateway.pid().unwrap_or(0));
+                self.gateway.kill();
+            }
+            Fault::RestartGateway => {
+                println!("[{t:>6.1}s] fault: restarting reco standalone");
+                self.gateway.restart().await?;
+            }
+            Fault::KillPrometheus => {
+                let prometheus = self.prometheus.as_mut().ok_or(DemoError::NoPrometheus("KillPrometheus"))?;
+                println!("[{t:>6.1}s] fault: killing Prometheus (pid {})", prometheus.pid().unwrap_or(0));
+                prometheus.kill();
+            }
+            Fault::RestartPrometheus => {
+                let prometheus = self.prometheus.as_mut().ok_or(DemoError::NoPrometheus("RestartPrometheus"))?;
+                println!("[{t:>6.1}s] fault: restarting Prometheus");
+                prometheus.restart().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, version: &str, tick: &runner::Tick) -> TimelineEntry {
+        let decision = &tick.decision;
+        let policy = &self.opts.policy.policy;
+        let phase = runner::phase_of(decision, version).unwrap_or(VersionPhase::Pending);
+        let step = match decision.state.candidate.as_ref().filter(|c| c.version == version) {
+            Some(candidate) => {
+                let total = policy.steps.len();
+                match policy.steps.get(candidate.step as usize) {
+                    Some(Step::Shadow { duration }) => {
+                        format!("step {}/{total} (shadow {}s)", candidate.step + 1, duration.as_secs())
+                    }
+                    Some(Step::Canary { weight, .. }) => {
+                        format!("step {}/{total} (canary {weight}%)", candidate.step + 1)
+                    }
+                    None => format!("step {}/{total}", candidate.step + 1),
+                }
+            }
+            None => "done".to_owned(),
+        };
+        let analysis = tick.analysis.as_ref();
+        TimelineEntry {
+            t: self.started.elapsed().as_secs_f64(),
+            version: version.to_owned(),
+            phase,
+            step,
+            weight: runner::candidate_weight(decision),
+            stable: decision.state.stable.clone().unwrap_or_default(),
+            stable_impressions: analysis.map_or(0, |a| a.stable_impressions),
+            stable_clicks: analysis.map_or(0, |a| a.stable_clicks),
+            stable_ctr: analysis.map_or(0.0, |a| a.stable_ctr),
+            canary_impressions: analysis.map_or(0, |a| a.canary_impressions),
+            canary_clicks: analysis.map_or(0, |a| a.canary_clicks),
+            canary_ctr: analysis.map_or(0.0, |a| a.canary_ctr),
+            verdict: analysis.map(|a| a.verdict),
+            message: analysis.map_or_else(|| "no look (step just started)".to_owned(), |a| a.message.clone()),
+            transitions: decision
+                .transitions
+                .iter()
+                .map(|h| format!("{} {:?} -> {:?}: {}", h.version, h.from, h.to, h.reason))
+                .collect(),
+            traffic: self.traffic().versions,
+        }
+    }
+
+    /// Keeps the traffic going for `duration` more (stable serving after the last rollout).
+    pub async fn settle(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+
+    /// Stops the traffic, reads the counters back from Prometheus (when it
+    /// runs), writes `report.json` and `ctr.png`, and stops the processes.
+    pub async fn finish(mut self) -> Result<DemoReport, DemoError> {
+        let stats = match self.sim.take() {
+            Some(sim) => sim.stop().await,
+            None => SimStats::default(),
+        };
+        let mut prometheus_counters = BTreeMap::new();
+        if let Some(prometheus) = &self.prometheus {
+            // Two scrape intervals: the last requests are in the TSDB.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            for (name, series) in [
+                ("impressions", signals::IMPRESSIONS),
+                ("clicks", signals::CLICKS),
+                ("requests", signals::REQUESTS),
+                ("errors", signals::ERRORS),
+            ] {
+                let expr = format!(
+                    "sum by ({}) ({series}{{{}={:?}}})",
+                    signals::VERSION_LABEL,
+                    signals::PIPELINE_LABEL,
+                    self.opts.pipeline
+                );
+                match prometheus.query_by(&expr, signals::VERSION_LABEL).await {
+                    Ok(values) => {
+                        prometheus_counters.insert(name.to_owned(), values);
+                    }
+                    Err(e) => tracing::warn!(query = expr, error = %e, "reading counters back from Prometheus"),
+                }
+            }
+        }
+        let report = DemoReport {
+            seed: self.opts.seed,
+            metrics_source: if self.prometheus.is_some() { "prometheus" } else { "scrape" }.to_owned(),
+            policy: self.opts.policy_text.clone(),
+            rate: self.opts.rate,
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+            versions: self.outcomes.clone(),
+            traffic: stats.versions.iter().map(|(v, c)| (v.clone(), Traffic::from(*c))).collect(),
+            requests: RequestTotals::of(&stats),
+            prometheus: prometheus_counters,
+            timeline: std::mem::take(&mut self.timeline),
+        };
+        write_report(&self.opts.out, &report)?;
+        Ok(report)
+    }
+}
+
+/// Writes `report.json` (atomically) and `ctr.png` beside it.
+pub fn write_report(out: &Path, report: &DemoReport) -> Result<(), DemoError> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| DemoError::Serialize(e.to_string()))?;
+    runner::write_atomic(&out.join("report.json"), &json)?;
+    let chart = out.join("ctr.png");
+    if let Err(e) = crate::chart::draw(&report.timeline, &chart) {
+        // The chart is an illustration: the report stands without it.
+        tracing::warn!(error = %e, "no ctr.png");
+        eprintln!("warning: {e}");
+    }
+    Ok(())
+}
+
+/// The whole scenario: v2 rolled out, then v3, then stable serving alone for a moment.
+pub async fn run_demo(
+    opts: DemoOptions,
+    hook: &mut dyn FnMut(&TimelineEntry) -> Vec<Fault>,
+) -> Result<DemoReport, DemoError> {
+    let mut demo = Demo::start(opts, false).await?;
+    for version in [BETTER, BROKEN] {
+        let outcome = demo.roll_out(version, hook).await?;
+        println!("==> {version}: {} after {:.0} s: {}", outcome.outcome, outcome.wall_seconds, outcome.reason);
+    }
+    demo.settle(demo.opts.policy.interval).await;
+    demo.finish().await
+}
+
+/// One A/A rollout: v1 against a copy of itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AaRun {
+    pub run: usize,
+    pub outcome: String,
+    /// `analysis` (the CTR test or a guardrail decided) or `timeout`.
+    pub decided_by: String,
+    pub reason: String,
+    pub wall_seconds: f64,
+    pub impressions_to_decision: u64,
+}
+
+/// `DIR/aa-report.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AaReport {
+    pub runs: Vec<AaRun>,
+    pub promoted: usize,
+    /// False rollbacks decided by the analysis.
+    pub rolled_back_by_analysis: usize,
+    /// Rollbacks because a step's maxDuration ran out undecided.
+    pub rolled_back_by_timeout: usize,
+    pub requests: RequestTotals,
+    pub policy: String,
+    pub wall_seconds: f64,
+}
+
+/// `runs` A/A rollouts of a copy of v1 against v1, each with its own user
+/// salt; writes `aa-report.json`.
+pub async fn run_aa(opts: DemoOptions, runs: usize) -> Result<AaReport, DemoError> {
+    let out = opts.out.clone();
+    let mut demo = Demo::start(opts, true).await?;
+    let mut report = AaReport { policy: demo.opts.policy_text.clone(), ..Default::default() };
+    for run in 1..=runs {
+        demo.reset_runner(&format!("aa{run}"))?;
+        let outcome = demo.roll_out(AA_COPY, &mut |_| Vec::new()).await?;
+        let decided_by = if outcome.reason.contains("undecided after") { "timeout" } else { "analysis" };
+        match (outcome.outcome.as_str(), decided_by) {
+            ("promoted", _) => report.promoted += 1,
+            (_, "timeout") => report.rolled_back_by_timeout += 1,
+            _ => report.rolled_back_by_analysis += 1,
+        }
+        println!("==> A/A run {run}/{runs}: {} ({decided_by}) after {:.0} s", outcome.outcome, outcome.wall_seconds);
+        report.runs.push(AaRun {
+            run,
+            outcome: outcome.outcome,
+            decided_by: decided_by.to_owned(),
+            reason: outcome.reason,
+            wall_seconds: outcome.wall_seconds,
+            impressions_to_decision: outcome.impressions_to_decision,
+        });
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| DemoError::Serialize(e.to_string()))?;
+        runner::write_atomic(&out.join("aa-report.json"), &json)?;
+    }
+    let started = demo.started;
+    let final_report = demo.finish().await?;
+    report.requests = final_report.requests;
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| DemoError::Serialize(e.to_string()))?;
+    runner::write_atomic(&out.join("aa-report.json"), &json)?;
+    Ok(report)
+}

@@ -1,0 +1,128 @@
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::routing::post;
+
+use super::*;
+
+fn user(id: &str, future: &[&str]) -> ReplayUser {
+    ReplayUser { id: id.into(), future: future.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>() }
+}
+
+fn config(base: Url) -> SimConfig {
+    SimConfig { base, rate: 200.0, concurrency: 8, seed: 7, noise: 0.0, page_size: 3, context: serde_json::json!({}) }
+}
+
+/// A gateway double: user "bad" gets a 500, everyone else items a, b, c from "v1".
+async fn fake_gateway(events: Arc<AtomicU64>) -> SocketAddr {
+    let recommend = post(|Json(body): Json<serde_json::Value>| async move {
+        if body["user_id"] == "bad" {
+            return Err(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        let items: Vec<_> =
+            ["a", "b", "c"].iter().map(|id| serde_json::json!({"item_id": id, "score": 1.0, "source": "x"})).collect();
+        Ok(Json(
+            serde_json::json!({"request_id": "r", "model_version": "v1", "token": "t", "items": items, "degraded": false}),
+        ))
+    });
+    let events_route = post(move |Json(body): Json<serde_json::Value>| {
+        let events = Arc::clone(&events);
+        async move {
+            assert_eq!(body["type"], "click");
+            assert_eq!(body["token"], "t");
+            events.fetch_add(1, Ordering::SeqCst);
+            StatusCode::ACCEPTED
+        }
+    });
+    let app = axum::Router::new().route("/v1/recommend", recommend).route("/v1/events", events_route);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[test]
+fn plans_are_deterministic_given_the_seed() {
+    let plans = |seed| (0..200).map(|i| request_plan(seed, i, 50).0).collect::<Vec<_>>();
+    assert_eq!(plans(1), plans(1));
+    assert_ne!(plans(1), plans(2));
+    assert!(plans(1).iter().all(|&u| u < 50));
+    // Every user gets drawn eventually.
+    let drawn: BTreeSet<_> = (0..5000).map(|i| request_plan(3, i, 50).0).collect();
+    assert_eq!(drawn.len(), 50);
+}
+
+#[test]
+fn clicks_are_the_future_plus_noise() {
+    let u = user("u", &["b"]);
+    let items: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_owned()).collect();
+    let (_, mut rng) = request_plan(1, 1, 1);
+    assert_eq!(clicked(&u, &items, 0.0, &mut rng), ["b"]);
+    assert_eq!(clicked(&u, &items, 1.0, &mut rng), ["a", "b", "c"]);
+    let noisy: usize = (0..2000)
+        .map(|i| {
+            let (_, mut rng) = request_plan(9, i, 1);
+            clicked(&user("u", &[]), &items, 0.1, &mut rng).len()
+        })
+        .sum();
+    // 6000 draws at 10%: 600 ± 5 sd (23).
+    assert!((485..=715).contains(&noisy), "{noisy}");
+}
+
+#[test]
+fn bad_configs_are_rejected() {
+    let base: Url = "http://127.0.0.1:9/".parse().unwrap();
+    let cases = [
+        SimConfig { rate: 0.0, ..config(base.clone()) },
+        SimConfig { rate: f64::NAN, ..config(base.clone()) },
+        SimConfig { concurrency: 0, ..config(base.clone()) },
+        SimConfig { noise: 1.5, ..config(base.clone()) },
+        SimConfig { page_size: 0, ..config(base.clone()) },
+        SimConfig { page_size: 101, ..config(base.clone()) },
+    ];
+    for case in cases {
+        assert!(case.validate().is_err(), "{case:?}");
+    }
+    assert!(config(base).validate().is_ok());
+}
+
+#[tokio::test]
+async fn counts_requests_clicks_and_failures_per_version() {
+    let events = Arc::new(AtomicU64::new(0));
+    let addr = fake_gateway(Arc::clone(&events)).await;
+    let data = Arc::new(ReplayData { users: vec![user("good", &["a", "c"]), user("bad", &["a"])] });
+    let sim = Simulator::start(config(format!("http://{addr}/").parse().unwrap()), data).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stats = sim.stop().await;
+    let v1 = stats.version("v1");
+    let unknown = stats.version(UNKNOWN_VERSION);
+    assert!(v1.requests > 10 && unknown.requests > 10, "{stats:?}");
+    assert_eq!(v1.failed, 0);
+    assert_eq!(unknown.failed, unknown.requests);
+    assert_eq!(v1.impressions, 3 * v1.requests);
+    assert_eq!(v1.clicks, 2 * v1.requests);
+    assert_eq!(v1.events_failed, 0);
+    assert_eq!(events.load(Ordering::SeqCst), v1.clicks);
+    assert_eq!(stats.total().requests, v1.requests + unknown.requests);
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_counts_every_request_as_failed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let data = Arc::new(ReplayData { users: vec![user("u", &["a"])] });
+    let sim = Simulator::start(config(format!("http://{addr}/").parse().unwrap()), data).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = sim.stop().await;
+    let total = stats.total();
+    assert!(total.requests > 5, "{stats:?}");
+    assert_eq!(total.failed, total.requests);
+    assert!(matches!(
+        Simulator::start(config("http://127.0.0.1:9/".parse().unwrap()), Arc::new(ReplayData::default())),
+        Err(SimError::NoUsers)
+    ));
+}

@@ -1,0 +1,31 @@
+//! reco-features: the online feature store and event ingestion of reco's serving path.
+//!
+//! - [`store::FeatureStore`]: user features (demographics, long-term history, session, counters)
+//!   and item engagement counters, with an [`embedded::EmbeddedStore`] (in-process, snapshotted
+//!   to disk) and a [`redis::RedisStore`] backend.
+//! - [`sink::EventSink`]: the training log; [`sink::FileSink`] appends JSON lines with group commit.
+//! - [`service::FeatureService`]: implements the `Features` and `Events` gRPC services. An
+//!   acknowledged event is durable in the log and visible to the very next `GetUser`.
+//! - [`serve`]: the `reco serve features` flags, [`serve::build`] and [`serve::serve_grpc`].
+//!
+//! Seeding ([`service::FeatureService::seed`]) loads a dataset's users only into an EMPTY store:
+//! a reloaded snapshot (or a populated Redis) wins, so restarts keep live features.
+
+pub mod embedded;
+pub mod metrics;
+pub mod model;
+pub mod redis;
+pub mod serve;
+pub mod service;
+pub mod sink;
+pub mod store;
+pub mod validate;
+
+pub use embedded::EmbeddedStore;
+pub use metrics::Metrics;
+pub use model::{Demographics, Limits, SeedInteraction, SeedUser, UserState};
+pub use redis::RedisStore;
+pub use serve::{Backend, EventSinkKind, FeaturesArgs, ServiceHandle, build, serve_grpc, serve_grpc_on};
+pub use service::FeatureService;
+pub use sink::{EventSink, FileSink, LoggedEvent, read_log};
+pub use store::{FeatureStore, SeedOutcome, seed_if_empty};

@@ -1,0 +1,101 @@
+//! Prometheus metrics of the feature service, registered under the `reco_features_` prefix.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::sink::SinkMetrics;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabel {
+    pub event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    /// The field of the first problem (`user_id`, `type`, ...; `events` for the batch itself).
+    pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabel {
+    pub backend: String,
+    pub op: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Handles to every metric; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    pub events_ingested: Family<EventTypeLabel, Counter>,
+    pub events_rejected: Family<RejectLabel, Counter>,
+    pub fsync_batch_records: Histogram,
+    pub fsync_seconds: Histogram,
+    pub store_op_seconds: HistogramFamily<StoreOpLabel>,
+    pub snapshot_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("reco_features");
+        let m = Self {
+            events_ingested: Family::default(),
+            events_rejected: Family::default(),
+            fsync_batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            fsync_seconds: latency_histogram(),
+            store_op_seconds: Family::new_with_constructor(latency_histogram),
+            snapshot_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        };
+        registry.register(
+            "events_ingested",
+            "Events accepted, durable and applied, by type",
+            m.events_ingested.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events in rejected ingest requests, by the field of the first problem",
+            m.events_rejected.clone(),
+        );
+        registry.register(
+            "event_log_fsync_batch_records",
+            "Events made durable by one fsync of the event log (group commit)",
+            m.fsync_batch_records.clone(),
+        );
+        registry.register(
+            "event_log_fsync_seconds",
+            "Write + fsync time of one event log batch",
+            m.fsync_seconds.clone(),
+        );
+        registry.register(
+            "store_op_seconds",
+            "Feature store operation latency by backend and operation",
+            m.store_op_seconds.clone(),
+        );
+        registry.register("snapshot_seconds", "Time to write one embedded store snapshot", m.snapshot_seconds.clone());
+        m
+    }
+
+    /// The histograms the file sink's writer records into.
+    pub fn sink(&self) -> SinkMetrics {
+        SinkMetrics {
+            batch_size: Some(self.fsync_batch_records.clone()),
+            fsync_seconds: Some(self.fsync_seconds.clone()),
+        }
+    }
+
+    pub(crate) fn observe_store(&self, backend: &str, op: &str, started: Instant) {
+        self.store_op_seconds
+            .get_or_create(&StoreOpLabel { backend: backend.to_owned(), op: op.to_owned() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,211 @@
+//! The Redis backend. Keys are namespaced by pipeline (`reco:{pipeline}:...`) so pipelines can
+//! share one server. Each user is a few native structures so that an event is a handful of
+//! in-place commands (no read-modify-write race between feature replicas):
+//!
+//! - `user:demo:{id}` hash (age, gender, occupation, zip)
+//! - `user:hist:{id}` list of item ids, oldest first, trimmed to the history bound
+//! - `user:sess:{id}` list of JSON session entries, trimmed to the session bound
+//! - `user:cnt:{id}` / `item:cnt:{id}` hashes of counters by event type
+//! - `users` set of every known user id
+//!
+//! Writes and reads go through MULTI/EXEC, so a reader sees a batch of events entirely or not at all.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+
+use crate::model::{Demographics, FeatureEvent, Limits, SessionEntry, UserState};
+use crate::store::{Counters, FeatureStore, StoreError};
+
+/// Users written per pipeline when bulk-loading, to bound the size of one request.
+const PUT_CHUNK: usize = 256;
+
+/// Feature store on a Redis server.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    limits: Limits,
+}
+
+impl RedisStore {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`); the connection manager reconnects on its own.
+    pub async fn connect(url: &str, pipeline: &str, limits: Limits) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_connection_manager().await?;
+        Ok(Self { conn, prefix: format!("reco:{pipeline}:"), limits })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    fn users_key(&self) -> String {
+        format!("{}users", self.prefix)
+    }
+
+    fn add_user(&self, pipe: &mut redis::Pipeline, id: &str, user: &UserState) -> Result<(), StoreError> {
+        let (demo, hist, sess, cnt) =
+            (self.key("user:demo", id), self.key("user:hist", id), self.key("user:sess", id), self.key("user:cnt", id));
+        pipe.del(&[&demo, &hist, &sess, &cnt]).ignore();
+        let d = &user.demographics;
+        let age = d.age.map(|a| a.to_string()).unwrap_or_default();
+        pipe.hset_multiple(
+            &demo,
+            &[("age", age.as_str()), ("gender", &d.gender), ("occupation", &d.occupation), ("zip", &d.zip)],
+        )
+        .ignore();
+        let skip = user.history.len().saturating_sub(self.limits.history_len);
+        let history: Vec<&String> = user.history.iter().skip(skip).collect();
+        if !history.is_empty() {
+            pipe.rpush(&hist, history).ignore();
+        }
+        let skip = user.session.len().saturating_sub(self.limits.session_len);
+        let session =
+            user.session.iter().skip(skip).map(serde_json::to_string).collect::<Result<Vec<_>, _>>().map_err(|e| {
+                StoreError::Malformed { key: sess.clone(), reason: format!("cannot encode session: {e}") }
+            })?;
+        if !session.is_empty() {
+            pipe.rpush(&sess, session).ignore();
+        }
+        let counters: Vec<(&String, u64)> = user.counters.iter().map(|(k, v)| (k, *v)).collect();
+        if !counters.is_empty() {
+            pipe.hset_multiple(&cnt, &counters).ignore();
+        }
+        pipe.sadd(self.users_key(), id).ignore();
+        Ok(())
+    }
+}
+
+fn to_counters(key: &str, raw: HashMap<String, String>) -> Result<Counters, StoreError> {
+    raw.into_iter()
+        .map(|(k, v)| match v.parse::<u64>() {
+            Ok(n) => Ok((k, n)),
+            Err(_) => Err(StoreError::Malformed { key: key.to_owned(), reason: format!("counter {k} is {v:?}") }),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl FeatureStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    async fn get_user(&self, user_id: &str) -> Result<Option<UserState>, StoreError> {
+        let (demo_key, hist, sess_key, cnt_key) = (
+            self.key("user:demo", user_id),
+            self.key("user:hist", user_id),
+            self.key("user:sess", user_id),
+            self.key("user:cnt", user_id),
+        );
+        type Reply = (bool, HashMap<String, String>, Vec<String>, Vec<String>, HashMap<String, String>);
+        let (known, mut demo, history, session, counters): Reply = redis::pipe()
+            .atomic()
+            .sismember(self.users_key(), user_id)
+            .hgetall(&demo_key)
+            .lrange(&hist, 0, -1)
+            .lrange(&sess_key, 0, -1)
+            .hgetall(&cnt_key)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if !known {
+            return Ok(None);
+        }
+        let age = match demo.remove("age").filter(|a| !a.is_empty()) {
+            None => None,
+            Some(a) => Some(
+                a.parse::<u32>()
+                    .map_err(|_| StoreError::Malformed { key: demo_key.clone(), reason: format!("age is {a:?}") })?,
+            ),
+        };
+        let mut field = |name: &str| demo.remove(name).unwrap_or_default();
+        let demographics =
+            Demographics { age, gender: field("gender"), occupation: field("occupation"), zip: field("zip") };
+        let session = session
+            .iter()
+            .map(|s| serde_json::from_str::<SessionEntry>(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Malformed { key: sess_key.clone(), reason: e.to_string() })?;
+        Ok(Some(UserState {
+            demographics,
+            history: history.into(),
+            session,
+            counters: to_counters(&cnt_key, counters)?,
+        }))
+    }
+
+    async fn get_item_counters(&self, item_ids: &[String]) -> Result<Vec<Counters>, StoreError> {
+        if item_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = item_ids.iter().map(|id| self.key("item:cnt", id)).collect();
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.hgetall(k);
+        }
+        let raw: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        keys.iter().zip(raw).map(|(k, r)| to_counters(k, r)).collect()
+    }
+
+    async fn apply(&self, events: &[FeatureEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let session_len = isize::try_from(self.limits.session_len).unwrap_or(isize::MAX);
+        let history_len = isize::try_from(self.limits.history_len).unwrap_or(isize::MAX);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for e in events {
+            let sess = self.key("user:sess", &e.user_id);
+            let entry = SessionEntry {
+                item_id: e.item_id.clone(),
+                kind: e.kind.name().to_owned(),
+                at_ms: e.at_ms,
+                dwell_ms: e.dwell_ms,
+            };
+            let entry = serde_json::to_string(&entry)
+                .map_err(|err| StoreError::Malformed { key: sess.clone(), reason: err.to_string() })?;
+            pipe.sadd(self.users_key(), &e.user_id).ignore();
+            pipe.rpush(&sess, entry).ignore();
+            pipe.ltrim(&sess, -session_len, -1).ignore();
+            pipe.hincr(self.key("user:cnt", &e.user_id), e.kind.name(), 1).ignore();
+            if e.kind.is_positive() {
+                let hist = self.key("user:hist", &e.user_id);
+                pipe.lrem(&hist, 0, &e.item_id).ignore();
+                pipe.rpush(&hist, &e.item_id).ignore();
+                pipe.ltrim(&hist, -history_len, -1).ignore();
+            }
+            pipe.hincr(self.key("item:cnt", &e.item_id), e.kind.name(), 1).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        let n: u64 = redis::cmd("SCARD").arg(self.users_key()).query_async(&mut self.conn.clone()).await?;
+        Ok(n == 0)
+    }
+
+    async fn put_users(&self, users: BTreeMap<String, UserState>) -> Result<(), StoreError> {
+        let users: Vec<(String, UserState)> = users.into_iter().collect();
+        for chunk in users.chunks(PUT_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (id, user) in chunk {
+                self.add_user(&mut pipe, id, user)?;
+            }
+            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn persist(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
