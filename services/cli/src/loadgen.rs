@@ -128,7 +128,13 @@ fn record(tally: &std::sync::Mutex<Tally>, measured: bool, started: Instant, out
 }
 
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<LoadReport> {
-    if args.concurrency == 0 || !(args.rate > 0.0) || !(args.duration > 0.0) || args.warmup < 0.0 {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if args.concurrency == 0
+        || !positive(args.rate)
+        || !positive(args.duration)
+        || args.warmup.is_nan()
+        || args.warmup < 0.0
+    {
         bail!("--concurrency, --rate and --duration must be positive and --warmup not negative");
     }
     let client = reqwest::Client::builder()
@@ -268,7 +274,7 @@ mod tests {
             post(|Json(body): Json<serde_json::Value>| async move {
                 // Every 4th user fails: the report must count it.
                 let user: u64 = body["user_id"].as_str().and_then(|u| u.parse().ok()).unwrap_or(0);
-                if user % 4 == 0 {
+                if user.is_multiple_of(4) {
                     Err(axum::http::StatusCode::SERVICE_UNAVAILABLE)
                 } else {
                     Ok(Json(serde_json::json!({ "items": [], "degraded": user % 4 == 1 })))

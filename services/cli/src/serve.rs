@@ -75,7 +75,8 @@ pub async fn run(service: Service) -> anyhow::Result<()> {
             let (service, handle) = reco_features::build(&args, &metrics).await?;
             let admin = serve_admin(args.http, Arc::new(registry), shutdown.clone());
             let grpc = async {
-                reco_features::serve_grpc(service, args.grpc, shutdown.clone().cancelled_owned()).await?;
+                reco_proto::serve(reco_features::grpc_routes(service), args.grpc, shutdown.clone().cancelled_owned())
+                    .await?;
                 anyhow::Ok(())
             };
             let served = tokio::try_join!(admin, grpc);
@@ -89,7 +90,8 @@ pub async fn run(service: Service) -> anyhow::Result<()> {
             let service = reco_retrieval::build(&args, artifacts, metrics).await?;
             let admin = serve_admin(args.http, Arc::new(registry), shutdown.clone());
             let grpc = async {
-                reco_retrieval::serve_grpc(service, args.grpc, shutdown.clone().cancelled_owned()).await?;
+                reco_proto::serve(reco_retrieval::grpc_routes(service), args.grpc, shutdown.clone().cancelled_owned())
+                    .await?;
                 anyhow::Ok(())
             };
             tokio::try_join!(admin, grpc)?;
@@ -101,7 +103,8 @@ pub async fn run(service: Service) -> anyhow::Result<()> {
                 reco_ranking::RankingService::new(artifacts, args.model_version.clone(), &args.settings(), metrics)?;
             let admin = serve_admin(args.http, Arc::new(registry), shutdown.clone());
             let grpc = async {
-                reco_ranking::serve_grpc(service, args.grpc, shutdown.clone().cancelled_owned()).await?;
+                reco_proto::serve(reco_ranking::grpc_routes(service), args.grpc, shutdown.clone().cancelled_owned())
+                    .await?;
                 anyhow::Ok(())
             };
             tokio::try_join!(admin, grpc)?;

@@ -3,7 +3,7 @@
 //! rollout engine in the local runner, and (where named) a real Prometheus.
 //!
 //! They need MovieLens-100K (fetched by scripts/ensure-ml100k.sh, cached) and
-//! Prometheus (scripts/ensure-prometheus.sh, or `eval "$(scripts/env.sh)"`).
+//! Prometheus (`eval "$(scripts/env.sh)"` installs it).
 //! The models are trained on first use and cached under
 //! ~/.cache/reco/demo-models (or RECO_DEMO_CACHE) with the same key as
 //! `make demo`, so later runs reuse them. The tests run one at a time (a
@@ -94,6 +94,7 @@ async fn v2_is_promoted_and_v3_rolled_back_as_report_and_prometheus_show() {
     let _serial = SERIAL.lock().await;
     let out = tempfile::tempdir().expect("a temp dir");
     let mut demo = Demo::start(options(out.path(), true), false).await.expect("the demo starts");
+    demo.settle(reco_demo::scenario::WARMUP).await;
     let v2 = demo.roll_out("v2", &mut |_| Vec::new()).await.expect("v2 rollout");
     let v3 = demo.roll_out("v3", &mut |_| Vec::new()).await.expect("v3 rollout");
     assert_eq!(v2.outcome, "promoted", "{v2:?}");
@@ -172,6 +173,7 @@ async fn a_killed_gateway_holds_the_canary_until_it_is_back() {
     let _serial = SERIAL.lock().await;
     let out = tempfile::tempdir().expect("a temp dir");
     let mut demo = Demo::start(options(out.path(), false), false).await.expect("the demo starts");
+    demo.settle(reco_demo::scenario::WARMUP).await;
     let (v2, down) = fault_in_first_canary_step(&mut demo, Fault::KillGateway, Fault::RestartGateway).await;
     assert_held(&down, "gateway");
     assert_eq!(v2.outcome, "promoted", "resumed after the restart: {v2:?}");
@@ -185,6 +187,7 @@ async fn a_killed_prometheus_holds_the_canary_until_it_is_back() {
     let _serial = SERIAL.lock().await;
     let out = tempfile::tempdir().expect("a temp dir");
     let mut demo = Demo::start(options(out.path(), true), false).await.expect("the demo starts");
+    demo.settle(reco_demo::scenario::WARMUP).await;
     let (v2, down) = fault_in_first_canary_step(&mut demo, Fault::KillPrometheus, Fault::RestartPrometheus).await;
     assert_held(&down, "Prometheus");
     assert_eq!(v2.outcome, "promoted", "resumed after the restart: {v2:?}");

@@ -24,6 +24,10 @@ use crate::runner::{self, LocalRunner, RunnerConfig};
 use crate::sim::{SimConfig, SimStats, Simulator};
 use crate::stack::{Gateway, GatewayConfig, Prometheus};
 
+/// Traffic before the first rollout: the shadow step should not judge the
+/// standalone's warm-up (first requests, caches).
+pub const WARMUP: Duration = Duration::from_secs(10);
+
 /// The copy of v1 that A/A runs roll out against v1.
 pub const AA_COPY: &str = "v1-aa";
 
@@ -147,10 +151,12 @@ impl Demo {
                     std::fs::remove_file(&stale).map_err(io(&stale))?;
                 }
             }
-            // The standalone's feature store and event log: a new run starts from the seeded histories.
-            let serving_state = models_dir.join(".state");
-            if serving_state.exists() {
-                std::fs::remove_dir_all(&serving_state).map_err(io(&serving_state))?;
+            // The standalone's feature store and event log (a new run starts from the seeded
+            // histories) and Prometheus' TSDB (series of an earlier run would add up with this one's).
+            for stale in [models_dir.join(".state"), opts.out.join("prometheus").join("data")] {
+                if stale.exists() {
+                    std::fs::remove_dir_all(&stale).map_err(io(&stale))?;
+                }
             }
         }
 
@@ -471,6 +477,7 @@ pub async fn run_demo(
     hook: &mut dyn FnMut(&TimelineEntry) -> Vec<Fault>,
 ) -> Result<DemoReport, DemoError> {
     let mut demo = Demo::start(opts, false).await?;
+    demo.settle(WARMUP).await;
     for version in [BETTER, BROKEN] {
         let outcome = demo.roll_out(version, hook).await?;
         println!("==> {version}: {} after {:.0} s: {}", outcome.outcome, outcome.wall_seconds, outcome.reason);
@@ -510,6 +517,7 @@ pub struct AaReport {
 pub async fn run_aa(opts: DemoOptions, runs: usize) -> Result<AaReport, DemoError> {
     let out = opts.out.clone();
     let mut demo = Demo::start(opts, true).await?;
+    demo.settle(WARMUP).await;
     let mut report = AaReport { policy: demo.opts.policy_text.clone(), ..Default::default() };
     for run in 1..=runs {
         demo.reset_runner(&format!("aa{run}"))?;

@@ -26,9 +26,7 @@ pub enum StackError {
     NotReady { what: &'static str, url: String, seconds: u64, log: String },
     #[error("no free loopback port: {0}")]
     Port(std::io::Error),
-    #[error(
-        "no Prometheus binary at {0}: run scripts/ensure-prometheus.sh (or `eval \"$(scripts/env.sh)\"`) or set PROMETHEUS_BIN"
-    )]
+    #[error("no Prometheus binary at {0}: run `eval \"$(scripts/env.sh)\"` (installs it) or set PROMETHEUS_BIN")]
     NoPrometheus(PathBuf),
 }
 

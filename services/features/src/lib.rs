@@ -25,7 +25,7 @@ pub use embedded::EmbeddedStore;
 pub use metrics::Metrics;
 pub use model::{Demographics, Limits, SeedInteraction, SeedUser, UserState};
 pub use redis::RedisStore;
-pub use serve::{Backend, EventSinkKind, FeaturesArgs, ServiceHandle, build, serve_grpc, serve_grpc_on};
+pub use serve::{Backend, EventSinkKind, FeaturesArgs, ServiceHandle, build, grpc_routes};
 pub use service::FeatureService;
 pub use sink::{EventSink, FileSink, LoggedEvent, read_log};
 pub use store::{FeatureStore, SeedOutcome, seed_if_empty};

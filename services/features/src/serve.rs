@@ -1,6 +1,5 @@
 //! `reco serve features`: the flags, building the service from them, and serving gRPC.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +9,6 @@ use reco_proto::events_server::EventsServer;
 use reco_proto::features_server::FeaturesServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::embedded::EmbeddedStore;
 use crate::metrics::Metrics;
@@ -102,14 +100,6 @@ pub enum ShutdownError {
     Store(#[from] StoreError),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
 /// Owns the background work of a built service; [`ServiceHandle::shutdown`] ends it cleanly.
 pub struct ServiceHandle {
     store: Arc<dyn FeatureStore>,
@@ -191,28 +181,9 @@ async fn snapshot_loop(store: Arc<dyn FeatureStore>, every: Duration, mut stoppe
     }
 }
 
-/// Serves `Features` and `Events` on `addr` until `shutdown` resolves (in-flight calls finish).
-pub async fn serve_grpc(
-    service: FeatureService,
-    addr: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    serve_grpc_on(service, listener, shutdown).await
-}
-
-/// Like [`serve_grpc`] on a bound listener (tests bind `127.0.0.1:0`).
-pub async fn serve_grpc_on(
-    service: FeatureService,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    tonic::transport::Server::builder()
-        .add_service(FeaturesServer::new(service.clone()))
-        .add_service(EventsServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await?;
-    Ok(())
+/// The gRPC services (`Features` and `Events`) to serve with `reco_proto::serve`.
+pub fn grpc_routes(service: FeatureService) -> tonic::service::Routes {
+    tonic::service::Routes::new(FeaturesServer::new(service.clone())).add_service(EventsServer::new(service))
 }
 
 #[cfg(test)]

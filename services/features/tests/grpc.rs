@@ -39,7 +39,7 @@ impl Harness {
         let server = tokio::spawn({
             let service = service.clone();
             async move {
-                reco_features::serve_grpc_on(service, listener, async {
+                reco_proto::serve_on(reco_features::grpc_routes(service), listener, async {
                     let _ = stopped.await;
                 })
                 .await

@@ -13,6 +13,41 @@ pub mod v1 {
 
 pub use v1::*;
 
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// Why a gRPC server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` on `addr` until `shutdown` resolves (in-flight calls finish).
+pub async fn serve(
+    routes: tonic::service::Routes,
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    serve_on(routes, listener, shutdown).await
+}
+
+/// Like [`serve`] on a bound listener (tests bind `127.0.0.1:0`).
+pub async fn serve_on(
+    routes: tonic::service::Routes,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
 impl EventType {
     /// The JSON / counter name of an event type (`"click"`, ...); `None` for unspecified.
     pub fn name(self) -> Option<&'static str> {

@@ -15,6 +15,6 @@ pub mod weights;
 
 pub use metrics::Metrics;
 pub use scorer::{BuildError, MAX_CANDIDATES, RankError, Ranked, Scorer, ScorerSettings, Skip};
-pub use serve::{RankingArgs, ServeError, serve_grpc, serve_grpc_on};
+pub use serve::{RankingArgs, grpc_routes};
 pub use service::RankingService;
 pub use weights::{TaskWeights, ValueWeights, WeightsError};

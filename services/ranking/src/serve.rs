@@ -1,13 +1,11 @@
 //! `reco serve ranking`: the flags, loading the version from them, and serving gRPC.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use reco_model::artifacts::{ArtifactError, VersionArtifacts, local_dir};
 use reco_proto::ranking_server::RankingServer;
-use tonic::transport::server::TcpIncoming;
 
 use crate::scorer::ScorerSettings;
 use crate::service::RankingService;
@@ -64,33 +62,7 @@ impl RankingArgs {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
-/// Serves `Ranking` on `addr` until `shutdown` resolves (in-flight calls finish).
-pub async fn serve_grpc(
-    service: RankingService,
-    addr: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    serve_grpc_on(service, listener, shutdown).await
-}
-
-/// Like [`serve_grpc`] on a bound listener (tests bind `127.0.0.1:0`).
-pub async fn serve_grpc_on(
-    service: RankingService,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    tonic::transport::Server::builder()
-        .add_service(RankingServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await?;
-    Ok(())
+/// The gRPC service (`Ranking`) to serve with `reco_proto::serve`.
+pub fn grpc_routes(service: RankingService) -> tonic::service::Routes {
+    tonic::service::Routes::new(RankingServer::new(service))
 }

@@ -11,7 +11,7 @@ use reco_model::{Ranker, RankerBatch, pad_bags};
 use reco_proto::ranking_client::RankingClient;
 use reco_proto::ranking_server::Ranking;
 use reco_proto::{Candidate, RankRequest, RankResponse, UserFeatures};
-use reco_ranking::{BuildError, MAX_CANDIDATES, Metrics, RankingService, ScorerSettings, serve_grpc_on};
+use reco_ranking::{BuildError, MAX_CANDIDATES, Metrics, RankingService, ScorerSettings};
 use tch::{Kind, Tensor};
 use tonic::{Code, Request};
 
@@ -306,7 +306,7 @@ async fn grpc_round_trip_with_the_generated_client() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_grpc_on(svc.clone(), listener, async {
+    let server = tokio::spawn(reco_proto::serve_on(reco_ranking::grpc_routes(svc.clone()), listener, async {
         let _ = stopped.await;
     }));
     let mut client = RankingClient::connect(format!("http://{addr}")).await.unwrap();

@@ -1,13 +1,11 @@
 //! `reco serve retrieval`: from flags to a running gRPC server.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use reco_model::artifacts::{ArtifactError, VersionArtifacts, local_dir};
 use reco_proto::retrieval_server::RetrievalServer;
 use reco_vector_store::{Backend, CollectionSpec, Distance, HnswParams, OpenMode, StoreError, VectorStore};
-use tonic::transport::server::TcpIncoming;
 
 use crate::args::{RetrievalArgs, Settings, VectorStoreKind};
 use crate::metrics::Metrics;
@@ -26,15 +24,6 @@ pub enum BuildError {
     Service(#[from] RetrievalError),
     #[error("loading artifacts: {0}")]
     Join(String),
-}
-
-/// Why the gRPC server stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// Loads the version named by `--model-uri` (on the blocking pool: it reads and parses safetensors).
@@ -78,25 +67,7 @@ pub fn build(
     }
 }
 
-/// Serves `Retrieval` on `addr` until `shutdown` resolves (in-flight calls finish).
-pub async fn serve_grpc(
-    service: RetrievalService,
-    addr: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    serve_grpc_on(service, listener, shutdown).await
-}
-
-/// Like [`serve_grpc`] on a bound listener (tests bind `127.0.0.1:0`).
-pub async fn serve_grpc_on(
-    service: RetrievalService,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    tonic::transport::Server::builder()
-        .add_service(RetrievalServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await?;
-    Ok(())
+/// The gRPC service (`Retrieval`) to serve with `reco_proto::serve`.
+pub fn grpc_routes(service: RetrievalService) -> tonic::service::Routes {
+    tonic::service::Routes::new(RetrievalServer::new(service))
 }

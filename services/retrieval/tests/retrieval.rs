@@ -322,7 +322,7 @@ async fn grpc_serves_and_rejects_bad_input_by_field() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(reco_retrieval::serve_grpc_on(f.service.clone(), listener, async {
+    let server = tokio::spawn(reco_proto::serve_on(reco_retrieval::grpc_routes(f.service.clone()), listener, async {
         let _ = stopped.await;
     }));
     let mut client = RetrievalClient::connect(format!("http://{addr}")).await.unwrap();

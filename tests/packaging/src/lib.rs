@@ -3,7 +3,7 @@
 //! the reco CRDs, and run Argo CD health checks in Lua.
 //!
 //! `helm` (v4) and `kubectl` (1.35) come from `scripts/ensure-k8s-tools.sh`;
-//! `promtool` from `scripts/ensure-prometheus.sh`. The tests fail, naming the
+//! `promtool` from `scripts/env.sh`. The tests fail, naming the
 //! script, when a tool is missing: CI runs both scripts first.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,7 +76,7 @@ pub fn promtool() -> PathBuf {
         .chain(std::env::var_os("PROMETHEUS_BIN").map(|p| PathBuf::from(p).with_file_name("promtool")))
         .chain(find_on_path("promtool"))
         .find(|p| p.is_file())
-        .expect("`promtool` not found (PROMTOOL_BIN, beside PROMETHEUS_BIN, PATH): run scripts/ensure-prometheus.sh first (CI does)")
+        .expect("`promtool` not found (PROMTOOL_BIN, beside PROMETHEUS_BIN, PATH): run scripts/env.sh first (CI does)")
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -1,7 +1,7 @@
 //! Integration tests of the metric sources against live HTTP: a fake
 //! gateway exporting the real series names with `prometheus-client`, the
 //! scrape source reading it, and a real Prometheus process scraping it for
-//! the Prometheus source (`scripts/ensure-prometheus.sh` installs one).
+//! the Prometheus source (`scripts/env.sh` installs one).
 
 mod fake_gateway;
 mod prometheus;

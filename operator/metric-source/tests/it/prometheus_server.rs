@@ -1,7 +1,7 @@
 //! A real Prometheus process for the tests: started on a free loopback port
 //! with a temporary config (`scrape_interval: 1s`) and TSDB directory,
 //! killed on drop. The binary comes from `PROMETHEUS_BIN` or `PATH`; when
-//! missing the test fails and says to run `scripts/ensure-prometheus.sh`.
+//! missing the test fails and says to run `scripts/env.sh`.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -26,9 +26,7 @@ fn prometheus_bin() -> PathBuf {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("prometheus")).find(|p| p.is_file()))
         .unwrap_or_else(|| {
-            panic!(
-                "no `prometheus` on PATH and PROMETHEUS_BIN is unset: run scripts/ensure-prometheus.sh first (CI does)"
-            )
+            panic!("no `prometheus` on PATH and PROMETHEUS_BIN is unset: run scripts/env.sh first (CI does)")
         })
 }
 

@@ -28,7 +28,7 @@ fn binary() -> Option<PathBuf> {
 /// Starts a server, or returns `None` (saying why) when no redis-server is installed.
 pub async fn start_redis() -> Option<RedisServer> {
     let Some(bin) = binary() else {
-        eprintln!("SKIP: no redis-server (set REDIS_SERVER_BIN or run scripts/ensure-redis.sh)");
+        eprintln!("SKIP: no redis-server (set REDIS_SERVER_BIN or run scripts/env.sh)");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
