@@ -1,5 +1,7 @@
-//! `reco`: one binary for every reco process. For now it trains models
-//! (`reco train`); serving, `standalone` and `demo` join as subcommands.
+//! `reco`: one binary for every reco process: training (`reco train`), each
+//! serving service (`reco serve ...`), all of them in one process
+//! (`reco standalone`), the local end-to-end scenario (`reco demo`) and a
+//! load generator (`reco loadgen`).
 
 mod demo;
 mod loadgen;

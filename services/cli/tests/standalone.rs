@@ -164,9 +164,24 @@ fn bad_requests_get_json_errors_that_name_the_problem() {
         let message = reply["error"]["message"].as_str().unwrap_or_default().to_lowercase();
         assert!(message.contains(names), "{path} {body}: error should name {names:?}: {reply}");
     }
+    // An oversized body is refused with 413 before it is read in full; the
+    // server may then close the connection while the client still writes,
+    // which the client sees as a transport error. Neither may be anything
+    // but a refusal, and at least one answer must be the 413.
     let huge = json!({"user_id": "x".repeat(200_000)}).to_string();
-    let (status, reply) = server.post("/v1/recommend", &huge);
-    assert_eq!(status, 413, "{reply}");
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let sent = server
+            .client
+            .post(format!("{}/v1/recommend", server.url))
+            .header("content-type", "application/json")
+            .body(huge.clone())
+            .send();
+        if let Ok(response) = sent {
+            statuses.push(response.status().as_u16());
+        }
+    }
+    assert!(statuses.contains(&413) && statuses.iter().all(|&s| s == 413), "oversized body answers: {statuses:?}");
     // Nothing above broke the server.
     assert_eq!(server.recommend("3", 5)["degraded"], false);
 }
