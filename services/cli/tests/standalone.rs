@@ -53,8 +53,9 @@ fn start(models: &Path) -> Standalone {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("reco standalone starts");
-    let server =
-        Standalone { child, url: format!("http://127.0.0.1:{http}"), client: reqwest::blocking::Client::new() };
+    // A fresh connection per request: the server may close one after refusing a body.
+    let client = reqwest::blocking::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let server = Standalone { child, url: format!("http://127.0.0.1:{http}"), client };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let ready = server.client.get(format!("{}/readyz", server.url)).send().is_ok_and(|r| r.status().is_success());
