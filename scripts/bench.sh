@@ -5,7 +5,7 @@
 # Benchmarks are not tests: they assert nothing, they measure.
 #
 #     scripts/bench.sh                 # every section
-#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann)
+#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/env.sh)"
@@ -30,7 +30,7 @@ PY
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-sections="${*:-analysis operator training serving ann}"
+sections="${*:-analysis operator training serving ann demo}"
 want() { [[ " $sections " == *" $1 "* ]]; }
 
 if want analysis; then
@@ -104,6 +104,7 @@ fi
 if want serving; then
 echo "== serving: reco standalone under load" >&2
 cargo build -q --release -p reco-cli
+cargo build -q --release -p reco-retrieval --example synthetic_catalog
 models="$out/models"
 mkdir -p "$models"
 if [[ -d "$out/seed1" ]]; then
@@ -112,37 +113,57 @@ else
     target/release/reco train --data ml-100k --out "$models/v1" --seed 1 --quiet >/dev/null
 fi
 port=18480
+# load_rows MODELS CATALOGUE TTL...: starts reco standalone on MODELS once per TTL and prints one table row per load.
+load_rows() {
+    local dir="$1" catalogue="$2"; shift 2
+    for ttl in "$@"; do
+        rm -rf "$dir/.state"
+        local started=$SECONDS
+        target/release/reco standalone --models "$dir" --seed-data ml-100k --http "127.0.0.1:$port" \
+            --grpc "127.0.0.1:$((port + 1))" --cache-ttl-seconds "$ttl" >"$out/standalone.log" 2>&1 &
+        local pid=$!
+        # A large catalogue is indexed (HNSW build) before the service is ready: wait up to an hour.
+        for _ in $(seq 1 7200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.5; done
+        echo "reco standalone on the $catalogue catalogue, cache TTL $ttl s: ready in $((SECONDS - started)) s" \
+            | tee -a "$out/ready.txt" >&2
+        local cache=$([[ $ttl == 0 ]] && echo "off" || echo "${ttl} s TTL")
+        for run in "closed --concurrency 8" "open --rate 300 --concurrency 64" "open --rate 400 --concurrency 64"; do
+            target/release/reco loadgen --url "http://127.0.0.1:$port" --mode $run --duration 20 --warmup 3 \
+                --json "$out/load.json" >/dev/null
+            python3 - "$out/load.json" "$catalogue" "$cache" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+offered = f"{r['target_rate']:.0f}/s" if r["target_rate"] else f"{r['concurrency']} workers"
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {r['mode']} | {offered} | {r['throughput_rps']:.0f}/s | {r['p50_ms']:.2f} ms | "
+      f"{r['p90_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['errors']} | {r['degraded']} |")
+PY
+        done
+        kill "$pid"; wait "$pid" || true
+    done
+}
+big="$out/models-1m"
+mkdir -p "$big"
+target/release/examples/synthetic_catalog --from "$models/v1" --out "$big/v1" --items 1000000 >&2
 {
     echo 'Command: `target/release/reco standalone --models DIR --seed-data ml-100k --cache-ttl-seconds T` with DIR/v1 from'
     echo '`reco train --data ml-100k --seed 1`, driven by `target/release/reco loadgen` on the same machine (it takes CPU too).'
     echo 'Every request runs the whole funnel (features, user tower, ANN over qdrant-edge, item-to-item, popular, fresh,'
     echo 'ranker on ~250 candidates, MMR reranking, token) unless the recommendation cache answers it; users 1..943 round-robin,'
-    echo 'page size 20. Bar: p99 <= 20 ms at >= 300 requests/s.'
+    echo 'page size 20. Bar: p99 <= 20 ms at >= 300 requests/s on ml-100k.'
     echo
-    echo '| cache | loop | offered | throughput | p50 | p90 | p99 | errors | degraded |'
-    echo '|---|---|---|---|---|---|---|---|---|'
-    for ttl in 0 30; do
-        rm -rf "$models/.state"
-        target/release/reco standalone --models "$models" --seed-data ml-100k --http "127.0.0.1:$port" \
-            --grpc "127.0.0.1:$((port + 1))" --cache-ttl-seconds "$ttl" >"$out/standalone.log" 2>&1 &
-        pid=$!
-        for _ in $(seq 1 240); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.5; done
-        cache=$([[ $ttl == 0 ]] && echo "off" || echo "${ttl} s TTL")
-        for run in "closed --concurrency 8" "open --rate 300 --concurrency 64" "open --rate 400 --concurrency 64"; do
-            target/release/reco loadgen --url "http://127.0.0.1:$port" --mode $run --duration 20 --warmup 3 \
-                --json "$out/load.json" >/dev/null
-            python3 - "$out/load.json" "$cache" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-offered = f"{r['target_rate']:.0f}/s" if r["target_rate"] else f"{r['concurrency']} workers"
-print(f"| {sys.argv[2]} | {r['mode']} | {offered} | {r['throughput_rps']:.0f}/s | {r['p50_ms']:.2f} ms | {r['p90_ms']:.2f} ms | "
-      f"{r['p99_ms']:.2f} ms | {r['errors']} | {r['degraded']} |")
-PY
-        done
-        kill "$pid"; wait "$pid" || true
-    done
+    echo 'The 1M catalogue is the same version grown to 1,000,000 items by'
+    echo '`target/release/examples/synthetic_catalog --from DIR/v1 --out DIR1M/v1 --items 1000000`: the 1,682 trained items'
+    echo 'plus synthetic ones (random genres, year and title) embedded by the item tower from content, 64 dims, all in the'
+    echo 'HNSW index of qdrant-edge (built when the standalone starts; that time is not in the figures).'
+    echo
+    echo '| catalogue | cache | loop | offered | throughput | p50 | p90 | p99 | errors | degraded |'
+    echo '|---|---|---|---|---|---|---|---|---|---|'
+    load_rows "$models" "ml-100k (1,682 items)" 0 30
+    load_rows "$big" "synthetic 1M items" 0
+    echo
+    sed 's/^/- /' "$out/ready.txt"
 } | tee "$out/serving.md"
-record serving "Serving: /v1/recommend of reco standalone on MovieLens-100K" "$out/serving.md"
+record serving "Serving: /v1/recommend of reco standalone on MovieLens-100K and a 1M-item catalogue" "$out/serving.md"
 fi
 
 if want ann; then
@@ -158,6 +179,42 @@ cmd=(cargo run -q --release -p reco-vector-store --example ann_bench -- --items 
     "${cmd[@]}"
 } | tee "$out/ann.md"
 record ann "Retrieval: top 500 of 1M items, qdrant-edge HNSW against exact search" "$out/ann.md"
+fi
+
+if want demo; then
+echo "== demo: v2 promoted, v3 rolled back, and 20 A/A runs" >&2
+cargo build -q --release -p reco-cli
+scripts/ensure-ml100k.sh >/dev/null
+demo_cmd=(target/release/reco demo --prometheus --seed 42)
+"${demo_cmd[@]}" --out "$out/demo" >"$out/demo.log"
+# A/A at 150 requests/s with 2% noise clicks: a CTR floor both sides share, so that the test can confirm an
+# identical model within the steps' maxDuration (at the scenario's 50/s and 0.1% noise it cannot; see docs/demo.md).
+aa_cmd=(target/release/reco demo --seed 42 --aa-runs 20 --rate 150 --noise 0.02)
+"${aa_cmd[@]}" --out "$out/aa" >"$out/aa.log"
+python3 - "$out/demo/report.json" "$out/aa/aa-report.json" "${demo_cmd[*]} --out DIR" "${aa_cmd[*]} --out DIR" <<'PY' | tee "$out/demo.md"
+import json, statistics, sys
+demo, aa = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+print(f"Commands: `{sys.argv[3]}` (the scenario: 50 requests/s of replayed ml-100k test users, 0.1% noise clicks),")
+print(f"then `{sys.argv[4]}` (A/A: v1 against a copy of itself, a fresh stack per run). Release build;")
+print("the demo policy of docs/demo.md.")
+print("Impressions to decision count both sides; \"candidate\" counts the new version's own.\n")
+print("| version | outcome | wall time to decision | impressions to decision | candidate impressions | candidate CTR | reason |")
+print("|---|---|---|---|---|---|---|")
+for name, v in demo["versions"].items():
+    print(f"| {name} | {v['outcome']} | {v['wall_seconds']:.0f} s | {v['impressions_to_decision']:,} | "
+          f"{v['candidate_impressions_to_decision']:,} | {100 * v['ctr']:.2f}% | {v['reason']} |")
+r = demo["requests"]
+print(f"\n{r['total']:,} requests ({r['recommend']:,} recommendations), {r['failed']} failed, {r['shed']} shed.\n")
+runs = aa["runs"]
+walls = [run["wall_seconds"] for run in runs]
+print(f"A/A: {len(runs)} runs: {aa['promoted']} promoted, **{aa['rolled_back_by_analysis']} false rollbacks** by the analysis, "
+      f"{aa['rolled_back_by_timeout']} rolled back by a step's maxDuration; median {statistics.median(walls):.0f} s per "
+      f"rollout; {aa['requests']['total']:,} requests, {aa['requests']['failed']} failed.")
+for run in runs:
+    if run["outcome"] != "promoted":
+        print(f"- run {run['run']}: {run['outcome']} ({run['decided_by']}): {run['reason']}")
+PY
+record demo "The main job: v2 promoted, v3 rolled back on live CTR (reco demo), and A/A runs" "$out/demo.md"
 fi
 
 echo "recorded in BENCHMARKS.md" >&2

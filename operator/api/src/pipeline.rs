@@ -100,6 +100,14 @@ pub struct GatewaySpec {
     /// reshuffles which users see the canary. Defaults to the pipeline name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_salt: Option<String>,
+    /// Secret whose `token-key` entry signs recommendation tokens. Every
+    /// gateway replica must share the key, or an event carrying a token from
+    /// another replica is refused. Default: `<pipeline>-token`, which the
+    /// operator creates with a random key when it is missing and never
+    /// changes afterwards (rotate it by editing the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub token_key_secret: Option<String>,
 }
 
 impl Default for GatewaySpec {
@@ -109,6 +117,7 @@ impl Default for GatewaySpec {
             deadline_ms: default_deadline_ms(),
             cache_ttl_seconds: default_cache_ttl(),
             routing_salt: None,
+            token_key_secret: None,
         }
     }
 }

@@ -167,15 +167,7 @@ mod tests {
         let spec: RecommenderPipelineSpec = serde_json::from_value(serde_json::json!({})).unwrap();
         let policy = spec.rollout_policy().unwrap();
         assert!(matches!(policy.steps[0], Step::Shadow { duration } if duration == Duration::from_secs(600)));
-        let weights: Vec<u8> = policy
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Canary { weight, .. } => Some(*weight),
-                Step::Shadow { .. } => None,
-            })
-            .collect();
-        assert_eq!(weights, [10, 25, 50]);
+        assert_eq!(policy.canary_weights(), [10, 25, 50]);
         assert_eq!(policy.analysis.on_timeout, OnTimeout::Rollback);
     }
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -78,6 +78,8 @@ pub struct Context {
     pub sources: Arc<dyn MetricSources>,
     /// Consecutive failures per pipeline, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RecommenderPipeline>, u32>>,
+    /// Token Secrets known to exist (`namespace/name` of pipeline uid): one create per pipeline and process.
+    token_secrets: Mutex<BTreeSet<String>>,
 }
 
 /// Where the controller watches.
@@ -170,6 +172,7 @@ pub async fn run(
         applied: AppliedCache::default(),
         sources,
         failures: Mutex::default(),
+        token_secrets: Mutex::default(),
     });
 
     Controller::for_stream(pipelines, pipeline_reader)
@@ -513,8 +516,32 @@ async fn apply_objects(
             deployment(resources::version_deployment(p, v, component)).await?;
         }
     }
+    create_token_secret(p, ctx, namespace).await?;
     service(resources::gateway_service(p)).await?;
     deployment(resources::gateway_deployment(p)).await?;
+    Ok(())
+}
+
+/// Creates the default token Secret with a random key unless it exists. Only
+/// `create` is needed (an existing one answers 409), so the operator never
+/// reads a Secret; once seen, it is not asked for again by this process.
+async fn create_token_secret(p: &RecommenderPipeline, ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let key: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+    let Some(secret) = resources::default_token_secret(p, key) else { return Ok(()) };
+    let known = format!("{namespace}/{}/{}", secret.name_any(), p.uid().unwrap_or_default());
+    if ctx.token_secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&known) {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match secrets
+        .create(&PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() }, &secret)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.token_secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(known);
     Ok(())
 }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -28,6 +28,10 @@ pub const ROUTING_KEY: &str = "routing.yaml";
 pub const ENDPOINTS_KEY: &str = "endpoints.yaml";
 /// Where gateways mount the routing ConfigMap; they hot-reload it.
 const ROUTING_MOUNT: &str = "/etc/reco/routing";
+/// Key of the token signing key in the token Secret.
+pub const TOKEN_KEY: &str = "token-key";
+/// Where gateways mount the token Secret.
+const TOKEN_MOUNT: &str = "/etc/reco/token";
 const MANAGED_BY: &str = "reco-operator";
 
 /// A deployed part of a pipeline.
@@ -250,7 +254,25 @@ fn service_url(p: &RecommenderPipeline, name: &str) -> String {
     format!("http://{name}.{namespace}.svc:{GRPC_PORT}")
 }
 
-/// The gateway Deployment: it mounts the routing ConfigMap and hot-reloads it.
+/// The Secret that signs the pipeline's recommendation tokens: the one the
+/// spec names, else `<pipeline>-token`.
+pub fn token_secret_name(p: &RecommenderPipeline) -> String {
+    p.spec.gateway.token_key_secret.clone().unwrap_or_else(|| object_name(&[&p.name_unchecked(), "token"]))
+}
+
+/// The default token Secret with `key` (random, from the caller), when the
+/// spec names none; the operator only ever creates it, so a key in use is
+/// never replaced.
+pub fn default_token_secret(p: &RecommenderPipeline, key: String) -> Option<Secret> {
+    p.spec.gateway.token_key_secret.is_none().then(|| Secret {
+        metadata: metadata(p, token_secret_name(p), Component::Gateway, None),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), key)])),
+        ..Default::default()
+    })
+}
+
+/// The gateway Deployment: it mounts the routing ConfigMap (and hot-reloads
+/// it) and the token Secret, so that every replica signs with the same key.
 pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
     let pipeline = p.name_unchecked();
     let spec = &p.spec.gateway;
@@ -263,6 +285,7 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
         format!("--grpc=0.0.0.0:{GRPC_PORT}"),
         format!("--routing-file={ROUTING_MOUNT}/{ROUTING_KEY}"),
         format!("--endpoints-file={ROUTING_MOUNT}/{ENDPOINTS_KEY}"),
+        format!("--token-key-file={TOKEN_MOUNT}/{TOKEN_KEY}"),
         format!("--features-url={}", service_url(p, &object_name(&[&pipeline, "features"]))),
         format!("--deadline-ms={}", spec.deadline_ms),
         format!("--cache-ttl-seconds={}", spec.cache_ttl_seconds),
@@ -270,19 +293,14 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
         format!("--max-per-category={}", p.spec.diversity.max_per_category),
         format!("--freshness-boost={}", p.spec.diversity.freshness_boost),
     ];
-    let routing_volume = (
+    let routing_volume = read_only_volume(
+        "routing",
+        ROUTING_MOUNT,
         Volume {
-            name: "routing".to_owned(),
             config_map: Some(k8s_openapi::api::core::v1::ConfigMapVolumeSource {
                 name: routing.clone(),
                 ..Default::default()
             }),
-            ..Default::default()
-        },
-        VolumeMount {
-            name: "routing".to_owned(),
-            mount_path: ROUTING_MOUNT.to_owned(),
-            read_only: Some(true),
             ..Default::default()
         },
     );
@@ -295,7 +313,39 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
             settings: &spec.component,
             image: image_of(p, &spec.component),
             args,
-            extra_volumes: vec![routing_volume],
+            extra_volumes: vec![routing_volume, token_volume(p)],
+        },
+    )
+}
+
+fn token_volume(p: &RecommenderPipeline) -> (Volume, VolumeMount) {
+    read_only_volume(
+        "token",
+        TOKEN_MOUNT,
+        Volume {
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(token_secret_name(p)),
+                items: Some(vec![KeyToPath {
+                    key: TOKEN_KEY.to_owned(),
+                    path: TOKEN_KEY.to_owned(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+/// `source` (a Volume with its source set) named `name`, mounted read-only at `mount_path`.
+fn read_only_volume(name: &str, mount_path: &str, source: Volume) -> (Volume, VolumeMount) {
+    (
+        Volume { name: name.to_owned(), ..source },
+        VolumeMount {
+            name: name.to_owned(),
+            mount_path: mount_path.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
         },
     )
 }
@@ -458,6 +508,31 @@ mod tests {
 
     fn container(d: &Deployment) -> &Container {
         &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    }
+
+    #[test]
+    fn gateways_share_the_token_secret_the_operator_creates_unless_the_spec_names_one() {
+        let p = pipeline(serde_json::json!({}));
+        let d = gateway_deployment(&p);
+        assert!(
+            container(&d).args.as_ref().unwrap().contains(&"--token-key-file=/etc/reco/token/token-key".to_owned())
+        );
+        let volumes = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().volumes.clone().unwrap();
+        let token = volumes.iter().find(|v| v.name == "token").and_then(|v| v.secret.clone()).unwrap();
+        assert_eq!(token.secret_name.as_deref(), Some("explore-token"));
+        let mounts = container(&d).volume_mounts.clone().unwrap();
+        assert!(
+            mounts.iter().any(|m| m.name == "token" && m.mount_path == "/etc/reco/token" && m.read_only == Some(true))
+        );
+
+        let secret = default_token_secret(&p, "k".repeat(64)).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("explore-token"));
+        assert_eq!(secret.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        assert_eq!(secret.string_data.unwrap()[TOKEN_KEY], "k".repeat(64));
+
+        let own = pipeline(serde_json::json!({"gateway": {"tokenKeySecret": "shared-signing"}}));
+        assert_eq!(token_secret_name(&own), "shared-signing");
+        assert!(default_token_secret(&own, "k".repeat(64)).is_none(), "a Secret the user names is never written");
     }
 
     #[test]

@@ -134,19 +134,18 @@ impl<'a> SideSeries<'a> {
 /// reconcile loop.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the HTTP client both sources use.
-///
-/// The workspace builds reqwest with `rustls-no-provider`, whose client
-/// builder panics unless a process-wide rustls crypto provider is installed.
-/// A binary may have installed one already (then it is kept); otherwise ring's
-/// is installed here so that constructing a source never panics, and https
-/// endpoints (a Prometheus behind TLS) work too.
-fn http_client() -> Result<reqwest::Client, SourceError> {
+/// Installs ring as rustls's process-wide crypto provider unless one is: reqwest and kube use rustls without one.
+pub fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another thread installing one is fine: a
-        // provider is installed either way.
+        // Losing a race with another thread installing one is fine: a provider is installed either way.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+}
+
+/// Builds the HTTP client both sources use (installing the crypto provider, so that constructing a source never
+/// panics and https endpoints work too).
+fn http_client() -> Result<reqwest::Client, SourceError> {
+    install_crypto_provider();
     reqwest::Client::builder().build().map_err(|e| SourceError::Client(error::chain(&e)))
 }
 

@@ -85,6 +85,17 @@ impl RolloutPolicy {
             offline_gate: None,
         }
     }
+
+    /// The canary steps' weights, in order (what a rollout serves the candidate).
+    pub fn canary_weights(&self) -> Vec<u8> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Canary { weight, .. } => Some(*weight),
+                Step::Shadow { .. } => None,
+            })
+            .collect()
+    }
 }
 
 impl AnalysisPolicy {

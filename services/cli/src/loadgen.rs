@@ -268,7 +268,7 @@ mod tests {
     #[tokio::test]
     async fn both_loops_measure_a_real_server_and_count_failures() {
         use axum::{Json, Router, routing::post};
-        crate::install_crypto_provider();
+        reco_metric_source::install_crypto_provider();
         let app = Router::new().route(
             "/v1/recommend",
             post(|Json(body): Json<serde_json::Value>| async move {

@@ -1,4 +1,5 @@
-//! `reco`: one binary for every reco process: training (`reco train`), each
+//! `reco`: one binary for every reco process: training (`reco train`,
+//! hyper-parameter search with `reco tune`), each
 //! serving service (`reco serve ...`), all of them in one process
 //! (`reco standalone`), the local end-to-end scenario (`reco demo`) and a
 //! load generator (`reco loadgen`).
@@ -29,6 +30,10 @@ enum Command {
     /// evaluate them against most-popular and write the model artifacts and
     /// a ModelVersion manifest.
     Train(Box<train::TrainArgs>),
+    /// Search the two-tower and ranker hyper-parameters on the validation
+    /// split (random search, the current defaults as trial 0; test is not
+    /// read) and write tuning.json.
+    Tune(Box<train::TuneArgs>),
     /// Run one service (as the operator deploys them).
     #[command(subcommand)]
     Serve(serve::Service),
@@ -51,18 +56,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Every HTTP client of this process (reqwest over rustls) uses ring.
-fn install_crypto_provider() {
-    // Already installed (by a test harness) is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    install_crypto_provider();
+    reco_metric_source::install_crypto_provider();
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
+        Command::Tune(args) => train::tune(*args),
         Command::Demo(args) => demo::run(*args),
         Command::Serve(service) => runtime().and_then(|rt| rt.block_on(serve::run(service))),
         Command::Standalone(args) => runtime().and_then(|rt| rt.block_on(standalone::run(*args))),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 use prometheus_client::registry::Registry;
+use reco_model::artifacts::load_uri_blocking;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Subcommand)]
@@ -86,11 +87,13 @@ pub async fn run(service: Service) -> anyhow::Result<()> {
         }
         Service::Retrieval(args) => {
             let metrics = reco_retrieval::Metrics::register(&mut registry);
-            let artifacts = reco_retrieval::load_artifacts(&args).await?;
+            let artifacts =
+                load_uri_blocking(&args.version.model_uri).await.map_err(reco_retrieval::BuildError::from)?;
             let service = reco_retrieval::build(&args, artifacts, metrics).await?;
-            let admin = serve_admin(args.http, Arc::new(registry), shutdown.clone());
+            let admin = serve_admin(args.version.http, Arc::new(registry), shutdown.clone());
             let grpc = async {
-                reco_proto::serve(reco_retrieval::grpc_routes(service), args.grpc, shutdown.clone().cancelled_owned())
+                let addr = args.version.grpc;
+                reco_proto::serve(reco_retrieval::grpc_routes(service), addr, shutdown.clone().cancelled_owned())
                     .await?;
                 anyhow::Ok(())
             };
@@ -98,13 +101,13 @@ pub async fn run(service: Service) -> anyhow::Result<()> {
         }
         Service::Ranking(args) => {
             let metrics = reco_ranking::Metrics::register(&mut registry);
-            let artifacts = args.load_artifacts().await?;
-            let service =
-                reco_ranking::RankingService::new(artifacts, args.model_version.clone(), &args.settings(), metrics)?;
-            let admin = serve_admin(args.http, Arc::new(registry), shutdown.clone());
+            let artifacts = load_uri_blocking(&args.version.model_uri).await?;
+            let version = args.version.model_version.clone();
+            let service = reco_ranking::RankingService::new(artifacts, version, &args.settings(), metrics)?;
+            let admin = serve_admin(args.version.http, Arc::new(registry), shutdown.clone());
             let grpc = async {
-                reco_proto::serve(reco_ranking::grpc_routes(service), args.grpc, shutdown.clone().cancelled_owned())
-                    .await?;
+                let addr = args.version.grpc;
+                reco_proto::serve(reco_ranking::grpc_routes(service), addr, shutdown.clone().cancelled_owned()).await?;
                 anyhow::Ok(())
             };
             tokio::try_join!(admin, grpc)?;

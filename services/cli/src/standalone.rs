@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser};
 use prometheus_client::registry::Registry;
 use reco_gateway::{Backends, GatewayArgs, StaticBackends, VersionBackend, VersionSource};
-use reco_model::artifacts::files;
+use reco_model::artifacts::{files, load_uri_blocking};
 
 /// Flags of `reco standalone`; the gateway's flags apply too.
 #[derive(Debug, Args)]
@@ -131,8 +131,10 @@ pub async fn run(mut args: StandaloneArgs) -> anyhow::Result<()> {
         let retrieval_args: reco_retrieval::RetrievalArgs =
             service_args(&[&base[..], &["--data-dir".into(), data.clone()]].concat())?;
         let ranking_args: reco_ranking::RankingArgs = service_args(&base)?;
-        let artifacts =
-            reco_retrieval::load_artifacts(&retrieval_args).await.with_context(|| format!("version {version}"))?;
+        let artifacts = load_uri_blocking(&retrieval_args.version.model_uri)
+            .await
+            .map_err(reco_retrieval::BuildError::from)
+            .with_context(|| format!("version {version}"))?;
         catalog.extend(artifacts.items.iter().map(|item| item.id.clone()));
         let ranking = reco_ranking::RankingService::new(
             artifacts.clone(),

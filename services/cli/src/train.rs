@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use reco_trainer::ranking::RankerOptions;
+use reco_trainer::retrieval::TwoTowerOptions;
 use reco_trainer::{Progress, TrainOptions};
 
-/// Flags of `reco train`. Defaults were fixed before any test figure was read;
-/// the EASE λ, the two-tower epoch count and the value-model weight are tuned
-/// on validation in every run.
+/// Flags of `reco train`. Defaults are the library's, checked by `reco tune` on
+/// validation (docs/training.md); the EASE λ, the two-tower and ranker epoch
+/// counts and the value model are tuned on validation in every run.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Data set: `ml-100k` (from the cache filled by scripts/ensure-ml100k.sh),
@@ -27,47 +29,47 @@ pub struct TrainArgs {
     pub seed: u64,
 
     /// Maximum two-tower epochs (early stopping on validation NDCG@10 may stop sooner).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().max_epochs)]
     pub epochs: usize,
 
     /// Two-tower epochs without validation improvement before stopping.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().patience)]
     pub patience: usize,
 
     /// Two-tower batch size (also the number of in-batch negatives).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().batch_size)]
     pub batch_size: usize,
 
     /// Two-tower learning rate (Adam).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().learning_rate)]
     pub learning_rate: f64,
 
     /// Width of the two-tower output embeddings.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().out_dim)]
     pub embedding_dim: i64,
 
     /// Softmax temperature of the two-tower scores.
-    #[arg(long, default_value_t = 0.07)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().temperature)]
     pub temperature: f64,
 
     /// Uniform random negatives mixed into each batch's softmax.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().uniform_negatives)]
     pub uniform_negatives: usize,
 
     /// Hard negatives per example mined from the cross-batch queue (0 turns mining off).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().hard_negatives)]
     pub hard_negatives: usize,
 
     /// Most similar queue items skipped before the hard-negative window (likely false negatives).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = TwoTowerOptions::default().hard_skip)]
     pub hard_skip: usize,
 
     /// Maximum ranker epochs (early stopping on validation NDCG@10).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = RankerOptions::default().max_epochs)]
     pub ranker_epochs: usize,
 
     /// Candidates from each of the two-tower and item-to-item sources per user for the ranker.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = RankerOptions::default().per_source)]
     pub candidates: usize,
 
     /// Keep only the first N users (quick runs).
@@ -121,6 +123,11 @@ fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
     Ok((lo, hi))
 }
 
+/// Progress bars unless `--quiet` or stderr is not a terminal.
+fn progress(quiet: bool) -> Progress {
+    Progress { enabled: !quiet && std::io::stderr().is_terminal() }
+}
+
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let data = reco_trainer::pipeline::resolve_data(&a.data)?;
     let mut o = TrainOptions::new(data, a.out.clone(), a.seed);
@@ -144,7 +151,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     o.namespace = a.namespace;
     o.artifact_uri = a.artifact_uri;
     o.image = a.image;
-    o.progress = Progress { enabled: !a.quiet && std::io::stderr().is_terminal() };
+    o.progress = progress(a.quiet);
     if a.batch_size < 2 {
         bail!("--batch-size must be at least 2 (in-batch negatives)");
     }
@@ -176,5 +183,74 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             g("coverage@10")
         );
     }
+    Ok(())
+}
+
+/// Flags of `reco tune`.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// Data set, as for `reco train --data`.
+    #[arg(long, env = "RECO_DATA")]
+    pub data: String,
+
+    /// Output directory: `tuning.json` and one `trial-NN` model directory per trial.
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Trials, the current defaults being the first.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub trials: u32,
+
+    /// Training seed of every trial (trials differ by their settings only).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Seed of the random search.
+    #[arg(long, default_value_t = 0)]
+    pub search_seed: u64,
+
+    /// Keep only the first N users (quick runs).
+    #[arg(long)]
+    pub max_users: Option<usize>,
+
+    /// libtorch CPU threads (default: all cores).
+    #[arg(long, env = "RECO_THREADS")]
+    pub threads: Option<usize>,
+
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn tune(a: TuneArgs) -> anyhow::Result<()> {
+    let data = reco_trainer::pipeline::resolve_data(&a.data)?;
+    let mut o = TrainOptions::new(data, a.out.clone(), a.seed);
+    o.max_users = a.max_users;
+    o.threads = a.threads;
+    o.progress = progress(a.quiet);
+    let report = reco_trainer::tune::tune(&o, a.trials as usize, a.search_seed).context("tuning failed")?;
+    println!("objective: {}", report.objective);
+    println!("{:>5} {:>9} {:>9} {:>11} {:>7}", "trial", "ndcg@10", "recall@10", "tt ndcg@10", "wall");
+    let mut ranked: Vec<_> = report.trials.iter().collect();
+    ranked.sort_by(|x, y| y.score.total_cmp(&x.score));
+    for t in ranked {
+        let recall = t.validation.get("recall@10").copied().unwrap_or(f64::NAN);
+        println!(
+            "{:>5} {:>9.4} {:>9.4} {:>11.4} {:>6.0}s{}",
+            t.trial,
+            t.score,
+            recall,
+            t.two_tower_ndcg_at_10,
+            t.wall_seconds,
+            if t.trial == 0 { "  (current defaults)" } else { "" }
+        );
+    }
+    let best = &report.trials[report.best];
+    println!(
+        "best: trial {} (validation NDCG@10 {:.4}); its settings are in {}",
+        best.trial,
+        best.score,
+        a.out.join("tuning.json").display()
+    );
     Ok(())
 }

@@ -93,7 +93,7 @@ fn weights(timeline: &[TimelineEntry], version: &str) -> Vec<u8> {
 async fn v2_is_promoted_and_v3_rolled_back_as_report_and_prometheus_show() {
     let _serial = SERIAL.lock().await;
     let out = tempfile::tempdir().expect("a temp dir");
-    let mut demo = Demo::start(options(out.path(), true), false).await.expect("the demo starts");
+    let mut demo = Demo::start(options(out.path(), true), None).await.expect("the demo starts");
     demo.settle(reco_demo::scenario::WARMUP).await;
     let v2 = demo.roll_out("v2", &mut |_| Vec::new()).await.expect("v2 rollout");
     let v3 = demo.roll_out("v3", &mut |_| Vec::new()).await.expect("v3 rollout");
@@ -172,7 +172,7 @@ fn assert_held(ticks: &[TimelineEntry], what: &str) {
 async fn a_killed_gateway_holds_the_canary_until_it_is_back() {
     let _serial = SERIAL.lock().await;
     let out = tempfile::tempdir().expect("a temp dir");
-    let mut demo = Demo::start(options(out.path(), false), false).await.expect("the demo starts");
+    let mut demo = Demo::start(options(out.path(), false), None).await.expect("the demo starts");
     demo.settle(reco_demo::scenario::WARMUP).await;
     let (v2, down) = fault_in_first_canary_step(&mut demo, Fault::KillGateway, Fault::RestartGateway).await;
     assert_held(&down, "gateway");
@@ -186,7 +186,7 @@ async fn a_killed_gateway_holds_the_canary_until_it_is_back() {
 async fn a_killed_prometheus_holds_the_canary_until_it_is_back() {
     let _serial = SERIAL.lock().await;
     let out = tempfile::tempdir().expect("a temp dir");
-    let mut demo = Demo::start(options(out.path(), true), false).await.expect("the demo starts");
+    let mut demo = Demo::start(options(out.path(), true), None).await.expect("the demo starts");
     demo.settle(reco_demo::scenario::WARMUP).await;
     let (v2, down) = fault_in_first_canary_step(&mut demo, Fault::KillPrometheus, Fault::RestartPrometheus).await;
     assert_held(&down, "Prometheus");

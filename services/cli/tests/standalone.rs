@@ -42,7 +42,7 @@ fn catalogue() -> Vec<Item> {
 }
 
 fn start(models: &Path) -> Standalone {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    reco_metric_source::install_crypto_provider();
     let (http, grpc) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_reco"))
         .args(["standalone", "--models"])

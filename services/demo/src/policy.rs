@@ -79,15 +79,7 @@ mod tests {
         let DemoPolicy { policy, interval } = demo_policy().expect("the demo policy validates");
         assert_eq!(interval, Duration::from_secs(2));
         assert!(matches!(policy.steps[0], Step::Shadow { duration } if duration == Duration::from_secs(10)));
-        let weights: Vec<u8> = policy
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Canary { weight, .. } => Some(*weight),
-                Step::Shadow { .. } => None,
-            })
-            .collect();
-        assert_eq!(weights, [10, 25, 50]);
+        assert_eq!(policy.canary_weights(), [10, 25, 50]);
         assert_eq!(policy.analysis.on_timeout, OnTimeout::Rollback);
         assert_eq!(policy.analysis.confidence, 0.95);
     }

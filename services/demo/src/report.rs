@@ -126,6 +126,17 @@ impl RequestTotals {
             degraded: t.degraded,
         }
     }
+
+    pub fn add(&mut self, other: &RequestTotals) {
+        self.total += other.total;
+        self.failed += other.failed;
+        self.recommend += other.recommend;
+        self.recommend_failed += other.recommend_failed;
+        self.events += other.events;
+        self.events_failed += other.events_failed;
+        self.shed += other.shed;
+        self.degraded += other.degraded;
+    }
 }
 
 /// Per-version traffic in the report.

@@ -134,13 +134,11 @@ pub struct Demo {
 }
 
 impl Demo {
-    fn models_dir(&self) -> PathBuf {
-        self.opts.out.join("models")
-    }
-
     /// Prepares the models, starts `reco standalone` (and Prometheus), makes
-    /// v1 stable and starts the traffic. With `aa`, also installs [`AA_COPY`].
-    pub async fn start(opts: DemoOptions, aa: bool) -> Result<Demo, DemoError> {
+    /// v1 stable and starts the traffic. With `aa_run`, also installs
+    /// [`AA_COPY`] and salts the user assignment with the run number, so each
+    /// A/A run puts a different set of users on the canary.
+    pub async fn start(opts: DemoOptions, aa_run: Option<usize>) -> Result<Demo, DemoError> {
         let started = Instant::now();
         let models_dir = opts.out.join("models");
         std::fs::create_dir_all(&models_dir).map_err(io(&models_dir))?;
@@ -168,13 +166,16 @@ impl Demo {
         for (version, dir) in [(STABLE, &cached.v1), (BETTER, &cached.v2), (BROKEN, &cached.v3)] {
             models::copy_version(dir, &models_dir.join(version))?;
         }
-        if aa {
+        if aa_run.is_some() {
             models::copy_version(&cached.v1, &models_dir.join(AA_COPY))?;
         }
 
         let mut runner = LocalRunner::open(RunnerConfig {
             pipeline: opts.pipeline.clone(),
-            salt: opts.pipeline.clone(),
+            salt: match aa_run {
+                Some(run) => format!("{}-aa{run}", opts.pipeline),
+                None => opts.pipeline.clone(),
+            },
             state_path,
             models_dir: models_dir.clone(),
             policy: opts.policy.clone(),
@@ -259,25 +260,6 @@ impl Demo {
     /// The simulator's counts so far.
     pub fn traffic(&self) -> SimStats {
         self.sim.as_ref().map(Simulator::stats).unwrap_or_default()
-    }
-
-    /// Starts over with a fresh runner state (file `state-NAME.json`) and
-    /// user salt, v1 stable: the next rollout is independent of the last.
-    pub fn reset_runner(&mut self, name: &str) -> Result<(), DemoError> {
-        let state_path = self.opts.out.join(format!("state-{name}.json"));
-        if state_path.exists() {
-            std::fs::remove_file(&state_path).map_err(io(&state_path))?;
-        }
-        self.runner = LocalRunner::open(RunnerConfig {
-            pipeline: self.opts.pipeline.clone(),
-            salt: format!("{}-{name}", self.opts.pipeline),
-            state_path,
-            models_dir: self.models_dir(),
-            policy: self.opts.policy.clone(),
-        })?;
-        self.runner.add_version(STABLE, Timestamp::now())?;
-        self.runner.apply(None, Timestamp::now())?;
-        Ok(())
     }
 
     /// Rolls `version` out, one tick per analysis interval, until it is
@@ -476,7 +458,7 @@ pub async fn run_demo(
     opts: DemoOptions,
     hook: &mut dyn FnMut(&TimelineEntry) -> Vec<Fault>,
 ) -> Result<DemoReport, DemoError> {
-    let mut demo = Demo::start(opts, false).await?;
+    let mut demo = Demo::start(opts, None).await?;
     demo.settle(WARMUP).await;
     for version in [BETTER, BROKEN] {
         let outcome = demo.roll_out(version, hook).await?;
@@ -496,6 +478,8 @@ pub struct AaRun {
     pub reason: String,
     pub wall_seconds: f64,
     pub impressions_to_decision: u64,
+    /// This run's requests (each run has its own stack).
+    pub requests: RequestTotals,
 }
 
 /// `DIR/aa-report.json`.
@@ -507,21 +491,27 @@ pub struct AaReport {
     pub rolled_back_by_analysis: usize,
     /// Rollbacks because a step's maxDuration ran out undecided.
     pub rolled_back_by_timeout: usize,
+    /// All runs' requests together.
     pub requests: RequestTotals,
     pub policy: String,
     pub wall_seconds: f64,
 }
 
-/// `runs` A/A rollouts of a copy of v1 against v1, each with its own user
-/// salt; writes `aa-report.json`.
+/// `runs` A/A rollouts of a copy of v1 against v1; writes `aa-report.json`
+/// after each. Every run starts a fresh stack (feature store from the seeded
+/// histories, new runner state, its own user salt and simulator seed): the
+/// replayed users click only their held-out items, which the clicks of an
+/// earlier run on a shared stack would have used up.
 pub async fn run_aa(opts: DemoOptions, runs: usize) -> Result<AaReport, DemoError> {
+    let started = Instant::now();
     let out = opts.out.clone();
-    let mut demo = Demo::start(opts, true).await?;
-    demo.settle(WARMUP).await;
-    let mut report = AaReport { policy: demo.opts.policy_text.clone(), ..Default::default() };
+    let mut report = AaReport { policy: opts.policy_text.clone(), ..Default::default() };
     for run in 1..=runs {
-        demo.reset_runner(&format!("aa{run}"))?;
+        let run_opts = DemoOptions { seed: opts.seed.wrapping_add(run as u64), resume: false, ..opts.clone() };
+        let mut demo = Demo::start(run_opts, Some(run)).await?;
+        demo.settle(WARMUP).await;
         let outcome = demo.roll_out(AA_COPY, &mut |_| Vec::new()).await?;
+        let run_report = demo.finish().await?;
         let decided_by = if outcome.reason.contains("undecided after") { "timeout" } else { "analysis" };
         match (outcome.outcome.as_str(), decided_by) {
             ("promoted", _) => report.promoted += 1,
@@ -529,6 +519,7 @@ pub async fn run_aa(opts: DemoOptions, runs: usize) -> Result<AaReport, DemoErro
             _ => report.rolled_back_by_analysis += 1,
         }
         println!("==> A/A run {run}/{runs}: {} ({decided_by}) after {:.0} s", outcome.outcome, outcome.wall_seconds);
+        report.requests.add(&run_report.requests);
         report.runs.push(AaRun {
             run,
             outcome: outcome.outcome,
@@ -536,15 +527,11 @@ pub async fn run_aa(opts: DemoOptions, runs: usize) -> Result<AaReport, DemoErro
             reason: outcome.reason,
             wall_seconds: outcome.wall_seconds,
             impressions_to_decision: outcome.impressions_to_decision,
+            requests: run_report.requests,
         });
+        report.wall_seconds = started.elapsed().as_secs_f64();
         let json = serde_json::to_vec_pretty(&report).map_err(|e| DemoError::Serialize(e.to_string()))?;
         runner::write_atomic(&out.join("aa-report.json"), &json)?;
     }
-    let started = demo.started;
-    let final_report = demo.finish().await?;
-    report.requests = final_report.requests;
-    report.wall_seconds = started.elapsed().as_secs_f64();
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| DemoError::Serialize(e.to_string()))?;
-    runner::write_atomic(&out.join("aa-report.json"), &json)?;
     Ok(report)
 }

@@ -2,6 +2,7 @@
 //! and what the retrieval and ranking services load, file by file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
@@ -67,6 +68,9 @@ pub enum ArtifactError {
     Torch { path: PathBuf, source: tch::TchError },
     #[error("artifacts in {dir} disagree: {message}")]
     Inconsistent { dir: PathBuf, message: String },
+    /// The blocking load task of [`load_uri_blocking`] panicked or was cancelled.
+    #[error("loading {uri}: the blocking load task failed: {message}")]
+    Task { uri: String, message: String },
 }
 
 /// Everything a model version serves with, loaded on the CPU.
@@ -210,6 +214,16 @@ impl VersionArtifacts {
     }
 }
 
+/// [`VersionArtifacts::load_uri`] on tokio's blocking pool (it reads and checks files), shared as an `Arc`
+/// because `reco standalone` serves one loaded version from both retrieval and ranking.
+pub async fn load_uri_blocking(uri: &str) -> Result<Arc<VersionArtifacts>, ArtifactError> {
+    let owned = uri.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || VersionArtifacts::load_uri(&owned))
+        .await
+        .map_err(|e| ArtifactError::Task { uri: uri.to_owned(), message: e.to_string() })??;
+    Ok(Arc::new(loaded))
+}
+
 /// The local directory of an artifact URI: `file:///abs/path` or a plain
 /// path. Object-store schemes are refused with a message that says so.
 pub fn local_dir(uri: &str) -> Result<PathBuf, ArtifactError> {
@@ -350,6 +364,16 @@ mod tests {
         std::fs::write(dir.path().join(files::RANKER_CONFIG), "{not json").unwrap();
         let err = VersionArtifacts::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains(files::RANKER_CONFIG), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_version_loads_from_its_uri_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        write_random_version(dir.path(), &catalog(), &["u".to_string()], 3).unwrap();
+        let v = load_uri_blocking(&format!("file://{}", dir.path().display())).await.unwrap();
+        assert_eq!(v.items.len(), 30);
+        let err = load_uri_blocking("s3://bucket/v1").await.unwrap_err().to_string();
+        assert!(err.contains("\"s3\""), "{err}");
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! `reco serve ranking`: the flags, loading the version from them, and serving gRPC.
+//! `reco serve ranking`: the flags and the gRPC routes.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use reco_model::artifacts::{ArtifactError, VersionArtifacts, local_dir};
+use reco_proto::VersionFlags;
 use reco_proto::ranking_server::RankingServer;
 
 use crate::scorer::ScorerSettings;
@@ -15,21 +13,8 @@ use crate::weights::ValueWeights;
 /// --model-version --model-uri --http --grpc --batch-size --value-weights`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RankingArgs {
-    /// The RecommenderPipeline this service belongs to.
-    #[arg(long)]
-    pub pipeline: String,
-    /// The model version served (echoed in every response).
-    #[arg(long)]
-    pub model_version: String,
-    /// The version's artifact directory: `file:///abs/path` or a path.
-    #[arg(long)]
-    pub model_uri: String,
-    /// Address of the HTTP server (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub http: SocketAddr,
-    /// Address of the gRPC server (Ranking).
-    #[arg(long, default_value = "0.0.0.0:50051")]
-    pub grpc: SocketAddr,
+    #[command(flatten)]
+    pub version: VersionFlags,
     /// At most this many candidates per ranker forward pass.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch_size: u32,
@@ -49,16 +34,6 @@ impl RankingArgs {
             value_weights: self.value_weights.clone(),
             torchscript: self.torchscript.clone(),
         }
-    }
-
-    /// Loads the version named by `--model-uri` (on the blocking pool: it reads and checks files).
-    /// The `Arc` is what `reco standalone` shares with retrieval.
-    pub async fn load_artifacts(&self) -> Result<Arc<VersionArtifacts>, ArtifactError> {
-        let dir = local_dir(&self.model_uri)?;
-        let loaded = tokio::task::spawn_blocking(move || VersionArtifacts::load(&dir))
-            .await
-            .map_err(|e| ArtifactError::File { path: self.model_uri.clone().into(), message: e.to_string() })??;
-        Ok(Arc::new(loaded))
     }
 }
 

@@ -1,11 +1,11 @@
 //! `reco serve retrieval` flags and the settings the service runs with.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use reco_model::artifacts::CandidateCounts;
+use reco_proto::VersionFlags;
 
 use crate::mix::{SOURCES, Source};
 
@@ -25,21 +25,9 @@ pub enum VectorStoreKind {
 /// --candidates --vector-store` and `--qdrant-url` when set.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RetrievalArgs {
-    /// The RecommenderPipeline this version belongs to (names the vector collection).
-    #[arg(long)]
-    pub pipeline: String,
-    /// The ModelVersion served.
-    #[arg(long)]
-    pub model_version: String,
-    /// Artifact directory written by `reco train` (`file://` URI or path).
-    #[arg(long)]
-    pub model_uri: String,
-    /// Address of the HTTP server (/metrics, /healthz).
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub http: SocketAddr,
-    /// Address of the gRPC server (Retrieval).
-    #[arg(long, default_value = "0.0.0.0:50051")]
-    pub grpc: SocketAddr,
+    /// `--pipeline` also names the vector collection (`<pipeline>__<model-version>`).
+    #[command(flatten)]
+    pub version: VersionFlags,
     /// Most candidates one response holds (a request's `k` is capped by it).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=MAX_K as i64))]
     pub candidates: u32,

@@ -16,5 +16,5 @@ pub mod service;
 
 pub use args::{RetrievalArgs, Settings, SourceWeights, VectorStoreKind};
 pub use metrics::Metrics;
-pub use serve::{BuildError, build, grpc_routes, load_artifacts, open_store};
+pub use serve::{BuildError, build, grpc_routes, open_store};
 pub use service::{RetrievalError, RetrievalService};

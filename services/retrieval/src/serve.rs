@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use reco_model::artifacts::{ArtifactError, VersionArtifacts, local_dir};
+use reco_model::artifacts::{ArtifactError, VersionArtifacts};
 use reco_proto::retrieval_server::RetrievalServer;
 use reco_vector_store::{Backend, CollectionSpec, Distance, HnswParams, OpenMode, StoreError, VectorStore};
 
@@ -22,17 +22,6 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Service(#[from] RetrievalError),
-    #[error("loading artifacts: {0}")]
-    Join(String),
-}
-
-/// Loads the version named by `--model-uri` (on the blocking pool: it reads and parses safetensors).
-pub async fn load_artifacts(args: &RetrievalArgs) -> Result<Arc<VersionArtifacts>, BuildError> {
-    let dir = local_dir(&args.model_uri)?;
-    let a = tokio::task::spawn_blocking(move || VersionArtifacts::load(&dir))
-        .await
-        .map_err(|e| BuildError::Join(e.to_string()))??;
-    Ok(Arc::new(a))
 }
 
 /// Opens (creating if missing) the collection `<pipeline>__<model-version>` on the backend the flags name.
@@ -44,8 +33,8 @@ pub async fn open_store(args: &RetrievalArgs, dim: usize) -> Result<Arc<dyn Vect
         }
     };
     let spec = CollectionSpec {
-        pipeline: args.pipeline.clone(),
-        version: args.model_version.clone(),
+        pipeline: args.version.pipeline.clone(),
+        version: args.version.model_version.clone(),
         dim,
         distance: Distance::Dot,
     };
@@ -63,7 +52,7 @@ pub fn build(
     let settings = Settings::from_args(args, counts);
     async move {
         let store = open_store(args, dim).await?;
-        Ok(RetrievalService::start(artifacts, args.model_version.clone(), settings, store, metrics).await?)
+        Ok(RetrievalService::start(artifacts, args.version.model_version.clone(), settings, store, metrics).await?)
     }
 }
 

@@ -9,6 +9,7 @@
 //! manifest ([`artifacts`]). [`pipeline::train`] runs it all.
 
 pub mod artifacts;
+pub mod checkpoint;
 pub mod error;
 pub mod eval;
 pub mod features;
@@ -21,6 +22,7 @@ pub mod retrieval;
 pub mod sources;
 pub mod split;
 pub mod table;
+pub mod tune;
 pub mod validate;
 
 pub use error::TrainError;

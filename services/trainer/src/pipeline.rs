@@ -44,6 +44,8 @@ pub struct TrainOptions {
     pub threads: Option<usize>,
     /// Continue from the checkpoints in `out/checkpoint` when present.
     pub resume: bool,
+    /// Evaluate on the test split (`false` while tuning: test is only read to report figures).
+    pub evaluate_test: bool,
     pub pipeline: String,
     pub version: Option<String>,
     pub namespace: Option<String>,
@@ -67,6 +69,7 @@ impl TrainOptions {
             max_users: None,
             threads: None,
             resume: false,
+            evaluate_test: true,
             pipeline: "ml-100k".into(),
             version: None,
             namespace: None,
@@ -248,7 +251,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let fs = features::fit(&ds, &split.train, o.features);
     let train_valid = concat(&train, &valid);
     let valid_set = EvalSet::new(&train, &valid);
-    let test_set = EvalSet::new(&train_valid, &test);
+    let test_set = o.evaluate_test.then(|| EvalSet::new(&train_valid, &test));
     let pop = &fs.item_train_count;
 
     let mut test_metrics = BTreeMap::new();
@@ -257,7 +260,9 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     // Most popular.
     let popularity = Popularity::new(pop);
     named(&mut valid_metrics, "popularity", evaluate(&popularity, &valid_set, &ks, pop)?);
-    named(&mut test_metrics, "popularity", evaluate(&popularity, &test_set, &ks, pop)?);
+    if let Some(test_set) = &test_set {
+        named(&mut test_metrics, "popularity", evaluate(&popularity, test_set, &ks, pop)?);
+    }
 
     // Item-to-item (EASE), λ tuned on validation.
     let (ease, ease_valid) = timed(&mut stages, "item_to_item", || {
@@ -274,7 +279,9 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     })?;
     let ease_scorer = ease.scorer(&train);
     named(&mut valid_metrics, "item_to_item", ease_valid);
-    named(&mut test_metrics, "item_to_item", evaluate(&ease_scorer, &test_set, &ks, pop)?);
+    if let Some(test_set) = &test_set {
+        named(&mut test_metrics, "item_to_item", evaluate(&ease_scorer, test_set, &ks, pop)?);
+    }
 
     // Two-tower on all of train, early-stopped on validation.
     let tt = timed(&mut stages, "two_tower", || {
@@ -283,7 +290,9 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     })?;
     let tt_scorer = TwoTowerScorer::new(&tt.model, &fs, &ds, &train)?;
     named(&mut valid_metrics, "two_tower", evaluate(&tt_scorer, &valid_set, &ks, pop)?);
-    named(&mut test_metrics, "two_tower", evaluate(&tt_scorer, &test_set, &ks, pop)?);
+    if let Some(test_set) = &test_set {
+        named(&mut test_metrics, "two_tower", evaluate(&tt_scorer, test_set, &ks, pop)?);
+    }
 
     // Ranker: sources refitted on the early part of train, labels from the late part.
     let (early, late) = ranking::early_late(&train, o.ranker_late_ratio);
@@ -328,13 +337,14 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
             valid_candidates: &valid_candidates,
             valid: &valid_set,
         };
-        ranking::train_ranker(&data, &o.ranker, o.seed, &o.progress)
+        ranking::train_ranker(&data, &o.ranker, o.seed, Some(&checkpoints.join("ranker")), &o.progress)
     })?;
     let train_len: Vec<usize> = train.iter().map(Vec::len).collect();
     let served_src =
         SourceSet { two_tower: &tt_scorer, item_item: &ease_scorer, popularity: pop, history_len: &train_len };
     let inputs = RankerInputs::new(&ds, &fs);
-    for (set, target) in [(&valid_set, &mut valid_metrics), (&test_set, &mut test_metrics)] {
+    for (set, target) in [(Some(&valid_set), &mut valid_metrics), (test_set.as_ref(), &mut test_metrics)] {
+        let Some(set) = set else { continue };
         let cands = ranking::dense_features(&served_src, set, &o.ranker)?;
         let ranked = ranking::rank_candidates(
             &ranker.model,

@@ -248,12 +248,32 @@ pub fn ranker_config(fs: &FeatureSpace, ds: &Dataset, tower_dim: i64, o: &Ranker
     }
 }
 
-/// Train the multi-task ranker with early stopping on validation NDCG@10.
-pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progress: &Progress) -> Result<TrainedRanker> {
+/// Resume state of the ranker loop, written after every epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RankerCheckpoint {
+    epoch: usize,
+    /// Best validation NDCG@10 so far (`None` before the first epoch).
+    best: Option<f64>,
+    best_epoch: usize,
+    best_value_model: ValueModel,
+    epochs_without_gain: usize,
+    options: RankerOptions,
+    seed: u64,
+}
+
+/// Train the multi-task ranker with early stopping on validation NDCG@10;
+/// `checkpoint` (a directory) enables resume, as for the two-tower.
+pub fn train_ranker(
+    data: &RankerData<'_>,
+    o: &RankerOptions,
+    seed: u64,
+    checkpoint: Option<&Path>,
+    progress: &Progress,
+) -> Result<TrainedRanker> {
     let tower_dim = data.fit_sources.users.size()[1];
     let config = ranker_config(data.inputs.fs, data.inputs.ds, tower_dim, o);
     tch::manual_seed(seed as i64 + 17);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Ranker::new(&vs.root(), config.clone());
     let mut best_vs = nn::VarStore::new(Device::Cpu);
     let best_model = Ranker::new(&best_vs.root(), config);
@@ -278,13 +298,29 @@ pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progres
     let positives = rows.iter().filter(|r| r.3 > 0.0).count();
     tracing::info!(rows = rows.len(), positives, "ranker training rows");
 
-    let mut best = f64::NEG_INFINITY;
-    let mut best_epoch = 0;
-    let mut best_vm = ValueModel { high_rating_weight: 0.0, ranker_blend: 1.0 };
-    let mut bad = 0;
-    for epoch in 1..=o.max_epochs {
+    let mut state = RankerCheckpoint {
+        epoch: 0,
+        best: None,
+        best_epoch: 0,
+        best_value_model: ValueModel { high_rating_weight: 0.0, ranker_blend: 1.0 },
+        epochs_without_gain: 0,
+        options: o.clone(),
+        seed,
+    };
+    if let Some(dir) = checkpoint
+        && let Some(saved) = crate::checkpoint::load(dir, &mut vs, &mut best_vs, |s: &RankerCheckpoint| {
+            s.options == *o && s.seed == seed
+        })?
+    {
+        tracing::info!(epoch = saved.epoch, "resuming ranker training from checkpoint");
+        state = saved;
+    }
+    while state.epoch < o.max_epochs && state.epochs_without_gain < o.patience {
+        let epoch = state.epoch + 1;
         let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_919).wrapping_add(epoch as u64));
         tch::manual_seed(seed as i64 * 7_919 + epoch as i64);
+        // From the canonical (user, item) order: the permutation depends on (seed, epoch) only (see the two-tower).
+        rows.sort_unstable_by_key(|r| (r.0, r.1));
         rows.shuffle(&mut rng);
         let bar = progress.bar(rows.len() as u64, &format!("ranker epoch {epoch}"));
         let mut loss_sum = 0.0;
@@ -301,7 +337,7 @@ pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progres
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        let mut epoch_best = (f64::NEG_INFINITY, best_vm);
+        let mut epoch_best = (f64::NEG_INFINITY, state.best_value_model);
         let outputs = score_candidates(&model, data.inputs, data.valid_sources, data.valid_candidates, &scaler);
         for &high_rating_weight in &o.value_weights {
             for &ranker_blend in &o.ranker_blends {
@@ -321,26 +357,27 @@ pub fn train_ranker(data: &RankerData<'_>, o: &RankerOptions, seed: u64, progres
             ranker_blend = epoch_best.1.ranker_blend,
             "ranker epoch"
         );
-        if epoch_best.0 > best {
-            best = epoch_best.0;
-            best_vm = epoch_best.1;
-            best_epoch = epoch;
+        state.epoch = epoch;
+        if state.best.is_none_or(|best| epoch_best.0 > best) {
+            state.best = Some(epoch_best.0);
+            state.best_value_model = epoch_best.1;
+            state.best_epoch = epoch;
             best_vs.copy(&vs)?;
-            bad = 0;
+            state.epochs_without_gain = 0;
         } else {
-            bad += 1;
-            if bad >= o.patience {
-                break;
-            }
+            state.epochs_without_gain += 1;
+        }
+        if let Some(dir) = checkpoint {
+            crate::checkpoint::save(dir, epoch, &state, &vs, &best_vs)?;
         }
     }
     Ok(TrainedRanker {
         vs: best_vs,
         model: best_model,
         scaler,
-        value_model: best_vm,
-        best_epoch,
-        best_valid_ndcg_at_10: best,
+        value_model: state.best_value_model,
+        best_epoch: state.best_epoch,
+        best_valid_ndcg_at_10: state.best.unwrap_or(f64::NEG_INFINITY),
     })
 }
 

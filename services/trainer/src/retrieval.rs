@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::eval::{EvalSet, evaluate};
 use crate::features::FeatureSpace;
 use crate::negatives::{hard_window, log_q, uniform_negatives};
@@ -160,25 +160,13 @@ pub fn train_two_tower(
 
     let mut state =
         CheckpointState { epoch: 0, best_epoch: 0, best: None, epochs: Vec::new(), options: o.clone(), seed };
-    if let Some(dir) = checkpoint {
-        let path = dir.join("state.json");
-        if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-            let saved: CheckpointState = serde_json::from_str(&text).map_err(|e| TrainError::Format {
-                path: path.clone(),
-                message: format!("corrupt checkpoint state: {e}"),
-            })?;
-            if saved.options != *o || saved.seed != seed {
-                return Err(TrainError::Options(format!(
-                    "checkpoint in {} was made with other options or seed; remove it or pass the same flags",
-                    dir.display()
-                )));
-            }
-            vs.load(dir.join("last.safetensors"))?;
-            best_vs.load(dir.join("best.safetensors"))?;
-            tracing::info!(label, epoch = saved.epoch, "resuming two-tower training from checkpoint");
-            state = saved;
-        }
+    if let Some(dir) = checkpoint
+        && let Some(saved) = crate::checkpoint::load(dir, &mut vs, &mut best_vs, |s: &CheckpointState| {
+            s.options == *o && s.seed == seed
+        })?
+    {
+        tracing::info!(label, epoch = saved.epoch, "resuming two-tower training from checkpoint");
+        state = saved;
     }
 
     let items_all = data.fs.item_batch(&data.ds.items);
@@ -195,6 +183,9 @@ pub fn train_two_tower(
         let epoch = state.epoch + 1;
         let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         tch::manual_seed(seed as i64 * 1_000_003 + epoch as i64);
+        // From the canonical order, so that the permutation depends on (seed, epoch) only and a resumed
+        // run replays the epochs an uninterrupted one would have.
+        examples.sort_unstable();
         examples.shuffle(&mut rng);
         let mut queue: VecDeque<(Vec<u32>, Tensor)> = VecDeque::new();
         let bar = progress.bar(examples.len() as u64, &format!("{label} epoch {epoch}"));
@@ -249,13 +240,7 @@ pub fn train_two_tower(
             bad_epochs += 1;
         }
         if let Some(dir) = checkpoint {
-            std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-            vs.save(dir.join("last.safetensors"))?;
-            best_vs.save(dir.join("best.safetensors"))?;
-            let path = dir.join("state.json");
-            let text = serde_json::to_string_pretty(&state)
-                .map_err(|e| TrainError::Serialize { what: "checkpoint".into(), message: e.to_string() })?;
-            std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
+            crate::checkpoint::save(dir, epoch, &state, &vs, &best_vs)?;
         }
     }
     Ok(TrainedTwoTower {

@@ -131,8 +131,11 @@ fn trains_evaluates_and_writes_every_artifact_deterministically() {
     assert_eq!(summary.metrics.models, again.metrics.models);
     let mut resume = tiny(&data, &out2, 7);
     resume.resume = true;
+    for stage in ["two_tower", "two_tower_early", "ranker"] {
+        assert!(out2.join("checkpoint").join(stage).join("state.json").is_file(), "no {stage} checkpoint");
+    }
     let resumed = train(&resume).unwrap();
-    assert_eq!(summary.metrics.models["two_tower"], resumed.metrics.models["two_tower"]);
+    assert_eq!(summary.metrics.models, resumed.metrics.models);
 
     for d in [data, out, out2] {
         std::fs::remove_dir_all(d).ok();
@@ -209,4 +212,33 @@ fn two_tower_training_never_reads_validation_or_test() {
         assert!(a.equal(b), "{name} changed when only validation/test changed");
     }
     std::fs::remove_dir_all(data).ok();
+}
+
+#[test]
+fn tuning_scores_trials_on_validation_without_reading_test() {
+    let data = tmp("tune-data");
+    write_synthetic(&data);
+    let out = tmp("tune-out");
+    let base = tiny(&data, &out, 3);
+    let report = reco_trainer::tune::tune(&base, 2, 11).unwrap();
+    assert_eq!(report.trials.len(), 2);
+    assert_eq!(report.trials[0].settings.two_tower, base.two_tower, "trial 0 is the baseline");
+    assert_ne!(report.trials[1].settings, report.trials[0].settings);
+    for trial in &report.trials {
+        assert!(trial.score.is_finite() && trial.score > 0.0, "{trial:?}");
+        let metrics: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("trial-{:02}", trial.trial)).join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(metrics["models"], serde_json::json!({}), "a trial must not evaluate on test");
+        assert_eq!(metrics["validation"]["two_tower_ranker"]["ndcg@10"].as_f64(), Some(trial.score));
+    }
+    let saved: reco_trainer::tune::TuningReport =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tuning.json")).unwrap()).unwrap();
+    assert_eq!(saved.best, reco_trainer::tune::best_index(&report.trials));
+    let err = reco_trainer::tune::tune(&base, 0, 11).unwrap_err().to_string();
+    assert!(err.contains("--trials must be at least 1"), "{err}");
+    for d in [data, out] {
+        std::fs::remove_dir_all(d).ok();
+    }
 }

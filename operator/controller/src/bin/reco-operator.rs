@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    reco_metric_source::install_crypto_provider();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -50,13 +50,28 @@ pub async fn a_pipeline_creates_its_objects_and_status(s: &Scenario) {
     assert_eq!(owner.controller, Some(true));
     assert_eq!(gateway.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("reco-operator"));
     assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(2));
-    let container = &gateway.spec.unwrap().template.spec.unwrap().containers[0];
+    let container = &gateway.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     let security = container.security_context.as_ref().expect("securityContext");
     assert_eq!(security.run_as_non_root, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert!(container.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some(), "limits set");
     assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+
+    // One token Secret shared by every gateway replica, created once with a random key.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.namespace);
+    let token = s.eventually("token secret", || async { secrets.get("explore-token").await.ok() }).await;
+    let key = |secret: &k8s_openapi::api::core::v1::Secret| {
+        let data = secret.data.clone().unwrap_or_default();
+        let string_data = secret.string_data.clone().unwrap_or_default();
+        data.get("token-key")
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or(string_data.get("token-key").cloned())
+    };
+    assert_eq!(key(&token).expect("token-key entry").len(), 64, "32 random bytes, hex");
+    assert_eq!(token.metadata.owner_references.as_ref().expect("owner")[0].uid, pipeline.uid().unwrap());
+    let volumes = gateway.spec.as_ref().unwrap().template.spec.as_ref().unwrap().volumes.clone().unwrap_or_default();
+    assert!(volumes.iter().any(|v| v.secret.as_ref().and_then(|x| x.secret_name.as_deref()) == Some("explore-token")));
 
     let services: Api<Service> = Api::namespaced(s.client.clone(), &s.namespace);
     assert!(services.get("explore-gateway").await.is_ok());

@@ -38,9 +38,7 @@ fn free_port() -> u16 {
 
 /// A reqwest client; the workspace's reqwest needs a rustls provider.
 pub fn http_client() -> reqwest::Client {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    reco_metric_source::install_crypto_provider();
     reqwest::Client::new()
 }
 

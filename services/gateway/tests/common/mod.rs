@@ -237,7 +237,7 @@ impl Drop for TestGateway {
 }
 
 pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    reco_metric_source::install_crypto_provider();
     reqwest::Client::builder().no_proxy().build().expect("client")
 }
 
