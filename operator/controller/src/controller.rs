@@ -526,12 +526,12 @@ async fn apply_objects(
 /// `create` is needed (an existing one answers 409), so the operator never
 /// reads a Secret; once seen, it is not asked for again by this process.
 async fn create_token_secret(p: &RecommenderPipeline, ctx: &Context, namespace: &str) -> Result<(), Error> {
-    let key: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
-    let Some(secret) = resources::default_token_secret(p, key) else { return Ok(()) };
-    let known = format!("{namespace}/{}/{}", secret.name_any(), p.uid().unwrap_or_default());
+    let known = format!("{namespace}/{}/{}", resources::token_secret_name(p), p.uid().unwrap_or_default());
     if ctx.token_secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&known) {
         return Ok(());
     }
+    let random_key = || rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+    let Some(secret) = resources::default_token_secret(p, random_key) else { return Ok(()) };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     match secrets
         .create(&PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() }, &secret)

@@ -260,13 +260,13 @@ pub fn token_secret_name(p: &RecommenderPipeline) -> String {
     p.spec.gateway.token_key_secret.clone().unwrap_or_else(|| object_name(&[&p.name_unchecked(), "token"]))
 }
 
-/// The default token Secret with `key` (random, from the caller), when the
-/// spec names none; the operator only ever creates it, so a key in use is
-/// never replaced.
-pub fn default_token_secret(p: &RecommenderPipeline, key: String) -> Option<Secret> {
+/// The default token Secret with a key from `key` (random, from the caller;
+/// only called when one is built), when the spec names none. The operator
+/// only ever creates it, so a key in use is never replaced.
+pub fn default_token_secret(p: &RecommenderPipeline, key: impl FnOnce() -> String) -> Option<Secret> {
     p.spec.gateway.token_key_secret.is_none().then(|| Secret {
         metadata: metadata(p, token_secret_name(p), Component::Gateway, None),
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), key)])),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), key())])),
         ..Default::default()
     })
 }
@@ -525,14 +525,17 @@ mod tests {
             mounts.iter().any(|m| m.name == "token" && m.mount_path == "/etc/reco/token" && m.read_only == Some(true))
         );
 
-        let secret = default_token_secret(&p, "k".repeat(64)).unwrap();
+        let secret = default_token_secret(&p, || "k".repeat(64)).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("explore-token"));
         assert_eq!(secret.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         assert_eq!(secret.string_data.unwrap()[TOKEN_KEY], "k".repeat(64));
 
         let own = pipeline(serde_json::json!({"gateway": {"tokenKeySecret": "shared-signing"}}));
         assert_eq!(token_secret_name(&own), "shared-signing");
-        assert!(default_token_secret(&own, "k".repeat(64)).is_none(), "a Secret the user names is never written");
+        assert!(
+            default_token_secret(&own, || unreachable!("no key is drawn")).is_none(),
+            "a Secret the user names is never written"
+        );
     }
 
     #[test]

@@ -97,6 +97,26 @@ mod tests {
             Cli::try_parse_from(["reco", "train", "--data", "ml-100k", "--out", "/tmp/x", "--seed", "3"]).unwrap();
         let Command::Train(a) = cli.command else { panic!("not train: {:?}", cli.command) };
         assert_eq!(a.seed, 3);
-        assert_eq!(a.data, "ml-100k");
+        assert_eq!(a.run.data, "ml-100k");
+        let cli =
+            Cli::try_parse_from(["reco", "tune", "--data", "ml-100k", "--out", "/tmp/x", "--threads", "1"]).unwrap();
+        let Command::Tune(t) = cli.command else { panic!("not tune: {:?}", cli.command) };
+        assert_eq!((t.run.data.as_str(), t.run.threads, t.trials), ("ml-100k", Some(1), 16));
+    }
+
+    #[test]
+    fn train_refuses_counts_that_would_train_nothing_before_reading_data() {
+        for (flag, message) in [
+            ("--epochs=0", "--epochs must be at least 1"),
+            ("--patience=0", "--patience must be at least 1"),
+            ("--ranker-epochs=0", "--ranker-epochs must be at least 1"),
+            ("--batch-size=1", "--batch-size must be at least 2"),
+        ] {
+            let cli =
+                Cli::try_parse_from(["reco", "train", "--data", "/nonexistent", "--out", "/tmp/x", flag]).unwrap();
+            let Command::Train(a) = cli.command else { panic!("not train") };
+            let err = train::run(*a).unwrap_err().to_string();
+            assert!(err.contains(message), "{flag}: {err}");
+        }
     }
 }

@@ -14,11 +14,8 @@ use reco_trainer::{Progress, TrainOptions};
 /// counts and the value model are tuned on validation in every run.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Data set: `ml-100k` (from the cache filled by scripts/ensure-ml100k.sh),
-    /// or a directory holding NAME.inter/.user/.item (RecBole atomic files) or
-    /// interactions.csv|tsv with optional users.csv|tsv and items.csv|tsv.
-    #[arg(long, env = "RECO_DATA")]
-    pub data: String,
+    #[command(flatten)]
+    pub run: RunFlags,
 
     /// Output directory for the artifacts (created if missing).
     #[arg(long, env = "RECO_OUT")]
@@ -72,17 +69,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = RankerOptions::default().per_source)]
     pub candidates: usize,
 
-    /// Keep only the first N users (quick runs).
-    #[arg(long)]
-    pub max_users: Option<usize>,
-
     /// Inclusive rating bounds checked by validation, as MIN:MAX.
     #[arg(long, default_value = "0:5")]
     pub rating_range: String,
-
-    /// libtorch CPU threads (default: all cores).
-    #[arg(long, env = "RECO_THREADS")]
-    pub threads: Option<usize>,
 
     /// Continue from the epoch checkpoints in OUT/checkpoint (same flags required).
     #[arg(long)]
@@ -107,10 +96,41 @@ pub struct TrainArgs {
     /// ModelVersion spec.image, overriding the pipeline's serving image.
     #[arg(long)]
     pub image: Option<String>,
+}
+
+/// Flags `reco train` and `reco tune` share: the data and how a run uses the machine.
+#[derive(Debug, Args)]
+pub struct RunFlags {
+    /// Data set: `ml-100k` (from the cache filled by scripts/ensure-ml100k.sh),
+    /// or a directory holding NAME.inter/.user/.item (RecBole atomic files) or
+    /// interactions.csv|tsv with optional users.csv|tsv and items.csv|tsv.
+    #[arg(long, env = "RECO_DATA")]
+    pub data: String,
+
+    /// Keep only the first N users (quick runs).
+    #[arg(long)]
+    pub max_users: Option<usize>,
+
+    /// libtorch CPU threads (default: all cores).
+    #[arg(long, env = "RECO_THREADS")]
+    pub threads: Option<usize>,
 
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl RunFlags {
+    /// The trainer's options for these flags, writing to `out` with `seed`.
+    fn options(&self, out: PathBuf, seed: u64) -> anyhow::Result<TrainOptions> {
+        let data = reco_trainer::pipeline::resolve_data(&self.data)?;
+        let mut o = TrainOptions::new(data, out, seed);
+        o.max_users = self.max_users;
+        o.threads = self.threads;
+        // Progress bars only on a terminal.
+        o.progress = Progress { enabled: !self.quiet && std::io::stderr().is_terminal() };
+        Ok(o)
+    }
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
@@ -123,14 +143,23 @@ fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
     Ok((lo, hi))
 }
 
-/// Progress bars unless `--quiet` or stderr is not a terminal.
-fn progress(quiet: bool) -> Progress {
-    Progress { enabled: !quiet && std::io::stderr().is_terminal() }
+/// Counts that cannot train anything are refused before any data is read (0 epochs or 0 patience would write an
+/// untrained model without complaint).
+fn check_counts(a: &TrainArgs) -> anyhow::Result<()> {
+    for (flag, value) in [("--epochs", a.epochs), ("--patience", a.patience), ("--ranker-epochs", a.ranker_epochs)] {
+        if value == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    if a.batch_size < 2 {
+        bail!("--batch-size must be at least 2 (in-batch negatives)");
+    }
+    Ok(())
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let data = reco_trainer::pipeline::resolve_data(&a.data)?;
-    let mut o = TrainOptions::new(data, a.out.clone(), a.seed);
+    check_counts(&a)?;
+    let mut o = a.run.options(a.out.clone(), a.seed)?;
     o.rules.rating_range = parse_range(&a.rating_range)?;
     o.two_tower.max_epochs = a.epochs;
     o.two_tower.patience = a.patience;
@@ -143,18 +172,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     o.two_tower.hard_skip = a.hard_skip;
     o.ranker.max_epochs = a.ranker_epochs;
     o.ranker.per_source = a.candidates;
-    o.max_users = a.max_users;
-    o.threads = a.threads;
     o.resume = a.resume;
     o.pipeline = a.pipeline;
     o.version = a.model_version;
     o.namespace = a.namespace;
     o.artifact_uri = a.artifact_uri;
     o.image = a.image;
-    o.progress = progress(a.quiet);
-    if a.batch_size < 2 {
-        bail!("--batch-size must be at least 2 (in-batch negatives)");
-    }
 
     let summary = reco_trainer::train(&o).context("training failed")?;
     let r = &summary.report;
@@ -189,9 +212,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
 /// Flags of `reco tune`.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
-    /// Data set, as for `reco train --data`.
-    #[arg(long, env = "RECO_DATA")]
-    pub data: String,
+    #[command(flatten)]
+    pub run: RunFlags,
 
     /// Output directory: `tuning.json` and one `trial-NN` model directory per trial.
     #[arg(long)]
@@ -208,26 +230,10 @@ pub struct TuneArgs {
     /// Seed of the random search.
     #[arg(long, default_value_t = 0)]
     pub search_seed: u64,
-
-    /// Keep only the first N users (quick runs).
-    #[arg(long)]
-    pub max_users: Option<usize>,
-
-    /// libtorch CPU threads (default: all cores).
-    #[arg(long, env = "RECO_THREADS")]
-    pub threads: Option<usize>,
-
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 pub fn tune(a: TuneArgs) -> anyhow::Result<()> {
-    let data = reco_trainer::pipeline::resolve_data(&a.data)?;
-    let mut o = TrainOptions::new(data, a.out.clone(), a.seed);
-    o.max_users = a.max_users;
-    o.threads = a.threads;
-    o.progress = progress(a.quiet);
+    let o = a.run.options(a.out.clone(), a.seed)?;
     let report = reco_trainer::tune::tune(&o, a.trials as usize, a.search_seed).context("tuning failed")?;
     println!("objective: {}", report.objective);
     println!("{:>5} {:>9} {:>9} {:>11} {:>7}", "trial", "ndcg@10", "recall@10", "tt ndcg@10", "wall");

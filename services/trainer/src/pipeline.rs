@@ -14,7 +14,7 @@ use reco_model::artifacts::{CandidateCounts, EMBEDDINGS_TENSOR, ITEM_ITEM_TENSOR
 
 use crate::artifacts::{self, MetricsFile, files, write_json, write_yaml};
 use crate::error::{Result, TrainError};
-use crate::eval::{EvalSet, evaluate, evaluate_ranked};
+use crate::eval::{EvalSet, Scorer, evaluate, evaluate_ranked};
 use crate::features::{self, FeatureOptions};
 use crate::progress::Progress;
 use crate::ranking::{self, RankerData, RankerInputs, RankerOptions, SourceSet};
@@ -256,13 +256,18 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
 
     let mut test_metrics = BTreeMap::new();
     let mut valid_metrics = BTreeMap::new();
+    // Test figures are reported, never used to choose; a tuning run has none.
+    let mut report_test = |name: &str, scorer: &dyn Scorer| -> Result<()> {
+        if let Some(set) = &test_set {
+            named(&mut test_metrics, name, evaluate(scorer, set, &ks, pop)?);
+        }
+        Ok(())
+    };
 
     // Most popular.
     let popularity = Popularity::new(pop);
     named(&mut valid_metrics, "popularity", evaluate(&popularity, &valid_set, &ks, pop)?);
-    if let Some(test_set) = &test_set {
-        named(&mut test_metrics, "popularity", evaluate(&popularity, test_set, &ks, pop)?);
-    }
+    report_test("popularity", &popularity)?;
 
     // Item-to-item (EASE), λ tuned on validation.
     let (ease, ease_valid) = timed(&mut stages, "item_to_item", || {
@@ -279,9 +284,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     })?;
     let ease_scorer = ease.scorer(&train);
     named(&mut valid_metrics, "item_to_item", ease_valid);
-    if let Some(test_set) = &test_set {
-        named(&mut test_metrics, "item_to_item", evaluate(&ease_scorer, test_set, &ks, pop)?);
-    }
+    report_test("item_to_item", &ease_scorer)?;
 
     // Two-tower on all of train, early-stopped on validation.
     let tt = timed(&mut stages, "two_tower", || {
@@ -290,9 +293,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     })?;
     let tt_scorer = TwoTowerScorer::new(&tt.model, &fs, &ds, &train)?;
     named(&mut valid_metrics, "two_tower", evaluate(&tt_scorer, &valid_set, &ks, pop)?);
-    if let Some(test_set) = &test_set {
-        named(&mut test_metrics, "two_tower", evaluate(&tt_scorer, test_set, &ks, pop)?);
-    }
+    report_test("two_tower", &tt_scorer)?;
 
     // Ranker: sources refitted on the early part of train, labels from the late part.
     let (early, late) = ranking::early_late(&train, o.ranker_late_ratio);
