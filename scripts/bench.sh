@@ -104,7 +104,6 @@ fi
 if want serving; then
 echo "== serving: reco standalone under load" >&2
 cargo build -q --release -p reco-cli
-cargo build -q --release -p reco-retrieval --example synthetic_catalog
 models="$out/models"
 mkdir -p "$models"
 if [[ -d "$out/seed1" ]]; then
@@ -143,7 +142,7 @@ PY
 }
 big="$out/models-1m"
 mkdir -p "$big"
-target/release/examples/synthetic_catalog --from "$models/v1" --out "$big/v1" --items 1000000 >&2
+target/release/reco synthetic-catalog --from "$models/v1" --out "$big/v1" --items 1000000 >&2
 {
     echo 'Command: `target/release/reco standalone --models DIR --seed-data ml-100k --cache-ttl-seconds T` with DIR/v1 from'
     echo '`reco train --data ml-100k --seed 1`, driven by `target/release/reco loadgen` on the same machine (it takes CPU too).'
@@ -152,7 +151,7 @@ target/release/examples/synthetic_catalog --from "$models/v1" --out "$big/v1" --
     echo 'page size 20. Bar: p99 <= 20 ms at >= 300 requests/s on ml-100k.'
     echo
     echo 'The 1M catalogue is the same version grown to 1,000,000 items by'
-    echo '`target/release/examples/synthetic_catalog --from DIR/v1 --out DIR1M/v1 --items 1000000`: the 1,682 trained items'
+    echo '`target/release/reco synthetic-catalog --from DIR/v1 --out DIR1M/v1 --items 1000000`: the 1,682 trained items'
     echo 'plus synthetic ones (random genres, year and title) embedded by the item tower from content, 64 dims, all in the'
     echo 'HNSW index of qdrant-edge (built when the standalone starts; that time is not in the figures).'
     echo

@@ -1,9 +1,11 @@
 //! `reco`: one binary for every reco process: training (`reco train`,
 //! hyper-parameter search with `reco tune`), each
 //! serving service (`reco serve ...`), all of them in one process
-//! (`reco standalone`), the local end-to-end scenario (`reco demo`) and a
-//! load generator (`reco loadgen`).
+//! (`reco standalone`), the local end-to-end scenario (`reco demo`), a
+//! load generator (`reco loadgen`) and a catalogue grower to load-test at
+//! scale (`reco synthetic-catalog`).
 
+mod catalog;
 mod demo;
 mod loadgen;
 mod logging;
@@ -44,6 +46,10 @@ enum Command {
     /// Drive a gateway's `POST /v1/recommend` in a closed or open loop and
     /// report latency percentiles and throughput.
     Loadgen(loadgen::LoadgenArgs),
+    /// Grow a trained version to --items items with synthetic ones (random
+    /// content, embedded by the item tower) to load-test serving at the
+    /// size of a large catalogue.
+    SyntheticCatalog(catalog::SyntheticCatalogArgs),
     /// Run the whole product on one machine: train v1, v2 and a broken v3,
     /// serve them with `reco standalone`, replay ml-100k users against it and
     /// roll v2 out (promoted) and then v3 (rolled back) with the operator's
@@ -64,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Tune(args) => train::tune(*args),
         Command::Demo(args) => demo::run(*args),
+        Command::SyntheticCatalog(args) => catalog::run(args),
         Command::Serve(service) => runtime().and_then(|rt| rt.block_on(serve::run(service))),
         Command::Standalone(args) => runtime().and_then(|rt| rt.block_on(standalone::run(*args))),
         Command::Loadgen(args) => runtime().and_then(|rt| {
