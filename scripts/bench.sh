@@ -122,7 +122,11 @@ load_rows() {
             --grpc "127.0.0.1:$((port + 1))" --cache-ttl-seconds "$ttl" >"$out/standalone.log" 2>&1 &
         local pid=$!
         # A large catalogue is indexed (HNSW build) before the service is ready: wait up to an hour.
-        for _ in $(seq 1 7200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.5; done
+        for _ in $(seq 1 7200); do
+            curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+            kill -0 "$pid" 2>/dev/null || { tail -5 "$out/standalone.log" >&2; echo "reco standalone exited" >&2; exit 1; }
+            sleep 0.5
+        done
         echo "reco standalone on the $catalogue catalogue, cache TTL $ttl s: ready in $((SECONDS - started)) s" \
             | tee -a "$out/ready.txt" >&2
         local cache=$([[ $ttl == 0 ]] && echo "off" || echo "${ttl} s TTL")

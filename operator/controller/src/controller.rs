@@ -78,8 +78,9 @@ pub struct Context {
     pub sources: Arc<dyn MetricSources>,
     /// Consecutive failures per pipeline, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RecommenderPipeline>, u32>>,
-    /// Token Secrets known to exist (`namespace/name` of pipeline uid): one create per pipeline and process.
-    token_secrets: Mutex<BTreeSet<String>>,
+    /// When each token Secret (`namespace/name/pipeline uid`) was last seen to exist: it is asked for again
+    /// only after `TOKEN_SECRET_RECHECK`.
+    token_secrets: Mutex<HashMap<String, Instant>>,
 }
 
 /// Where the controller watches.
@@ -522,12 +523,17 @@ async fn apply_objects(
     Ok(())
 }
 
+/// How long a token Secret seen to exist is trusted to still exist: one
+/// that was deleted is created again within this time.
+const TOKEN_SECRET_RECHECK: Duration = Duration::from_secs(300);
+
 /// Creates the default token Secret with a random key unless it exists. Only
 /// `create` is needed (an existing one answers 409), so the operator never
-/// reads a Secret; once seen, it is not asked for again by this process.
+/// reads a Secret; once seen, it is not asked for again for `TOKEN_SECRET_RECHECK`.
 async fn create_token_secret(p: &RecommenderPipeline, ctx: &Context, namespace: &str) -> Result<(), Error> {
     let known = format!("{namespace}/{}/{}", resources::token_secret_name(p), p.uid().unwrap_or_default());
-    if ctx.token_secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&known) {
+    let seen = ctx.token_secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&known).copied();
+    if seen.is_some_and(|at| at.elapsed() < TOKEN_SECRET_RECHECK) {
         return Ok(());
     }
     let random_key = || rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
@@ -541,7 +547,7 @@ async fn create_token_secret(p: &RecommenderPipeline, ctx: &Context, namespace: 
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    ctx.token_secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(known);
+    ctx.token_secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(known, Instant::now());
     Ok(())
 }
 

@@ -195,3 +195,25 @@ fn unknown_users_get_cold_start_items() {
     assert_eq!(item_ids(&page).len(), 8, "{page}");
     assert_eq!(page["degraded"], false, "{page}");
 }
+
+#[test]
+fn serves_a_catalogue_grown_by_synthetic_catalog() {
+    let dir = model_dir();
+    let grown = dir.path().join("grown");
+    let status = Command::new(env!("CARGO_BIN_EXE_reco"))
+        .args(["synthetic-catalog", "--items", "400", "--quiet", "--from"])
+        .arg(dir.path().join("v1"))
+        .arg("--out")
+        .arg(grown.join("v1"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // 340 of the 400 items were never trained on: retrieval and ranking serve them by content embedding.
+    let server = start(&grown);
+    let page = server.recommend("7", 50);
+    assert_eq!(page["degraded"], false, "{page}");
+    let ids = item_ids(&page);
+    assert_eq!(ids.len(), 50, "{page}");
+    assert!(ids.iter().any(|id| id.starts_with("synthetic-")), "no synthetic item served: {page}");
+}

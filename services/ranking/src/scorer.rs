@@ -325,7 +325,7 @@ impl Scorer {
             user_emb: Tensor::from_slice(user).view([b, dim]),
             item_emb: Tensor::from_slice(&item_emb).view([b, dim]),
             dense: Tensor::from_slice(dense).view([b, N_DENSE as i64]),
-            item: Tensor::from_slice(&rows.iter().map(|&r| r as i64 + 1).collect::<Vec<_>>()),
+            item: Tensor::from_slice(&rows.iter().map(|&r| self.artifacts.model_index(r)).collect::<Vec<_>>()),
             occupation: column(fs.occupations.index(who.occupation.as_deref())),
             age: column(FeatureSpace::age_bucket(who.age)),
             gender: column(fs.genders.index(who.gender.as_deref())),

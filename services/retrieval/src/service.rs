@@ -110,7 +110,7 @@ impl RetrievalService {
         metrics: Metrics,
     ) -> Result<Self, RetrievalError> {
         tch::set_num_threads(settings.torch_threads as i32);
-        let (features, items, user_ids, embeddings, dim, item_item) = {
+        let (features, mut items, user_ids, mut embeddings, dim, item_item) = {
             let a = &*artifacts;
             let dim = a.item_embeddings.size().get(1).copied().unwrap_or(0) as usize;
             (
@@ -125,9 +125,15 @@ impl RetrievalService {
         if store.dim() != dim {
             return Err(RetrievalError::Dimension { store: store.dim(), model: dim });
         }
-        let n = items.len();
-        let catalog = Catalog::new(items, embeddings, dim, &features.item_train_count)?;
-        let item_item = ItemItem::new(item_item, n)?;
+        // A version may list items beyond those it was trained on (content embeddings only, as
+        // `reco synthetic-catalog` writes): they join the catalogue as items added after training.
+        let trained = artifacts.n_trained_items;
+        let later_items = items.split_off(trained.min(items.len()));
+        let later_embeddings = embeddings.split_off((trained * dim).min(embeddings.len()));
+        let mut catalog = Catalog::new(items, embeddings, dim, &features.item_train_count)?;
+        catalog.add(later_items, later_embeddings)?;
+        let item_item = ItemItem::new(item_item, trained)?;
+        let n = catalog.len();
         if store.info().await?.points < n as u64 {
             let points: Vec<Point> = (0..n).map(|r| point(&catalog, r)).collect();
             for chunk in points.chunks(UPSERT_CHUNK) {
