@@ -10,7 +10,6 @@
 //! version is linked (or copied) unchanged, so `reco standalone --models`
 //! serves the result like any version `reco train` wrote.
 
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
@@ -20,6 +19,7 @@ use rand::{RngExt, SeedableRng};
 use reco_model::artifacts::{EMBEDDINGS_TENSOR, VersionArtifacts, files};
 use reco_model::features::Item;
 use reco_retrieval::encoder::encode_new_items;
+use reco_trainer::artifacts::write_json;
 use tch::Tensor;
 
 #[derive(clap::Args, Debug)]
@@ -78,12 +78,6 @@ fn link_unchanged(from: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let mut writer = BufWriter::new(std::fs::File::create(path)?);
-    serde_json::to_writer(&mut writer, value)?;
-    Ok(writer.flush()?)
-}
-
 pub fn run(args: SyntheticCatalogArgs) -> anyhow::Result<()> {
     ensure!(!args.out.exists(), "--out {} exists; pick a new directory", args.out.display());
     let artifacts = VersionArtifacts::load(&args.from)?;
@@ -116,8 +110,8 @@ pub fn run(args: SyntheticCatalogArgs) -> anyhow::Result<()> {
     link_unchanged(&args.from, &args.out)?;
     Tensor::write_safetensors(&[(EMBEDDINGS_TENSOR, &embeddings)], args.out.join(files::ITEM_EMBEDDINGS))?;
     let all_items: Vec<&Item> = artifacts.items.iter().chain(&new_items).collect();
-    write_json(&args.out.join(files::ITEMS), &all_items)?;
-    write_json(&args.out.join(files::ITEM_IDS), &all_items.iter().map(|i| &i.id).collect::<Vec<_>>())?;
+    write_json(&args.out, files::ITEMS, &all_items)?;
+    write_json(&args.out, files::ITEM_IDS, &all_items.iter().map(|i| &i.id).collect::<Vec<_>>())?;
     println!(
         "{}: {} items ({existing} trained, {} synthetic), embeddings {:?}",
         args.out.display(),

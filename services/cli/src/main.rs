@@ -112,6 +112,14 @@ mod tests {
     }
 
     #[test]
+    fn synthetic_catalog_refuses_an_empty_batch() {
+        let err = Cli::try_parse_from(["reco", "synthetic-catalog", "--from", "a", "--out", "b", "--batch", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--batch"), "{err}");
+    }
+
+    #[test]
     fn train_refuses_counts_that_would_train_nothing_before_reading_data() {
         for (flag, message) in [
             ("--epochs=0", "--epochs must be at least 1"),
