@@ -5,10 +5,9 @@
 //! - [`ModelVersion`] (`mv`): one trained model of one pipeline.
 //!
 //! The doc comments on spec fields become the schema descriptions that
-//! `kubectl explain` prints, so they are written for users. Rules the schema
-//! cannot express are checked again by [`RecommenderPipelineSpec::rollout_policy`],
-//! which converts the Kubernetes-shaped spec into the engine's policy and
-//! names the offending field when it is invalid.
+//! `kubectl explain` prints, so they are written for users. The status types
+//! ([`status`]) are a documented shape of their own, not the rollout engine's
+//! state: this crate knows nothing of the engine.
 
 // kube's `printcolumn(name = .., type_ = ..)` repeats `type_` once per column,
 // which clippy mistakes for a duplicated attribute.
@@ -17,12 +16,12 @@
 mod conditions;
 mod model_version;
 mod pipeline;
-mod validation;
+pub mod status;
 
 pub use conditions::{ConditionType, set_condition};
 pub use model_version::{ModelVersion, ModelVersionSpec, ModelVersionStatus};
 pub use pipeline::*;
-pub use validation::InvalidSpec;
+pub use status::{PipelinePhase, RecommenderPipelineStatus, VersionPhase};
 
 /// API group of the reco resources.
 pub const GROUP: &str = "reco.seed.dev";

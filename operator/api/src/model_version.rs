@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
-use reco_rollout::VersionPhase;
 use serde::{Deserialize, Serialize};
+
+use crate::status::VersionPhase;
 
 /// One trained model (two-tower weights, ranker weights, item embeddings,
 /// config) for one RecommenderPipeline. Creating it starts its rollout.
@@ -68,5 +69,6 @@ pub struct ModelVersionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

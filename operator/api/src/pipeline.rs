@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
-use reco_rollout::AnalysisReport;
-use reco_rollout::engine::RolloutState;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::status::RecommenderPipelineStatus;
 
 /// Image of the reco services when the pipeline names none.
 pub const DEFAULT_SERVICES_IMAGE: &str = "ghcr.io/reco-seed/reco:0.1.0";
@@ -28,8 +27,8 @@ pub const DEFAULT_SERVICES_IMAGE: &str = "ghcr.io/reco-seed/reco:0.1.0";
     status = "RecommenderPipelineStatus",
     doc = "A recommender: its serving services and the policy that rolls model versions out on live CTR.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Stable", type_ = "string", json_path = ".status.rollout.stable"),
-    printcolumn(name = "Canary", type_ = "string", json_path = ".status.rollout.candidate.version"),
+    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stableVersion"),
+    printcolumn(name = "Canary", type_ = "string", json_path = ".status.candidate.version"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.canaryWeight"),
     printcolumn(name = "Canary CTR", type_ = "number", json_path = ".status.lastAnalysis.canaryCtr"),
     printcolumn(name = "Stable CTR", type_ = "number", json_path = ".status.lastAnalysis.stableCtr"),
@@ -482,31 +481,4 @@ pub struct OfflineGateSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("maxRegression must be in [0, 1)"))]
     pub max_regression: f64,
-}
-
-/// Observed state of a RecommenderPipeline, written by the operator only.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RecommenderPipelineStatus {
-    /// The spec generation this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Idle`, `Shadow`, `Canary` or `Paused`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    /// `Ready`, `Progressing` and `Degraded`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Percentage of users served by the canary (0 when none).
-    #[serde(default)]
-    pub canary_weight: u8,
-    /// The rollout engine's state: stable version, candidate and step, history.
-    #[serde(default)]
-    pub rollout: RolloutState,
-    /// The most recent look at live metrics.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_analysis: Option<AnalysisReport>,
-    /// When the metrics were last read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_analysis_time: Option<Time>,
 }

@@ -2,7 +2,9 @@
 //! Each reconcile reads the pipeline and its ModelVersions, looks at live
 //! metrics when the analysis interval is due, asks the rollout engine for
 //! the next state, applies the objects with server-side apply, and writes
-//! status and Events. It never writes a spec.
+//! the statuses that [`crate::status`] derives and Events. It never writes
+//! a spec; status writes carry the object's resourceVersion, so a write
+//! based on a stale read fails and is retried.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,6 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -20,20 +21,21 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use reco_api::{
-    ABORT_ANNOTATION, ConditionType, FIELD_MANAGER, InvalidSpec, ModelVersion, ModelVersionStatus, PIPELINE_LABEL,
-    PROMOTE_ANNOTATION, RecommenderPipeline, RecommenderPipelineStatus, set_condition,
+    ABORT_ANNOTATION, FIELD_MANAGER, ModelVersion, PIPELINE_LABEL, PROMOTE_ANNOTATION, RecommenderPipeline,
+    RecommenderPipelineStatus,
 };
 use reco_metric_source::WindowQuery;
 use reco_rollout::analysis::metrics_unavailable;
-use reco_rollout::engine::{HistoryEntry, Observation};
-use reco_rollout::{AnalysisReport, Command, Decision, RolloutPolicy, Step, VersionInfo, VersionPhase, decide};
+use reco_rollout::engine::{HistoryEntry, Observation, RolloutState};
+use reco_rollout::{AnalysisReport, Command, Decision, RolloutPolicy, VersionInfo, VersionPhase, decide};
 use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::merge_patch;
+use crate::policy::{InvalidSpec, analysis_interval, rollout_policy};
 use crate::resources::{self, Component};
 use crate::sources::MetricSources;
+use crate::status::{self, Look};
 use crate::telemetry::OperatorMetrics;
 
 const CONTROLLER: &str = "recommenderpipeline";
@@ -264,12 +266,12 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     let namespace = p.namespace().ok_or_else(|| Error::NoNamespace(p.name_any()))?;
     let name = p.name_any();
     let now = Timestamp::now();
-    let mut status = p.status.clone().unwrap_or_default();
+    let previous = p.status.clone().unwrap_or_default();
 
-    let (policy, interval) = match p.spec.rollout_policy().and_then(|policy| Ok((policy, p.spec.analysis_interval()?)))
+    let (policy, interval) = match rollout_policy(&p.spec).and_then(|policy| Ok((policy, analysis_interval(&p.spec)?)))
     {
         Ok(valid) => valid,
-        Err(invalid) => return report_invalid_spec(p, ctx, status, &invalid, now).await,
+        Err(invalid) => return report_invalid_spec(p, ctx, previous, &invalid, now).await,
     };
 
     let mut versions: Vec<Arc<ModelVersion>> = ctx
@@ -290,25 +292,25 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
         ctx.services.state().into_iter().filter(|s| owned(&s.metadata)).collect();
     let infos: Vec<VersionInfo> = versions.iter().map(|v| version_info(v, &deployments)).collect();
 
-    let analysis = match analysis_due(&status, interval, now) {
-        true => look_at_metrics(p, ctx, &policy, &status, now).await,
+    let state = status::engine_state(&previous);
+    let last_look = previous.last_analysis.as_ref().and_then(|analysis| analysis.time.as_ref()).map(|time| time.0);
+    let look = match status::analysis_due(&state, last_look, interval, now) {
+        true => look_at_metrics(p, ctx, &policy, &state, now).await.map(|report| Look { report, time: now }),
         false => None,
     };
-    if let Some(report) = &analysis {
-        ctx.metrics.analysed(&namespace, &name, report.verdict);
-        status.last_analysis = Some(report.clone());
-        status.last_analysis_time = Some(Time(now));
+    if let Some(look) = &look {
+        ctx.metrics.analysed(&namespace, &name, look.report.verdict);
     }
 
     let salt = p.spec.gateway.routing_salt.clone().unwrap_or_else(|| name.clone());
     let decision = decide(
         &policy,
-        &status.rollout,
+        &state,
         &Observation {
             pipeline: &name,
             salt: &salt,
             versions: &infos,
-            analysis: analysis.as_ref(),
+            analysis: look.as_ref().map(|look| &look.report),
             paused: p.spec.paused,
             now,
         },
@@ -321,22 +323,23 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     for transition in &decision.transitions {
         announce(p, ctx, &versions, transition).await;
     }
-    write_version_statuses(ctx, &namespace, &versions, &decision, status.last_analysis.as_ref()).await?;
-
-    let phase = pipeline_phase(p.spec.paused, &policy, &decision);
-    let canary_weight = decision
-        .state
-        .candidate
-        .as_ref()
-        .and_then(|c| decision.routing.versions.iter().find(|v| v.name == c.version))
-        .map_or(0, |v| v.weight);
-    ctx.metrics.pipeline_state(&namespace, &name, phase, canary_weight);
-    status.observed_generation = p.metadata.generation;
-    status.phase = Some(phase.to_owned());
-    status.canary_weight = canary_weight;
-    status.rollout = decision.state.clone();
-    pipeline_conditions(&mut status, p.metadata.generation, &decision, &infos, &Time(now));
-    write_pipeline_status(p, ctx, &namespace, status).await?;
+    let status = status::pipeline_status(
+        &previous,
+        p.metadata.generation,
+        &policy,
+        p.spec.paused,
+        &decision,
+        look.as_ref(),
+        &infos,
+        now,
+    );
+    for version in &versions {
+        if let Some(desired) = status::version_status(version, &decision, status.last_analysis.as_ref(), now) {
+            write_status(ctx, version.as_ref(), version.status.as_ref(), &desired).await?;
+        }
+    }
+    ctx.metrics.pipeline_state(&namespace, &name, status.phase, status.canary_weight);
+    write_status(ctx, p, p.status.as_ref(), &status).await?;
 
     if decision.state.candidate.is_none() {
         ctx.sources.release(p);
@@ -387,35 +390,17 @@ fn deployment_failure(version: &str, deployments: &[Arc<Deployment>]) -> Option<
         })
 }
 
-fn analysis_due(status: &RecommenderPipelineStatus, interval: Duration, now: Timestamp) -> bool {
-    let Some(candidate) = &status.rollout.candidate else { return false };
-    let since = |t: Timestamp| now.duration_since(t).unsigned_abs();
-    let after_step_start = since(candidate.step_started_at) >= interval;
-    let after_last_look = status.last_analysis_time.as_ref().is_none_or(|t| since(t.0) >= interval);
-    after_step_start && after_last_look
-}
-
 /// One look at the current step's window. Unreadable metrics give an
 /// Inconclusive report, which never promotes.
 async fn look_at_metrics(
     p: &RecommenderPipeline,
     ctx: &Context,
     policy: &RolloutPolicy,
-    status: &RecommenderPipelineStatus,
+    state: &RolloutState,
     now: Timestamp,
 ) -> Option<AnalysisReport> {
-    let candidate = status.rollout.candidate.as_ref()?;
-    let stable = status.rollout.stable.clone()?;
-    let step = policy.steps.get(candidate.step as usize)?;
-    let is_shadow = matches!(step, Step::Shadow { .. });
-    let query = WindowQuery {
-        pipeline: p.name_any(),
-        stable,
-        candidate: candidate.version.clone(),
-        candidate_is_shadow: is_shadow,
-        start: candidate.step_started_at,
-        now,
-    };
+    let candidate = state.candidate.as_ref()?;
+    let query = WindowQuery::for_candidate(&p.name_any(), policy, state, now)?;
     let window = match ctx.sources.for_pipeline(p).await {
         Ok(source) => source.window(&query).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
@@ -582,7 +567,7 @@ fn ignore_not_found(result: Result<(), kube::Error>) -> Result<(), Error> {
 
 /// A Kubernetes Event for one transition, on the ModelVersion when it still exists.
 async fn announce(p: &RecommenderPipeline, ctx: &Context, versions: &[Arc<ModelVersion>], t: &HistoryEntry) {
-    let (reason, type_) = transition_reason(t);
+    let (reason, type_) = status::transition_reason(t);
     info!(pipeline = %p.name_any(), version = %t.version, from = ?t.from, to = ?t.to, reason = %t.reason, "transition");
     match t.to {
         VersionPhase::RolledBack => ctx.metrics.rolled_back(&p.namespace().unwrap_or_default(), &p.name_any()),
@@ -612,208 +597,31 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// Event reason and type of a transition.
-pub fn transition_reason(t: &HistoryEntry) -> (&'static str, EventType) {
-    match t.to {
-        VersionPhase::Pending => ("Pending", EventType::Normal),
-        VersionPhase::Shadow => ("ShadowStarted", EventType::Normal),
-        VersionPhase::Canary if t.from == VersionPhase::Canary => ("CanaryStepPassed", EventType::Normal),
-        VersionPhase::Canary => ("CanaryStarted", EventType::Normal),
-        VersionPhase::Stable => ("Promoted", EventType::Normal),
-        VersionPhase::Retired => ("Retired", EventType::Normal),
-        VersionPhase::RolledBack => ("RolledBack", EventType::Warning),
-        VersionPhase::Failed => ("Failed", EventType::Warning),
-    }
-}
-
-async fn write_version_statuses(
-    ctx: &Context,
-    namespace: &str,
-    versions: &[Arc<ModelVersion>],
-    decision: &Decision,
-    last_analysis: Option<&AnalysisReport>,
-) -> Result<(), Error> {
-    let api: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), namespace);
-    let now = Time(Timestamp::now());
-    for v in versions {
-        let Some(decided) = decision.versions.get(&v.name_any()) else { continue };
-        let old = v.status.clone().unwrap_or_default();
-        let candidate = decision.state.candidate.as_ref().is_some_and(|c| c.version == v.name_any());
-        let ctr = match (decided.phase, last_analysis) {
-            (VersionPhase::Canary, Some(a)) if candidate => Some(a.canary_ctr),
-            (VersionPhase::Stable, Some(a)) => Some(a.stable_ctr),
-            _ => old.ctr,
-        };
-        let mut status = ModelVersionStatus {
-            observed_generation: v.metadata.generation,
-            phase: Some(decided.phase),
-            weight: decided.weight,
-            ctr,
-            reason: Some(decided.reason.clone()),
-            conditions: old.conditions.clone(),
-        };
-        let serving = matches!(decided.phase, VersionPhase::Stable | VersionPhase::Canary);
-        let progressing = matches!(decided.phase, VersionPhase::Shadow | VersionPhase::Canary);
-        let degraded = matches!(decided.phase, VersionPhase::RolledBack | VersionPhase::Failed);
-        let reason = format!("{:?}", decided.phase);
-        let generation = v.metadata.generation;
-        set_condition(
-            &mut status.conditions,
-            ConditionType::Ready,
-            serving,
-            &reason,
-            &decided.reason,
-            generation,
-            &now,
-        );
-        set_condition(
-            &mut status.conditions,
-            ConditionType::Progressing,
-            progressing,
-            &reason,
-            &decided.reason,
-            generation,
-            &now,
-        );
-        set_condition(
-            &mut status.conditions,
-            ConditionType::Degraded,
-            degraded,
-            &reason,
-            &decided.reason,
-            generation,
-            &now,
-        );
-        if status != old {
-            patch_status(&api, &v.name_any(), &old, &status).await?;
-        }
-    }
-    Ok(())
-}
-
-/// `Idle`, `Shadow`, `Canary` or `Paused`.
-fn pipeline_phase(paused: bool, policy: &RolloutPolicy, decision: &Decision) -> &'static str {
-    if paused {
-        return "Paused";
-    }
-    match decision.state.candidate.as_ref().and_then(|c| policy.steps.get(c.step as usize)) {
-        Some(Step::Shadow { .. }) => "Shadow",
-        Some(Step::Canary { .. }) => "Canary",
-        None => "Idle",
-    }
-}
-
-fn pipeline_conditions(
-    status: &mut RecommenderPipelineStatus,
-    generation: Option<i64>,
-    decision: &Decision,
-    versions: &[VersionInfo],
-    now: &Time,
-) {
-    let conditions = &mut status.conditions;
-    match &decision.state.stable {
-        Some(stable) => {
-            let routes: Vec<String> =
-                decision.routing.versions.iter().map(|v| format!("{} {}%", v.name, v.weight)).collect();
-            set_condition(
-                conditions,
-                ConditionType::Ready,
-                true,
-                "Serving",
-                format!("serving {}", routes.join(", ")),
-                generation,
-                now,
-            );
-            let broken = versions.iter().find(|v| &v.name == stable).and_then(|v| v.broken.clone());
-            match broken {
-                Some(reason) => {
-                    set_condition(conditions, ConditionType::Degraded, true, "StableUnhealthy", reason, generation, now)
-                }
-                None => degraded_from_history(conditions, generation, decision, now),
-            }
-        }
-        None => {
-            set_condition(
-                conditions,
-                ConditionType::Ready,
-                false,
-                "NoStableVersion",
-                "waiting for a ModelVersion of this pipeline",
-                generation,
-                now,
-            );
-            degraded_from_history(conditions, generation, decision, now);
-        }
-    }
-    match &decision.state.candidate {
-        Some(c) => set_condition(
-            conditions,
-            ConditionType::Progressing,
-            true,
-            "RollingOut",
-            format!("{} at step {}", c.version, c.step + 1),
-            generation,
-            now,
-        ),
-        None => set_condition(
-            conditions,
-            ConditionType::Progressing,
-            false,
-            "Idle",
-            "no rollout in progress",
-            generation,
-            now,
-        ),
-    }
-}
-
-/// Degraded while the last rollout ended in a rollback or failure.
-fn degraded_from_history(
-    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    generation: Option<i64>,
-    decision: &Decision,
-    now: &Time,
-) {
-    match decision.state.history.iter().rev().find(|h| h.to != VersionPhase::Retired) {
-        Some(last) if matches!(last.to, VersionPhase::RolledBack | VersionPhase::Failed) => {
-            let message = format!("{} {:?}: {}", last.version, last.to, last.reason);
-            set_condition(
-                conditions,
-                ConditionType::Degraded,
-                true,
-                &format!("{:?}", last.to),
-                message,
-                generation,
-                now,
-            )
-        }
-        _ => set_condition(conditions, ConditionType::Degraded, false, "Healthy", "", generation, now),
-    }
-}
-
-async fn write_pipeline_status(
-    p: &RecommenderPipeline,
-    ctx: &Context,
-    namespace: &str,
-    status: RecommenderPipelineStatus,
-) -> Result<(), Error> {
-    let old = p.status.clone().unwrap_or_default();
-    if p.status.is_some() && old == status {
+/// Writes `desired` as `object`'s status with server-side apply under the
+/// operator's field manager, unless it is the status already there. The
+/// write names the resourceVersion the status was derived from: when
+/// someone changed the object since, the API answers 409 and the reconcile
+/// runs again on fresh data instead of overwriting.
+async fn write_status<K, S>(ctx: &Context, object: &K, current: Option<&S>, desired: &S) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(desired) {
         return Ok(());
     }
-    let api: Api<RecommenderPipeline> = Api::namespaced(ctx.client.clone(), namespace);
-    patch_status(&api, &p.name_any(), &old, &status).await
-}
-
-/// Writes `new` over `old` with a merge patch that also clears removed fields.
-async fn patch_status<K, S>(api: &Api<K>, name: &str, old: &S, new: &S) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    S: Serialize,
-{
-    let to_json = |s: &S| serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
-    let patch = json!({ "status": merge_patch::diff(&to_json(old), &to_json(new)) });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let namespace = object.meta().namespace.clone().ok_or_else(|| Error::NoNamespace(object.name_any()))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": object.name_any(), "resourceVersion": object.resource_version() },
+        "status": desired,
+    });
+    api.patch_status(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
     Ok(())
 }
 
@@ -822,25 +630,14 @@ where
 async fn report_invalid_spec(
     p: &RecommenderPipeline,
     ctx: &Context,
-    mut status: RecommenderPipelineStatus,
+    previous: RecommenderPipelineStatus,
     invalid: &InvalidSpec,
     now: Timestamp,
 ) -> Result<Action, Error> {
-    let namespace = p.namespace().ok_or_else(|| Error::NoNamespace(p.name_any()))?;
     warn!(pipeline = %p.name_any(), field = %invalid.field, message = %invalid.message, "invalid spec");
     let generation = p.metadata.generation;
-    let already_reported = status.observed_generation == generation
-        && status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec");
-    set_condition(
-        &mut status.conditions,
-        ConditionType::Ready,
-        false,
-        "InvalidSpec",
-        invalid.to_string(),
-        generation,
-        &Time(now),
-    );
-    status.observed_generation = generation;
+    let already_reported = status::reports_invalid_spec(&previous, generation);
+    let status = status::invalid_spec_status(previous, generation, invalid, now);
     if !already_reported {
         let event = Event {
             type_: EventType::Warning,
@@ -853,7 +650,7 @@ async fn report_invalid_spec(
             warn!(%error, "could not publish event");
         }
     }
-    write_pipeline_status(p, ctx, &namespace, status).await?;
+    write_status(ctx, p, p.status.as_ref(), &status).await?;
     Ok(Action::requeue(INVALID_SPEC_RECHECK))
 }
 
@@ -868,23 +665,6 @@ mod tests {
         assert_eq!(backoff_delay(30, 1.0), Duration::from_secs(300));
         assert_eq!(backoff_delay(3, 0.0), Duration::from_secs(2));
         assert!(backoff_delay(0, 0.5) >= Duration::from_millis(500));
-    }
-
-    #[test]
-    fn events_name_the_transition() {
-        let entry = |from, to| HistoryEntry {
-            time: Timestamp::UNIX_EPOCH,
-            version: "v2".into(),
-            from,
-            to,
-            reason: String::new(),
-        };
-        assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Stable)).0, "Promoted");
-        assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Canary)).0, "CanaryStepPassed");
-        assert!(matches!(
-            transition_reason(&entry(VersionPhase::Canary, VersionPhase::RolledBack)).1,
-            EventType::Warning
-        ));
     }
 
     #[test]

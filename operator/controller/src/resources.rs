@@ -15,17 +15,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL};
-use reco_rollout::RoutingTable;
+use reco_contracts::names::object_name;
+use reco_contracts::routing::{ENDPOINTS_FILE, ROUTING_FILE, RoutingTable, VersionEndpoints};
 use serde::Serialize;
 
 /// Port of every service's HTTP endpoint (client API, `/metrics`, probes).
 pub const HTTP_PORT: i32 = 8080;
 /// Port of every service's gRPC endpoint.
 pub const GRPC_PORT: i32 = 50051;
-/// Key of the routing table in the routing ConfigMap.
-pub const ROUTING_KEY: &str = "routing.yaml";
-/// Key of the per-version service addresses in the routing ConfigMap.
-pub const ENDPOINTS_KEY: &str = "endpoints.yaml";
 /// Where gateways mount the routing ConfigMap; they hot-reload it.
 const ROUTING_MOUNT: &str = "/etc/reco/routing";
 /// Key of the token signing key in the token Secret.
@@ -80,20 +77,6 @@ impl Component {
             ..Default::default()
         }
     }
-}
-
-/// Kubernetes names are DNS labels (63 characters for Services): long
-/// pipeline and version names are cut and made unique with a hash suffix.
-pub fn object_name(parts: &[&str]) -> String {
-    const MAX: usize = 63;
-    let full = parts.join("-").to_lowercase();
-    if full.len() <= MAX {
-        return full;
-    }
-    let hash = xxhash_rust::xxh3::xxh3_64(full.as_bytes());
-    let suffix = format!("{:08x}", hash as u32);
-    let keep = &full[..MAX - suffix.len() - 1];
-    format!("{}-{suffix}", keep.trim_end_matches('-'))
 }
 
 /// Name of a per-version component's Deployment and Service.
@@ -283,8 +266,8 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
         format!("--pipeline={pipeline}"),
         format!("--http=0.0.0.0:{HTTP_PORT}"),
         format!("--grpc=0.0.0.0:{GRPC_PORT}"),
-        format!("--routing-file={ROUTING_MOUNT}/{ROUTING_KEY}"),
-        format!("--endpoints-file={ROUTING_MOUNT}/{ENDPOINTS_KEY}"),
+        format!("--routing-file={ROUTING_MOUNT}/{ROUTING_FILE}"),
+        format!("--endpoints-file={ROUTING_MOUNT}/{ENDPOINTS_FILE}"),
         format!("--token-key-file={TOKEN_MOUNT}/{TOKEN_KEY}"),
         format!("--features-url={}", service_url(p, &object_name(&[&pipeline, "features"]))),
         format!("--deadline-ms={}", spec.deadline_ms),
@@ -443,13 +426,6 @@ pub fn version_service(p: &RecommenderPipeline, version: &str, component: Compon
     service(p, version_object_name(&pipeline, component, version), component, Some(version))
 }
 
-/// Addresses of one version's retrieval and ranking services, for gateways.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct VersionEndpoints {
-    pub retrieval: String,
-    pub ranking: String,
-}
-
 /// The routing ConfigMap: the table gateways route by, and where each
 /// version's services are.
 pub fn routing_configmap(p: &RecommenderPipeline, routing: &RoutingTable, versions: &[&str]) -> ConfigMap {
@@ -464,8 +440,8 @@ pub fn routing_configmap(p: &RecommenderPipeline, routing: &RoutingTable, versio
     ConfigMap {
         metadata: metadata(p, routing_configmap_name(&pipeline), Component::Gateway, None),
         data: Some(BTreeMap::from([
-            (ROUTING_KEY.to_owned(), to_yaml(routing)),
-            (ENDPOINTS_KEY.to_owned(), to_yaml(&endpoints)),
+            (ROUTING_FILE.to_owned(), to_yaml(routing)),
+            (ENDPOINTS_FILE.to_owned(), to_yaml(&endpoints)),
         ])),
         ..Default::default()
     }
@@ -539,17 +515,6 @@ mod tests {
     }
 
     #[test]
-    fn long_names_are_cut_to_63_characters_and_stay_unique() {
-        assert_eq!(object_name(&["explore", "gateway"]), "explore-gateway");
-        let long = "a".repeat(60);
-        let (one, two) = (object_name(&[&long, "retrieval", "v1"]), object_name(&[&long, "retrieval", "v2"]));
-        assert!(one.len() <= 63 && two.len() <= 63);
-        assert_ne!(one, two);
-        assert!(one.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
-        assert_eq!(object_name(&["Explore", "Gateway"]), "explore-gateway");
-    }
-
-    #[test]
     fn selectors_match_the_pod_labels_and_pick_one_version() {
         let p = pipeline(serde_json::json!({}));
         let d = version_deployment(&p, &version("v2", None), Component::Retrieval);
@@ -619,14 +584,14 @@ mod tests {
         let table = RoutingTable {
             pipeline: "explore".into(),
             salt: "explore".into(),
-            versions: vec![reco_rollout::RoutedVersion { name: "v1".into(), weight: 100 }],
+            versions: vec![reco_contracts::RoutedVersion { name: "v1".into(), weight: 100 }],
             shadow: Some("v2".into()),
         };
         let data = routing_configmap(&p, &table, &["v1", "v2"]).data.unwrap();
-        let parsed: RoutingTable = serde_saphyr::from_str(&data[ROUTING_KEY]).unwrap();
+        let parsed: RoutingTable = serde_saphyr::from_str(&data[ROUTING_FILE]).unwrap();
         assert_eq!(parsed, table);
         let endpoints: BTreeMap<String, BTreeMap<String, String>> =
-            serde_saphyr::from_str(&data[ENDPOINTS_KEY]).unwrap();
+            serde_saphyr::from_str(&data[ENDPOINTS_FILE]).unwrap();
         assert_eq!(endpoints["v2"]["ranking"], "http://explore-ranking-v2.reco.svc:50051");
     }
 }

@@ -10,9 +10,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use reco_api::{MetricSourceKind, RecommenderPipeline};
+use reco_contracts::names::object_name;
 use reco_metric_source::{MetricSource, PrometheusSource, ScrapeSource, Url};
 
-use crate::resources::{HTTP_PORT, object_name};
+use crate::resources::HTTP_PORT;
 
 /// Gives each pipeline the source its spec asks for.
 pub trait MetricSources: Send + Sync {

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use reco_api::PipelinePhase;
 use reco_rollout::AnalysisVerdict;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,7 +62,8 @@ pub struct OperatorMetrics {
 }
 
 /// Phases of a pipeline, each a 0/1 series of `reco_operator_rollout_phase`.
-pub const PIPELINE_PHASES: [&str; 4] = ["Idle", "Shadow", "Canary", "Paused"];
+pub const PIPELINE_PHASES: [PipelinePhase; 4] =
+    [PipelinePhase::Idle, PipelinePhase::Shadow, PipelinePhase::Canary, PipelinePhase::Paused];
 
 impl OperatorMetrics {
     /// Creates the metrics and registers them under the `reco_operator` prefix.
@@ -105,11 +107,11 @@ impl OperatorMetrics {
             .observe(duration.as_secs_f64());
     }
 
-    pub fn pipeline_state(&self, namespace: &str, pipeline: &str, phase: &str, canary_weight: u8) {
+    pub fn pipeline_state(&self, namespace: &str, pipeline: &str, phase: Option<PipelinePhase>, canary_weight: u8) {
         for candidate in PIPELINE_PHASES {
             let labels =
-                PhaseLabels { namespace: namespace.into(), pipeline: pipeline.into(), phase: candidate.into() };
-            self.rollout_phase.get_or_create(&labels).set(i64::from(candidate == phase));
+                PhaseLabels { namespace: namespace.into(), pipeline: pipeline.into(), phase: format!("{candidate:?}") };
+            self.rollout_phase.get_or_create(&labels).set(i64::from(Some(candidate) == phase));
         }
         let labels = PipelineLabels { namespace: namespace.into(), pipeline: pipeline.into() };
         self.canary_weight.get_or_create(&labels).set(canary_weight.into());

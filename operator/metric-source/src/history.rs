@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use jiff::{SignedDuration, Timestamp};
-use reco_rollout::signals::{self, PIPELINE_LABEL, VERSION_LABEL};
+use reco_contracts::metrics::{self as signals, PIPELINE_LABEL, VERSION_LABEL};
 use reco_rollout::{SideMetrics, p99_from_histogram};
 
 use crate::SideSeries;

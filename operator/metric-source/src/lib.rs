@@ -11,7 +11,7 @@
 //!   history it needs (reset-aware like `increase()`); the embedded default
 //!   when no Prometheus is installed. See [`scrape`].
 //!
-//! Both read the series named in [`reco_rollout::signals`], filtered by the
+//! Both read the series named in [`reco_contracts::metrics`], filtered by the
 //! labels `pipeline` and `model_version`, and produce a
 //! [`WindowMetrics`]. A source that cannot read a window returns a
 //! [`SourceError`] (the caller reports the look as Inconclusive); it never
@@ -31,8 +31,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use jiff::Timestamp;
-use reco_rollout::WindowMetrics;
-use reco_rollout::signals;
+use reco_contracts::metrics as signals;
+use reco_rollout::engine::{self, RolloutState};
+use reco_rollout::{RolloutPolicy, VersionPhase, WindowMetrics};
 
 pub use error::{QueryFailure, ScrapeError, SourceError};
 pub use prometheus::PrometheusSource;
@@ -70,6 +71,21 @@ pub struct WindowQuery {
 }
 
 impl WindowQuery {
+    /// The window of the candidate's current step, from its start to `now`,
+    /// as the operator and the local runner both look at it; `None` without
+    /// a candidate or a stable to compare it with.
+    pub fn for_candidate(pipeline: &str, policy: &RolloutPolicy, state: &RolloutState, now: Timestamp) -> Option<Self> {
+        let candidate = state.candidate.as_ref()?;
+        Some(WindowQuery {
+            pipeline: pipeline.to_owned(),
+            stable: state.stable.clone()?,
+            candidate: candidate.version.clone(),
+            candidate_is_shadow: engine::candidate_phase(policy, candidate) == VersionPhase::Shadow,
+            start: candidate.step_started_at,
+            now: now.max(candidate.step_started_at),
+        })
+    }
+
     /// Rejects a window that ends before it starts: a caller bug that would
     /// otherwise turn into an odd PromQL range or a silent empty window.
     fn check(&self) -> Result<(), SourceError> {
@@ -134,18 +150,10 @@ impl<'a> SideSeries<'a> {
 /// reconcile loop.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Installs ring as rustls's process-wide crypto provider unless one is: reqwest and kube use rustls without one.
-pub fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another thread installing one is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
-
 /// Builds the HTTP client both sources use (installing the crypto provider, so that constructing a source never
 /// panics and https endpoints work too).
 fn http_client() -> Result<reqwest::Client, SourceError> {
-    install_crypto_provider();
+    reco_runtime::tls::install_crypto_provider();
     reqwest::Client::builder().build().map_err(|e| SourceError::Client(error::chain(&e)))
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use reco_rollout::signals::{PIPELINE_LABEL, VERSION_LABEL};
+use reco_contracts::metrics::{PIPELINE_LABEL, VERSION_LABEL};
 use serde::Deserialize;
 
 use crate::error::QueryFailure;

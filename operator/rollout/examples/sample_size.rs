@@ -152,6 +152,5 @@ fn fixed_sample_canary_impressions(stable_ctr: f64, canary_ctr: f64, canary_weig
 }
 
 fn quantile(sorted: &[u64], q: f64) -> u64 {
-    let index = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
-    sorted.get(index).copied().unwrap_or(0)
+    reco_runtime::stats::nearest_rank(sorted, q).unwrap_or(0)
 }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{self, AnalysisReport, AnalysisVerdict, CtrCounts, WindowMetrics};
 use crate::policy::{OnTimeout, RolloutPolicy, Step};
-use crate::routing::RoutingTable;
+use reco_contracts::routing::RoutingTable;
 
 mod offline_gate;
 #[cfg(test)]
@@ -144,7 +144,25 @@ pub struct HistoryEntry {
     pub version: String,
     pub from: VersionPhase,
     pub to: VersionPhase,
+    /// What decided it, for callers that count outcomes (never parse `reason`).
+    #[serde(default)]
+    pub cause: Cause,
     pub reason: String,
+}
+
+/// What decided a transition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Cause {
+    /// A step's analysis, or a shadow step's end.
+    Analysis,
+    /// A canary step's `max_duration` ran out undecided: `on_timeout` applied.
+    Timeout,
+    /// A promote or abort annotation.
+    Command,
+    /// The lifecycle around a rollout: a start, a first version, a
+    /// replaced stable, a deleted or broken version, the offline gate.
+    #[default]
+    Lifecycle,
 }
 
 /// The status of one version after a decision.
@@ -167,6 +185,18 @@ pub struct Decision {
     pub transitions: Vec<HistoryEntry>,
     /// When to look again.
     pub requeue_after: Duration,
+}
+
+impl Decision {
+    /// Percentage of users the candidate serves (0 when none, or in shadow).
+    pub fn canary_weight(&self) -> u8 {
+        let candidate = self.state.candidate.as_ref().map(|candidate| candidate.version.as_str());
+        self.routing
+            .versions
+            .iter()
+            .find(|routed| Some(routed.name.as_str()) == candidate)
+            .map_or(0, |routed| routed.weight)
+    }
 }
 
 /// Inputs of one decision besides the policy and the stored state.
@@ -227,7 +257,7 @@ impl Run<'_> {
             .collect();
         for name in aborted {
             let reason = "aborted by annotation before its rollout started".to_owned();
-            self.finish(&name, VersionPhase::Pending, VersionPhase::RolledBack, reason);
+            self.finish(&name, VersionPhase::Pending, VersionPhase::RolledBack, Cause::Command, reason);
         }
     }
 
@@ -239,17 +269,18 @@ impl Run<'_> {
         let name = candidate.version.clone();
         let phase = candidate_phase(self.policy, &candidate);
         let Some(info) = self.versions.get(name.as_str()).copied() else {
-            self.record(&name, phase, VersionPhase::RolledBack, "version deleted during its rollout".to_owned());
+            let reason = "version deleted during its rollout".to_owned();
+            self.record(&name, phase, VersionPhase::RolledBack, Cause::Lifecycle, reason);
             return;
         };
         if let Some(broken) = &info.broken {
-            self.finish(&name, phase, VersionPhase::Failed, format!("broken: {broken}"));
+            self.finish(&name, phase, VersionPhase::Failed, Cause::Lifecycle, format!("broken: {broken}"));
         } else if info.command == Some(Command::Abort) {
-            self.finish(&name, phase, VersionPhase::RolledBack, "aborted by annotation".to_owned());
+            self.finish(&name, phase, VersionPhase::RolledBack, Cause::Command, "aborted by annotation".to_owned());
         } else if info.command == Some(Command::Promote) {
-            self.promote(&name, phase, "promoted by annotation".to_owned());
+            self.promote(&name, phase, Cause::Command, "promoted by annotation".to_owned());
         } else if self.state.stable.is_none() {
-            self.promote(&name, phase, "no stable version to compare with".to_owned());
+            self.promote(&name, phase, Cause::Lifecycle, "no stable version to compare with".to_owned());
         } else {
             self.run_step(candidate, phase);
         }
@@ -259,7 +290,7 @@ impl Run<'_> {
     fn run_step(&mut self, mut candidate: CandidateState, phase: VersionPhase) {
         let Some(step) = self.policy.steps.get(candidate.step as usize) else {
             // The policy lost steps during the rollout: every remaining one passed.
-            self.promote(&candidate.version, phase, "every step of the policy passed".to_owned());
+            self.promote(&candidate.version, phase, Cause::Lifecycle, "every step of the policy passed".to_owned());
             return;
         };
         let analysis = self.obs.analysis;
@@ -277,10 +308,11 @@ impl Run<'_> {
                         &candidate.version,
                         phase,
                         VersionPhase::RolledBack,
+                        Cause::Analysis,
                         format!("{label} failed: {message}"),
                     );
                 } else if elapsed >= *duration {
-                    self.pass_step(candidate, phase, format!("{label} passed"));
+                    self.pass_step(candidate, phase, Cause::Analysis, format!("{label} passed"));
                 } else {
                     self.state.candidate = Some(candidate);
                 }
@@ -290,18 +322,26 @@ impl Run<'_> {
                 match verdict {
                     Some(AnalysisVerdict::Fail) => {
                         let reason = format!("{label} failed: {message}");
-                        self.finish(&candidate.version, phase, VersionPhase::RolledBack, reason);
+                        self.finish(&candidate.version, phase, VersionPhase::RolledBack, Cause::Analysis, reason);
                     }
                     Some(AnalysisVerdict::Pass) if impressions >= *min_impressions => {
-                        self.pass_step(candidate, phase, format!("{label} passed: {message}"));
+                        self.pass_step(candidate, phase, Cause::Analysis, format!("{label} passed: {message}"));
                     }
                     _ if elapsed >= *max_duration => {
                         let undecided = format!("{label} undecided after {}: {message}", human(*max_duration));
                         match self.policy.analysis.on_timeout {
                             OnTimeout::Rollback => {
-                                self.finish(&candidate.version, phase, VersionPhase::RolledBack, undecided);
+                                self.finish(
+                                    &candidate.version,
+                                    phase,
+                                    VersionPhase::RolledBack,
+                                    Cause::Timeout,
+                                    undecided,
+                                );
                             }
-                            OnTimeout::Proceed => self.pass_step(candidate, phase, format!("{undecided}; proceeding")),
+                            OnTimeout::Proceed => {
+                                self.pass_step(candidate, phase, Cause::Timeout, format!("{undecided}; proceeding"))
+                            }
                         }
                     }
                     _ => self.state.candidate = Some(candidate),
@@ -311,7 +351,7 @@ impl Run<'_> {
     }
 
     /// Moves the candidate to its next step, or promotes it after the last.
-    fn pass_step(&mut self, candidate: CandidateState, phase: VersionPhase, reason: String) {
+    fn pass_step(&mut self, candidate: CandidateState, phase: VersionPhase, cause: Cause, reason: String) {
         let CandidateState { version, step, last_analysis, mut completed_windows, .. } = candidate;
         if let (Some(Step::Canary { .. }), Some(report)) = (self.policy.steps.get(step as usize), &last_analysis) {
             completed_windows.push(CtrCounts::of_report(report));
@@ -319,11 +359,11 @@ impl Run<'_> {
         let next = step + 1;
         let Some(next_step) = self.policy.steps.get(next as usize) else {
             let steps = self.policy.steps.len();
-            self.promote(&version, phase, format!("{reason}; all {steps} steps passed"));
+            self.promote(&version, phase, cause, format!("{reason}; all {steps} steps passed"));
             return;
         };
         let reason = format!("{reason}; now {}", step_label(self.policy, next));
-        self.record(&version, phase, step_phase(next_step), reason);
+        self.record(&version, phase, step_phase(next_step), cause, reason);
         self.state.candidate = Some(CandidateState {
             version,
             step: next,
@@ -341,26 +381,27 @@ impl Run<'_> {
                 return;
             };
             let Some(stable) = self.state.stable.clone() else {
-                self.promote(&next.name, VersionPhase::Pending, "first version: nothing to compare with".to_owned());
+                let reason = "first version: nothing to compare with".to_owned();
+                self.promote(&next.name, VersionPhase::Pending, Cause::Lifecycle, reason);
                 continue;
             };
             if next.command == Some(Command::Promote) {
-                self.promote(&next.name, VersionPhase::Pending, "promoted by annotation".to_owned());
+                self.promote(&next.name, VersionPhase::Pending, Cause::Command, "promoted by annotation".to_owned());
                 continue;
             }
             if let Some(gate) = &self.policy.offline_gate {
                 let stable_info = self.versions.get(stable.as_str()).copied();
                 if let Err(reason) = offline_gate::check(gate, next, &stable, stable_info) {
-                    self.finish(&next.name, VersionPhase::Pending, VersionPhase::Failed, reason);
+                    self.finish(&next.name, VersionPhase::Pending, VersionPhase::Failed, Cause::Lifecycle, reason);
                     continue;
                 }
             }
             let Some(first) = self.policy.steps.first() else {
-                self.promote(&next.name, VersionPhase::Pending, "the policy has no steps".to_owned());
+                self.promote(&next.name, VersionPhase::Pending, Cause::Lifecycle, "the policy has no steps".to_owned());
                 continue;
             };
             let reason = format!("rollout started: {}", step_label(self.policy, 0));
-            self.record(&next.name, VersionPhase::Pending, step_phase(first), reason);
+            self.record(&next.name, VersionPhase::Pending, step_phase(first), Cause::Lifecycle, reason);
             self.state.candidate = Some(CandidateState {
                 version: next.name.clone(),
                 step: 0,
@@ -378,26 +419,27 @@ impl Run<'_> {
     }
 
     /// Makes `name` stable, retiring the previous stable version.
-    fn promote(&mut self, name: &str, from: VersionPhase, reason: String) {
+    fn promote(&mut self, name: &str, from: VersionPhase, cause: Cause, reason: String) {
         if let Some(previous) = self.state.stable.replace(name.to_owned())
             && previous != name
         {
             let retired = format!("replaced by {name}");
-            self.finish(&previous, VersionPhase::Stable, VersionPhase::Retired, retired);
+            self.finish(&previous, VersionPhase::Stable, VersionPhase::Retired, Cause::Lifecycle, retired);
         }
         self.state.finished.remove(name);
-        self.record(name, from, VersionPhase::Stable, reason);
+        self.record(name, from, VersionPhase::Stable, cause, reason);
     }
 
     /// Ends a version's rollout in a terminal phase.
-    fn finish(&mut self, name: &str, from: VersionPhase, to: VersionPhase, reason: String) {
+    fn finish(&mut self, name: &str, from: VersionPhase, to: VersionPhase, cause: Cause, reason: String) {
         let finished = FinishedVersion { phase: to, reason: reason.clone() };
         self.state.finished.insert(name.to_owned(), finished);
-        self.record(name, from, to, reason);
+        self.record(name, from, to, cause, reason);
     }
 
-    fn record(&mut self, version: &str, from: VersionPhase, to: VersionPhase, reason: String) {
-        self.transitions.push(HistoryEntry { time: self.obs.now, version: version.to_owned(), from, to, reason });
+    fn record(&mut self, version: &str, from: VersionPhase, to: VersionPhase, cause: Cause, reason: String) {
+        let time = self.obs.now;
+        self.transitions.push(HistoryEntry { time, version: version.to_owned(), from, to, cause, reason });
     }
 }
 
@@ -416,7 +458,7 @@ fn pending<'v>(state: &RolloutState, versions: &'v [VersionInfo]) -> impl Iterat
 }
 
 /// The phase a candidate shows: that of its step (`Canary` once past the last).
-fn candidate_phase(policy: &RolloutPolicy, candidate: &CandidateState) -> VersionPhase {
+pub fn candidate_phase(policy: &RolloutPolicy, candidate: &CandidateState) -> VersionPhase {
     policy.steps.get(candidate.step as usize).map_or(VersionPhase::Canary, step_phase)
 }
 
@@ -428,7 +470,7 @@ fn step_phase(step: &Step) -> VersionPhase {
 }
 
 /// "step 2/4 (canary 5%)", for reasons and events.
-fn step_label(policy: &RolloutPolicy, index: u32) -> String {
+pub fn step_label(policy: &RolloutPolicy, index: u32) -> String {
     let total = policy.steps.len();
     let what = match policy.steps.get(index as usize) {
         Some(Step::Shadow { duration }) => format!("shadow for {}", human(*duration)),

@@ -9,15 +9,13 @@
 pub mod analysis;
 pub mod engine;
 pub mod policy;
-pub mod routing;
-pub mod signals;
 
 pub use analysis::{
     AnalysisReport, AnalysisVerdict, CtrCounts, SideMetrics, WindowMetrics, analyse_canary, analyse_canary_steps,
     analyse_shadow, metrics_unavailable, p99_from_histogram,
 };
 pub use engine::{
-    CandidateState, Command, Decision, Observation, RolloutState, VersionInfo, VersionPhase, VersionStatus, decide,
+    CandidateState, Cause, Command, Decision, Observation, RolloutState, VersionInfo, VersionPhase, VersionStatus,
+    decide,
 };
 pub use policy::{AnalysisPolicy, OfflineGate, OnTimeout, RolloutPolicy, Step};
-pub use routing::{RoutedVersion, RoutingError, RoutingTable, route_for_user};

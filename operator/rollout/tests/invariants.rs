@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
+use reco_contracts::RoutingTable;
 use reco_rollout::analysis::{AnalysisReport, AnalysisVerdict};
 use reco_rollout::engine::{
     self, CandidateState, Command, Decision, Observation, RolloutState, VersionInfo, VersionPhase,
 };
 use reco_rollout::policy::{AnalysisPolicy, OfflineGate, OnTimeout, RolloutPolicy, Step};
-use reco_rollout::routing::RoutingTable;
 
 /// What changes between two calls of `decide`.
 #[derive(Clone, Debug)]

@@ -76,13 +76,9 @@ pub struct LoadReport {
     pub max_ms: f64,
 }
 
-/// The `q` quantile (0..=1) of sorted `values`, nearest rank.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// The `q` quantile (0..=1) of sorted `values` (nearest rank), NaN for none.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    reco_runtime::stats::nearest_rank(sorted, q).unwrap_or(f64::NAN)
 }
 
 #[derive(Default)]
@@ -256,19 +252,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.5), 50.0);
-        assert_eq!(quantile(&v, 0.99), 99.0);
-        assert_eq!(quantile(&v, 1.0), 100.0);
-        assert_eq!(quantile(&v[..1], 0.99), 1.0);
+    fn no_latencies_have_no_quantile() {
         assert!(quantile(&[], 0.5).is_nan());
+        assert_eq!(quantile(&[3.0], 0.99), 3.0);
     }
 
     #[tokio::test]
     async fn both_loops_measure_a_real_server_and_count_failures() {
         use axum::{Json, Router, routing::post};
-        reco_metric_source::install_crypto_provider();
+        reco_runtime::tls::install_crypto_provider();
         let app = Router::new().route(
             "/v1/recommend",
             post(|Json(body): Json<serde_json::Value>| async move {

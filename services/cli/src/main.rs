@@ -8,7 +8,6 @@
 mod catalog;
 mod demo;
 mod loadgen;
-mod logging;
 mod serve;
 mod standalone;
 mod train;
@@ -19,8 +18,8 @@ use clap::{Parser, Subcommand};
 #[command(name = "reco", version, about = "reco: recommendation platform for Kubernetes", propagate_version = true)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text, env = "RECO_LOG_FORMAT")]
-    log_format: logging::LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = reco_runtime::logging::LogFormat::Text, env = "RECO_LOG_FORMAT")]
+    log_format: reco_runtime::logging::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -64,8 +63,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    reco_metric_source::install_crypto_provider();
-    logging::init(cli.log_format);
+    reco_runtime::tls::install_crypto_provider();
+    reco_runtime::logging::init(cli.log_format);
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Tune(args) => train::tune(*args),

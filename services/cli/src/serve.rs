@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use prometheus_client::registry::Registry;
 use reco_model::artifacts::load_uri_blocking;
+use reco_runtime::shutdown::shutdown_on_signal;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Subcommand)]
@@ -24,42 +25,11 @@ pub enum Service {
     Ranking(Box<reco_ranking::RankingArgs>),
 }
 
-/// Cancelled on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-pub fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let trigger = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the process");
-                    let _ = ctrl_c.await;
-                    trigger.cancel();
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-        trigger.cancel();
-    });
-    token
-}
-
 /// Serves the admin endpoints of a non-gateway service on `addr` until `shutdown`.
 async fn serve_admin(addr: SocketAddr, registry: Arc<Registry>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --http {addr}"))?;
-    let router = reco_gateway::admin_router(registry, || true);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
-    Ok(())
+    reco_runtime::admin::serve_admin(addr, registry, || true, shutdown.cancelled_owned())
+        .await
+        .with_context(|| format!("serving --http {addr}"))
 }
 
 pub async fn run(service: Service) -> anyhow::Result<()> {

@@ -103,7 +103,7 @@ fn seed_material(data: &str) -> anyhow::Result<(Vec<reco_features::SeedUser>, Ve
 }
 
 pub async fn run(mut args: StandaloneArgs) -> anyhow::Result<()> {
-    let shutdown = crate::serve::shutdown_on_signal();
+    let shutdown = reco_runtime::shutdown::shutdown_on_signal();
     let versions = version_dirs(&args.models)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| args.models.join(".state"));
     let routing = args.models.join("routing.yaml");

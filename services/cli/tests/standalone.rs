@@ -42,7 +42,7 @@ fn catalogue() -> Vec<Item> {
 }
 
 fn start(models: &Path) -> Standalone {
-    reco_metric_source::install_crypto_provider();
+    reco_runtime::tls::install_crypto_provider();
     let (http, grpc) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_reco"))
         .args(["standalone", "--models"])

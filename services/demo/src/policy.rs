@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use reco_api::RecommenderPipelineSpec;
+use reco_operator::policy::{analysis_interval, rollout_policy};
 use reco_rollout::RolloutPolicy;
 
 /// The pipeline spec the demo runs, in the RecommenderPipeline YAML shape.
@@ -44,7 +45,7 @@ pub enum PolicyError {
     #[error("pipeline spec is not valid YAML for a RecommenderPipeline spec: {0}")]
     Parse(String),
     #[error("invalid rollout policy: {0}")]
-    Invalid(#[from] reco_api::InvalidSpec),
+    Invalid(#[from] reco_operator::policy::InvalidSpec),
 }
 
 /// A validated policy and how often the runner looks at the metrics.
@@ -60,7 +61,7 @@ pub struct DemoPolicy {
 /// reject.
 pub fn parse_policy(yaml: &str) -> Result<DemoPolicy, PolicyError> {
     let spec: RecommenderPipelineSpec = serde_saphyr::from_str(yaml).map_err(|e| PolicyError::Parse(e.to_string()))?;
-    Ok(DemoPolicy { policy: spec.rollout_policy()?, interval: spec.analysis_interval()? })
+    Ok(DemoPolicy { policy: rollout_policy(&spec)?, interval: analysis_interval(&spec)? })
 }
 
 /// The built-in demo policy ([`DEMO_PIPELINE_SPEC`]).

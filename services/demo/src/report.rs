@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use reco_rollout::{AnalysisVerdict, VersionPhase};
+use reco_rollout::{AnalysisVerdict, Cause, VersionPhase};
 use serde::{Deserialize, Serialize};
 
 use crate::sim::{SimStats, VersionCounts};
@@ -66,6 +66,8 @@ impl TimelineEntry {
 pub struct VersionOutcome {
     /// `promoted`, `rolled_back` or `failed`.
     pub outcome: String,
+    /// What decided it: the analysis, a step's timeout, ...
+    pub decided_by: Cause,
     pub reason: String,
     /// Seconds from the start of its rollout to the decision.
     pub wall_seconds: f64,

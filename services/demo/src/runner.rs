@@ -15,17 +15,17 @@
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
+use reco_contracts::RoutingTable;
 use reco_metric_source::{MetricSource, WindowQuery};
 use reco_rollout::{
-    AnalysisReport, CandidateState, Decision, Observation, RolloutState, RoutingTable, Step, VersionInfo, VersionPhase,
-    decide, metrics_unavailable,
+    AnalysisReport, CandidateState, Decision, Observation, RolloutState, VersionInfo, VersionPhase, decide,
+    metrics_unavailable,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::policy::DemoPolicy;
 
-/// Name of the routing table inside the models directory.
-pub const ROUTING_FILE: &str = "routing.yaml";
+pub use reco_contracts::routing::ROUTING_FILE;
 
 /// Why the runner could not load or save its files.
 #[derive(Debug, thiserror::Error)]
@@ -223,27 +223,7 @@ pub fn step(policy: &DemoPolicy, file: &RunnerFile, analysis: Option<&AnalysisRe
 
 /// The query for the candidate's current step, as the operator builds it. Pure.
 pub fn window_query(policy: &DemoPolicy, file: &RunnerFile, now: Timestamp) -> Option<WindowQuery> {
-    let candidate = file.rollout.candidate.as_ref()?;
-    let stable = file.rollout.stable.clone()?;
-    let step = policy.policy.steps.get(candidate.step as usize)?;
-    Some(WindowQuery {
-        pipeline: file.pipeline.clone(),
-        stable,
-        candidate: candidate.version.clone(),
-        candidate_is_shadow: matches!(step, Step::Shadow { .. }),
-        start: candidate.step_started_at,
-        now: now.max(candidate.step_started_at),
-    })
-}
-
-/// The candidate's serving weight in a decision (0 in shadow).
-pub fn candidate_weight(decision: &Decision) -> u8 {
-    decision
-        .state
-        .candidate
-        .as_ref()
-        .and_then(|c| decision.routing.versions.iter().find(|v| v.name == c.version))
-        .map_or(0, |v| v.weight)
+    WindowQuery::for_candidate(&file.pipeline, &policy.policy, &file.rollout, now)
 }
 
 /// The phase of `version` after a decision, if the engine knows it.
@@ -258,18 +238,9 @@ pub fn write_routing(models_dir: &Path, table: &RoutingTable) -> Result<(), Runn
     write_atomic(&models_dir.join(ROUTING_FILE), yaml.as_bytes())
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames
-/// it over `path`: readers see the old file or the new one, never a part.
+/// Saves `bytes` as `path`: readers see the old file or the new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunnerError> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))
+    reco_runtime::fs::save_atomic(path, bytes).map_err(io(path))
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use reco_contracts::metrics as signals;
 use reco_metric_source::{MetricSource, PrometheusSource, ScrapeSource};
-use reco_rollout::{Step, VersionPhase, signals};
+use reco_rollout::engine::step_label;
+use reco_rollout::{Cause, VersionPhase};
 use serde::{Deserialize, Serialize};
 
 use crate::models::{self, BETTER, BROKEN, ModelOptions, STABLE};
@@ -297,6 +299,12 @@ impl Demo {
                 let served = traffic.version(version);
                 let outcome = VersionOutcome {
                     outcome: outcome_name(phase).to_owned(),
+                    decided_by: tick
+                        .decision
+                        .transitions
+                        .iter()
+                        .rfind(|transition| transition.version == version && transition.to == phase)
+                        .map_or(Cause::Lifecycle, |transition| transition.cause),
                     reason: tick.decision.versions.get(version).map(|s| s.reason.clone()).unwrap_or_default(),
                     wall_seconds: begun.elapsed().as_secs_f64(),
                     impressions_to_decision: traffic.total().impressions.saturating_sub(traffic_before.impressions),
@@ -348,18 +356,7 @@ impl Demo {
         let policy = &self.opts.policy.policy;
         let phase = runner::phase_of(decision, version).unwrap_or(VersionPhase::Pending);
         let step = match decision.state.candidate.as_ref().filter(|c| c.version == version) {
-            Some(candidate) => {
-                let total = policy.steps.len();
-                match policy.steps.get(candidate.step as usize) {
-                    Some(Step::Shadow { duration }) => {
-                        format!("step {}/{total} (shadow {}s)", candidate.step + 1, duration.as_secs())
-                    }
-                    Some(Step::Canary { weight, .. }) => {
-                        format!("step {}/{total} (canary {weight}%)", candidate.step + 1)
-                    }
-                    None => format!("step {}/{total}", candidate.step + 1),
-                }
-            }
+            Some(candidate) => step_label(policy, candidate.step),
             None => "done".to_owned(),
         };
         let analysis = tick.analysis.as_ref();
@@ -368,7 +365,7 @@ impl Demo {
             version: version.to_owned(),
             phase,
             step,
-            weight: runner::candidate_weight(decision),
+            weight: decision.canary_weight(),
             stable: decision.state.stable.clone().unwrap_or_default(),
             stable_impressions: analysis.map_or(0, |a| a.stable_impressions),
             stable_clicks: analysis.map_or(0, |a| a.stable_clicks),
@@ -473,8 +470,8 @@ pub async fn run_demo(
 pub struct AaRun {
     pub run: usize,
     pub outcome: String,
-    /// `analysis` (the CTR test or a guardrail decided) or `timeout`.
-    pub decided_by: String,
+    /// `Analysis` (the CTR test or a guardrail decided) or `Timeout`.
+    pub decided_by: Cause,
     pub reason: String,
     pub wall_seconds: f64,
     pub impressions_to_decision: u64,
@@ -512,18 +509,18 @@ pub async fn run_aa(opts: DemoOptions, runs: usize) -> Result<AaReport, DemoErro
         demo.settle(WARMUP).await;
         let outcome = demo.roll_out(AA_COPY, &mut |_| Vec::new()).await?;
         let run_report = demo.finish().await?;
-        let decided_by = if outcome.reason.contains("undecided after") { "timeout" } else { "analysis" };
+        let decided_by = outcome.decided_by;
         match (outcome.outcome.as_str(), decided_by) {
             ("promoted", _) => report.promoted += 1,
-            (_, "timeout") => report.rolled_back_by_timeout += 1,
+            (_, Cause::Timeout) => report.rolled_back_by_timeout += 1,
             _ => report.rolled_back_by_analysis += 1,
         }
-        println!("==> A/A run {run}/{runs}: {} ({decided_by}) after {:.0} s", outcome.outcome, outcome.wall_seconds);
+        println!("==> A/A run {run}/{runs}: {} ({decided_by:?}) after {:.0} s", outcome.outcome, outcome.wall_seconds);
         report.requests.add(&run_report.requests);
         report.runs.push(AaRun {
             run,
             outcome: outcome.outcome,
-            decided_by: decided_by.to_owned(),
+            decided_by,
             reason: outcome.reason,
             wall_seconds: outcome.wall_seconds,
             impressions_to_decision: outcome.impressions_to_decision,

@@ -225,7 +225,7 @@ impl Drop for Simulator {
 
 /// Builds the reqwest client (the workspace's reqwest needs a rustls provider).
 pub fn http_client() -> Result<reqwest::Client, SimError> {
-    reco_metric_source::install_crypto_provider();
+    reco_runtime::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(256)

@@ -6,14 +6,13 @@
 //! log; the snapshot only saves replaying it for the online features.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use async_trait::async_trait;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tonic::async_trait;
 
 use crate::model::{FeatureEvent, Limits, UserState, apply_to_item, apply_to_user};
 use crate::store::{Counters, FeatureStore, StoreError};
@@ -157,25 +156,10 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, StoreError> {
 }
 
 fn write_snapshot(path: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
-    let io = |source| StoreError::SnapshotIo { path: path.to_owned(), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        serde_json::to_writer(&mut file, snapshot).map_err(std::io::Error::other)?;
-        file.flush()?;
-        file.get_ref().sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    reco_runtime::fs::save_atomic_with(path, |file| {
+        serde_json::to_writer(file, snapshot).map_err(std::io::Error::other)
+    })
+    .map_err(|source| StoreError::SnapshotIo { path: path.to_owned(), source })
 }
 
 #[async_trait]

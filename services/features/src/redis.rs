@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use async_trait::async_trait;
 use redis::aio::ConnectionManager;
+use tonic::async_trait;
 
 use crate::model::{Demographics, FeatureEvent, Limits, SessionEntry, UserState};
 use crate::store::{Counters, FeatureStore, StoreError};

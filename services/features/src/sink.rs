@@ -12,10 +12,10 @@ use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+use tonic::async_trait;
 
 use crate::model::EventKind;
 

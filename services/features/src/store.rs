@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use async_trait::async_trait;
+use tonic::async_trait;
 
 use crate::model::{FeatureEvent, Limits, SeedInteraction, SeedUser, UserState, seeded_users};
 

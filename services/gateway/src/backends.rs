@@ -6,11 +6,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use reco_contracts::routing::{Endpoints, VersionEndpoints};
 use reco_proto::events_server::Events;
 use reco_proto::features_server::Features;
 use reco_proto::ranking_server::Ranking;
 use reco_proto::retrieval_server::Retrieval;
-use serde::Deserialize;
 
 use crate::remote::{RemoteError, RemoteRanking, RemoteRetrieval, lazy_channel};
 
@@ -54,13 +54,6 @@ impl VersionBackends for StaticBackends {
     }
 }
 
-/// One entry of the endpoints file, as the operator's `routing_configmap` writes it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct VersionEndpoints {
-    pub retrieval: String,
-    pub ranking: String,
-}
-
 /// Why an endpoints file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointsError {
@@ -78,7 +71,7 @@ impl EndpointBackends {
     /// Parses `yaml`; versions whose URLs did not change keep `previous`'s channels (and their
     /// open connections).
     pub fn parse(yaml: &str, previous: Option<&EndpointBackends>) -> Result<Self, EndpointsError> {
-        let parsed: BTreeMap<String, VersionEndpoints> =
+        let parsed: Endpoints =
             serde_saphyr::from_str(yaml).map_err(|error| EndpointsError::Parse(error.to_string()))?;
         let mut versions = BTreeMap::new();
         for (version, endpoints) in parsed {

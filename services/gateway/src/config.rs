@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use reco_rollout::{RoutedVersion, RoutingError, RoutingTable};
+use reco_contracts::{RoutedVersion, RoutingError, RoutingTable};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::args::MAX_NAME_LEN;

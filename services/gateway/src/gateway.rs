@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
+use reco_contracts::route_for_user;
 use reco_core::rerank::{self, RerankError, RerankSettings};
 use reco_core::token::{Claims, TokenError, TokenSigner};
 use reco_proto::events_server::Events;
@@ -14,7 +15,6 @@ use reco_proto::features_server::Features;
 use reco_proto::{
     Context, Event, EventType, GetUserRequest, IngestRequest, RankRequest, RetrieveRequest, UserFeatures,
 };
-use reco_rollout::route_for_user;
 use tokio::sync::Semaphore;
 use tonic::{Code, Request, Status};
 

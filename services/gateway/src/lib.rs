@@ -2,7 +2,7 @@
 //!
 //! Clients call `POST /v1/recommend` and `POST /v1/events` (HTTP/JSON) or `reco.v1.Gateway`
 //! (gRPC). A recommend request is routed to a model version by the routing table
-//! ([`reco_rollout::route_for_user`]), served from a per-user cache or computed by
+//! ([`reco_contracts::route_for_user`]), served from a per-user cache or computed by
 //! features -> retrieval -> ranking -> [`reco_core::rerank`] under a deadline (fallback items
 //! and `degraded: true` when a stage fails or runs late), signed with a token
 //! ([`reco_core::token`]) that attributes later clicks to the version, and mirrored to the shadow
@@ -10,9 +10,8 @@
 //! `reco standalone`, [`remote`] adapters over gRPC in `reco serve gateway`.
 //!
 //! Entry points for the CLI: [`GatewayArgs`], [`Metrics::register`], [`Backends`] (with
-//! [`StaticBackends`] or [`remote_backends`]), [`serve`]; [`admin_router`] for the other services.
+//! [`StaticBackends`] or [`remote_backends`]), [`serve`].
 
-pub mod admin;
 pub mod api;
 pub mod args;
 pub mod backends;
@@ -25,7 +24,6 @@ pub mod metrics;
 pub mod remote;
 pub mod server;
 
-pub use admin::admin_router;
 pub use args::GatewayArgs;
 pub use backends::{Backends, EndpointBackends, StaticBackends, VersionBackend, VersionBackends, VersionSource};
 pub use error::GatewayError;

@@ -1,5 +1,5 @@
 //! The gateway's Prometheus metrics. The names and the `pipeline` / `model_version` labels of
-//! the series the operator's analysis reads come from [`reco_rollout::signals`], so the two
+//! the series the operator's analysis reads come from [`reco_contracts::metrics`], so the two
 //! sides cannot drift apart.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use reco_rollout::signals;
+use reco_contracts::metrics as signals;
 
 /// Labels of the per-version series (field names are the label names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -8,7 +8,6 @@ use reco_proto::gateway_server::GatewayServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::admin_router;
 use crate::args::GatewayArgs;
 use crate::backends::{Backends, VersionSource};
 use crate::config::Loader;
@@ -18,6 +17,7 @@ use crate::grpc::GrpcGateway;
 use crate::http::{api_router, with_json_fallbacks};
 use crate::metrics::Metrics;
 use crate::remote::{RemoteEvents, RemoteFeatures, lazy_channel};
+use reco_runtime::admin::admin_router;
 
 /// The backends of `reco serve gateway`: features and events over gRPC from --features-url
 /// (--events-url), versions from --endpoints-file.

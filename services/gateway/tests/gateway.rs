@@ -5,8 +5,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Behaviour, Options, PIPELINE, VersionPlan, item_id, routing, series, start, version_series};
+use reco_contracts::{RoutedVersion, RoutingTable, route_for_user};
 use reco_core::token::{Claims, TokenSigner};
-use reco_rollout::{RoutedVersion, RoutingTable, route_for_user};
 use serde_json::{Value, json};
 
 fn ids(body: &Value) -> Vec<String> {

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use reco_proto::VersionFlags;
 use reco_proto::ranking_server::RankingServer;
+use reco_runtime::flags::VersionFlags;
 
 use crate::scorer::ScorerSettings;
 use crate::service::RankingService;

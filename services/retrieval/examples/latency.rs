@@ -12,8 +12,7 @@ use reco_retrieval::{Metrics, RetrievalService, Settings};
 use reco_vector_store::{Backend, CollectionSpec, Distance, HnswParams, OpenMode};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
+    reco_runtime::stats::nearest_rank(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 #[tokio::main(flavor = "multi_thread")]

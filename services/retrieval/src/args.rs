@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use reco_model::artifacts::CandidateCounts;
-use reco_proto::VersionFlags;
+use reco_runtime::flags::VersionFlags;
 
 use crate::mix::{SOURCES, Source};
 

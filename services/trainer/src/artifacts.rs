@@ -24,18 +24,6 @@ pub struct MetricsFile {
     pub seed: u64,
 }
 
-/// Whether `name` is a valid Kubernetes object name (RFC 1123 subdomain).
-pub fn valid_k8s_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
-}
-
 /// The served model's offline metrics as they go into the manifest.
 pub fn offline_metrics(served: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     served
@@ -55,10 +43,8 @@ pub fn model_version(
     image: Option<&str>,
 ) -> Result<ModelVersion> {
     for (what, n) in [("version name", name), ("pipeline name", pipeline)] {
-        if !valid_k8s_name(n) {
-            return Err(TrainError::Options(format!(
-                "{what} {n:?} is not a valid Kubernetes name (lower-case letters, digits, '-' and '.')"
-            )));
+        if let Err(invalid) = reco_contracts::names::check_subdomain(n) {
+            return Err(TrainError::Options(format!("{what} is not a valid Kubernetes name: {invalid}")));
         }
     }
     let mut version = ModelVersion::new(
@@ -119,10 +105,11 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert!(valid_k8s_name("ml-100k-s1.v2"));
-        assert!(!valid_k8s_name("ML_100k"));
-        assert!(!valid_k8s_name("-a"));
         let m = BTreeMap::new();
-        assert!(model_version("Bad Name", None, "p", "u", &m, None).is_err());
+        assert!(model_version("ml-100k-s1.v2", None, "p", "u", &m, None).is_ok());
+        for bad in ["Bad Name", "ML_100k", "-a"] {
+            let error = model_version(bad, None, "p", "u", &m, None).unwrap_err().to_string();
+            assert!(error.contains("version name is not a valid Kubernetes name"), "{error}");
+        }
     }
 }

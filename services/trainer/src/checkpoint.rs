@@ -60,9 +60,8 @@ pub fn save(dir: &Path, epoch: usize, state: &impl Serialize, last: &VarStore, b
     best.save(dir.join(&saved.best))?;
     let text = serde_json::to_string_pretty(&saved)
         .map_err(|e| TrainError::Serialize { what: "checkpoint".into(), message: e.to_string() })?;
-    let (tmp, path) = (dir.join(format!("{STATE}.tmp")), dir.join(STATE));
-    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+    let path = dir.join(STATE);
+    reco_runtime::fs::save_atomic(&path, text.as_bytes()).map_err(|e| TrainError::io(&path, e))?;
     for entry in std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
         let name = entry.map_err(|e| TrainError::io(dir, e))?.file_name();
         let name = name.to_string_lossy();

@@ -154,11 +154,7 @@ impl Mixture {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx].as_secs_f64() * 1e3
+    reco_runtime::stats::nearest_rank(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 fn main() -> anyhow::Result<()> {

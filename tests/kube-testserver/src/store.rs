@@ -1036,12 +1036,7 @@ fn check_namespace(
 
 /// DNS-1123 subdomain rules, which most resource names follow.
 fn validate_name(name: &str) -> Result<(), ApiError> {
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if valid {
+    if reco_contracts::names::check_subdomain(name).is_ok() {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(

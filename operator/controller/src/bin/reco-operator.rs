@@ -2,18 +2,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
-use reco_operator::admin::{self, AdminState};
 use reco_operator::controller::{self, WatchScope};
 use reco_operator::sources::ClusterMetricSources;
 use reco_operator::telemetry::OperatorMetrics;
-use tokio::sync::watch;
+use reco_runtime::logging::{self, LogFormat};
 use tracing::{info, warn};
 
 /// Reconciles reco RecommenderPipelines and ModelVersions: deploys the
@@ -53,39 +52,29 @@ const LEASE_SECONDS: u64 = 15;
 /// The leader renews this long before its Lease would expire.
 const LEASE_GRACE_SECONDS: u64 = 5;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
-    reco_metric_source::install_crypto_provider();
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    logging::init(args.log_format);
+    reco_runtime::tls::install_crypto_provider();
+    let shutdown = reco_runtime::shutdown::shutdown_on_signal();
 
     let mut registry = Registry::default();
     let metrics = Arc::new(OperatorMetrics::register(&mut registry));
-    let admin_state = Arc::new(AdminState { registry, ready: false.into() });
-    let admin = tokio::spawn(admin::serve(args.metrics_addr, admin_state.clone(), stopped(stop_rx.clone())));
+    // Ready once the API client works.
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = tokio::spawn(reco_runtime::admin::serve_admin(
+        args.metrics_addr,
+        Arc::new(registry),
+        {
+            let ready = ready.clone();
+            move || ready.load(Ordering::Relaxed)
+        },
+        shutdown.clone().cancelled_owned(),
+    ));
 
     let client = Client::try_default().await.context("no Kubernetes configuration (kubeconfig or in-cluster)")?;
-    admin_state.ready.store(true, Ordering::Relaxed);
+    ready.store(true, Ordering::Relaxed);
     let scope = WatchScope { namespaces: args.watch_namespaces.into_iter().filter(|n| !n.is_empty()).collect() };
     let sources = Arc::new(ClusterMetricSources::new(client.clone()));
 
@@ -102,14 +91,13 @@ async fn main() -> anyhow::Result<()> {
             .context("creating the leader-election lease manager")?;
         let (mut leader, lease_task) = manager.watch().await;
         info!(lease = %args.lease_name, identity = %args.identity, "waiting for leadership");
-        let mut stop = stop_rx.clone();
         tokio::select! {
             _ = leader.wait_for(|is_leader| *is_leader) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
         }
         info!("leading");
         let lost_or_stopped = {
-            let stop = stopped(stop_rx.clone());
+            let stop = shutdown.clone().cancelled_owned();
             async move {
                 tokio::select! {
                     _ = leader.wait_for(|is_leader| !*is_leader) => warn!("lost leadership; stopping"),
@@ -122,23 +110,8 @@ async fn main() -> anyhow::Result<()> {
         // releases the Lease so that a standby replica takes over at once.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await;
     } else {
-        controller::run(client, scope, &args.identity, metrics, sources, stopped(stop_rx.clone())).await;
+        controller::run(client, scope, &args.identity, metrics, sources, shutdown.cancelled_owned()).await;
     }
     admin.abort();
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use reco_api::ModelVersion;
-use reco_rollout::{RoutingTable, VersionPhase};
+use reco_api::{PipelinePhase, VersionPhase};
+use reco_contracts::RoutingTable;
 use serde_json::json;
 
 use super::{Operator, Scenario, fast_pipeline, model_version};
@@ -41,7 +42,7 @@ pub async fn a_pipeline_creates_its_objects_and_status(s: &Scenario) {
         .await;
     let ready_condition = ready.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
     assert_eq!((ready_condition.status.as_str(), ready_condition.reason.as_str()), ("False", "NoStableVersion"));
-    assert_eq!(ready.phase.as_deref(), Some("Idle"));
+    assert_eq!(ready.phase, Some(PipelinePhase::Idle));
 
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
     let gateway = s.eventually("gateway deployment", || async { deployments.get("explore-gateway").await.ok() }).await;
@@ -105,10 +106,9 @@ pub async fn a_better_version_is_promoted_through_every_step(s: &Scenario) {
     assert_eq!(routing.versions.iter().map(|v| (v.name.as_str(), v.weight)).collect::<Vec<_>>(), [("v2", 100)]);
     let p = s.pipelines().get("explore").await.unwrap();
     let status = p.status.unwrap();
-    assert_eq!(status.rollout.stable.as_deref(), Some("v2"));
-    assert!(status.rollout.candidate.is_none());
-    let history: Vec<(String, VersionPhase)> =
-        status.rollout.history.iter().map(|h| (h.version.clone(), h.to)).collect();
+    assert_eq!(status.stable_version.as_deref(), Some("v2"));
+    assert!(status.candidate.is_none());
+    let history: Vec<(String, VersionPhase)> = status.history.iter().map(|h| (h.version.clone(), h.to)).collect();
     assert!(history.contains(&("v2".into(), VersionPhase::Stable)), "{history:?}");
     // Every canary weight was served before promotion, in increasing order.
     assert_eq!(s.routing_log.canary_weights("v2"), [10, 50]);
@@ -158,17 +158,17 @@ pub async fn an_operator_restart_mid_canary_resumes_where_it_was(s: &Scenario) {
     s.wait_for_phase("v2", VersionPhase::Canary).await;
     operator.stop().await;
 
-    let before = s.pipelines().get("explore").await.unwrap().status.unwrap().rollout;
+    let before = s.pipelines().get("explore").await.unwrap().status.unwrap();
     let candidate = before.candidate.clone().expect("a canary in flight");
     let _operator = Operator::start(s).await;
     // The new operator continues the stored step: same version, same or later step, same step start.
     let resumed = s
         .eventually("the restarted operator writes status", || async {
             let status = s.pipelines().get("explore").await.ok()?.status?;
-            (status.rollout != before).then_some(status.rollout)
+            ((&status.candidate, &status.history) != (&before.candidate, &before.history)).then_some(status.candidate)
         })
         .await;
-    if let Some(c) = &resumed.candidate {
+    if let Some(c) = &resumed {
         assert_eq!(c.version, candidate.version);
         assert!(c.step >= candidate.step);
         if c.step == candidate.step {
@@ -257,7 +257,7 @@ pub async fn a_paused_pipeline_does_not_advance(s: &Scenario) {
     let p = s
         .eventually("paused status", || async {
             let status = s.pipelines().get("explore").await.ok()?.status?;
-            (status.phase.as_deref() == Some("Paused")).then_some(status)
+            (status.phase == Some(PipelinePhase::Paused)).then_some(status)
         })
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -292,7 +292,7 @@ pub async fn missing_metrics_hold_the_weight_and_never_promote(s: &Scenario) {
         .eventually("an Inconclusive look", || async {
             let status = s.pipelines().get("explore").await.ok()?.status?;
             let analysis = status.last_analysis?;
-            (analysis.verdict == reco_rollout::AnalysisVerdict::Inconclusive).then_some(analysis)
+            (analysis.verdict == reco_api::status::Verdict::Inconclusive).then_some(analysis)
         })
         .await;
     assert!(inconclusive.message.contains("gateway unreachable"), "{}", inconclusive.message);

@@ -38,7 +38,7 @@ fn free_port() -> u16 {
 
 /// A reqwest client; the workspace's reqwest needs a rustls provider.
 pub fn http_client() -> reqwest::Client {
-    reco_metric_source::install_crypto_provider();
+    reco_runtime::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

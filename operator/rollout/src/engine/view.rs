@@ -9,7 +9,7 @@ use super::{
     VersionStatus, candidate_phase, elapsed_since, pending, step_label,
 };
 use crate::policy::{RolloutPolicy, Step};
-use crate::routing::{RoutedVersion, RoutingTable};
+use reco_contracts::routing::{RoutedVersion, RoutingTable};
 
 /// Never requeue sooner than this, even when a timer is due.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);

@@ -86,7 +86,7 @@ async fn rolls_a_better_version_through_every_step_and_writes_routing() {
     assert_eq!(phase_of(&tick.decision, "v2"), Some(VersionPhase::Shadow));
     let tick = runner.tick(&source, None, at(14)).await.unwrap();
     assert_eq!(phase_of(&tick.decision, "v2"), Some(VersionPhase::Canary));
-    assert_eq!(candidate_weight(&tick.decision), 10);
+    assert_eq!(tick.decision.canary_weight(), 10);
 
     let mut weights = vec![10];
     source.set(Some(better()));
@@ -96,13 +96,13 @@ async fn rolls_a_better_version_through_every_step_and_writes_routing() {
         if tick.decision.state.stable.as_deref() == Some("v2") {
             break;
         }
-        weights.push(candidate_weight(&tick.decision));
-        assert_eq!(routing_on_disk(dir.path()).versions[0].weight, candidate_weight(&tick.decision));
+        weights.push(tick.decision.canary_weight());
+        assert_eq!(routing_on_disk(dir.path()).versions[0].weight, tick.decision.canary_weight());
     }
     assert_eq!(weights, [10, 25, 50]);
     assert_eq!(runner.file().rollout.stable.as_deref(), Some("v2"));
     let table = routing_on_disk(dir.path());
-    assert_eq!(table.versions, vec![reco_rollout::RoutedVersion { name: "v2".into(), weight: 100 }]);
+    assert_eq!(table.versions, vec![reco_contracts::RoutedVersion { name: "v2".into(), weight: 100 }]);
     assert_eq!(table.shadow, None);
 }
 
@@ -123,7 +123,7 @@ async fn a_worse_canary_is_rolled_back_with_the_reason() {
     assert!(reason.contains("canary CTR is lower than stable's"), "{reason}");
     assert_eq!(
         routing_on_disk(dir.path()).versions,
-        vec![reco_rollout::RoutedVersion { name: "v1".into(), weight: 100 }]
+        vec![reco_contracts::RoutedVersion { name: "v1".into(), weight: 100 }]
     );
 }
 
@@ -137,7 +137,7 @@ async fn missing_metrics_hold_the_weight_and_never_promote() {
     runner.add_version("v2", at(1)).unwrap();
     runner.tick(&source, None, at(1)).await.unwrap();
     let tick = runner.tick(&source, None, at(12)).await.unwrap();
-    assert_eq!(candidate_weight(&tick.decision), 10);
+    assert_eq!(tick.decision.canary_weight(), 10);
 
     // The source fails, then the gateway is reported down: Inconclusive, held.
     source.set(None);
@@ -147,13 +147,13 @@ async fn missing_metrics_hold_the_weight_and_never_promote() {
         assert_eq!(analysis.verdict, AnalysisVerdict::Inconclusive);
         assert!(analysis.message.starts_with("metrics unavailable"), "{}", analysis.message);
         assert!(tick.decision.transitions.is_empty());
-        assert_eq!(candidate_weight(&tick.decision), 10);
+        assert_eq!(tick.decision.canary_weight(), 10);
         assert!(!tick.routing_changed);
     }
     // Back: the next look passes the step.
     source.set(Some(better()));
     let tick = runner.tick(&source, None, at(62)).await.unwrap();
-    assert_eq!(candidate_weight(&tick.decision), 25);
+    assert_eq!(tick.decision.canary_weight(), 25);
 
     // Missing past the step's maximum duration: rolled back, not promoted.
     source.set(None);
@@ -185,7 +185,7 @@ async fn a_restarted_runner_resumes_from_its_state_file() {
     assert!(!query.candidate_is_shadow);
     source.set(Some(better()));
     let tick = resumed.tick(&source, None, at(20)).await.unwrap();
-    assert_eq!(candidate_weight(&tick.decision), 25);
+    assert_eq!(tick.decision.canary_weight(), 25);
 }
 
 #[test]
@@ -205,15 +205,4 @@ fn bad_state_files_are_named() {
     runner.add_version("v1", at(0)).unwrap();
     let error = LocalRunner::open(other).unwrap_err();
     assert!(matches!(error, RunnerError::OtherPipeline { .. }), "{error}");
-}
-
-#[test]
-fn atomic_writes_replace_whole_files_and_leave_no_temporaries() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested").join("routing.yaml");
-    write_atomic(&path, b"first").unwrap();
-    write_atomic(&path, b"second").unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), b"second");
-    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("routing.yaml")]);
 }

@@ -237,7 +237,7 @@ impl Drop for TestGateway {
 }
 
 pub fn http_client() -> reqwest::Client {
-    reco_metric_source::install_crypto_provider();
+    reco_runtime::tls::install_crypto_provider();
     reqwest::Client::builder().no_proxy().build().expect("client")
 }
 

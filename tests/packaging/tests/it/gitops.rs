@@ -40,12 +40,18 @@ fn argo_cd_health_follows_the_operator_status() {
     let scripts = health_scripts();
     let ready = condition("Ready", "True", "Applied", "all components serve");
     let not_degraded = condition("Degraded", "False", "AsExpected", "");
-    let idle = json!({"stable": "explore-v1", "finished": {}, "history": []});
-    let canary = json!({"stable": "explore-v1", "finished": {}, "history": [],
-                        "candidate": {"version": "explore-v2", "step": 2, "stepStartedAt": "2026-11-24T12:00:00Z", "completedWindows": []}});
-    let shadow = json!({"stable": "explore-v1", "finished": {}, "history": [],
-                        "candidate": {"version": "explore-v2", "step": 0, "stepStartedAt": "2026-11-24T12:00:00Z", "completedWindows": []}});
-    let status = |phase: &str, weight: u8, rollout: &Value, conditions: Value| json!({"observedGeneration": 3, "phase": phase, "canaryWeight": weight, "rollout": rollout, "conditions": conditions});
+    let idle = json!({"stableVersion": "explore-v1"});
+    let canary = json!({"stableVersion": "explore-v1",
+                        "candidate": {"version": "explore-v2", "phase": "Canary", "step": 3, "steps": 4, "stepStartedAt": "2026-11-24T12:00:00Z"}});
+    let shadow = json!({"stableVersion": "explore-v1",
+                        "candidate": {"version": "explore-v2", "phase": "Shadow", "step": 1, "steps": 4, "stepStartedAt": "2026-11-24T12:00:00Z"}});
+    // The common fields, plus the stable version and candidate of `versions`.
+    let status = |phase: &str, weight: u8, versions: &Value, conditions: Value| {
+        let mut status =
+            json!({"observedGeneration": 3, "phase": phase, "canaryWeight": weight, "conditions": conditions});
+        status.as_object_mut().unwrap().extend(versions.as_object().unwrap().clone());
+        status
+    };
     let cases: Vec<(&str, Value, &str, &str)> = vec![
         ("new pipeline, no status yet", pipeline(Value::Null), "Progressing", "Waiting for reco-operator"),
         (
@@ -56,7 +62,7 @@ fn argo_cd_health_follows_the_operator_status() {
         ),
         (
             "ready before any model version",
-            pipeline(status("Idle", 0, &json!({"finished": {}, "history": []}), json!([ready]))),
+            pipeline(status("Idle", 0, &json!({}), json!([ready]))),
             "Healthy",
             "no ModelVersion promoted yet",
         ),
@@ -92,7 +98,7 @@ fn argo_cd_health_follows_the_operator_status() {
         (
             "status of an older generation",
             pipeline(
-                json!({"observedGeneration": 2, "phase": "Idle", "canaryWeight": 0, "rollout": idle, "conditions": [ready]}),
+                json!({"observedGeneration": 2, "phase": "Idle", "canaryWeight": 0, "stableVersion": "explore-v1", "conditions": [ready]}),
             ),
             "Progressing",
             "observe generation 3",

@@ -1,5 +1,8 @@
-//! `/metrics`, `/healthz` and `/readyz`, reusable by every reco service.
+//! `/metrics`, `/healthz` and `/readyz`, the same on every reco process
+//! (the gateway merges them into its client API; the other services and the
+//! operator serve them alone).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,6 +30,17 @@ pub fn admin_router(registry: Arc<Registry>, ready: impl Fn() -> bool + Clone + 
                 }
             }),
         )
+}
+
+/// Serves [`admin_router`] alone on `addr` until `shutdown` resolves.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, admin_router(registry, ready)).with_graceful_shutdown(shutdown).await
 }
 
 async fn metrics(registry: Arc<Registry>) -> impl IntoResponse {

@@ -1,5 +1,5 @@
-//! Conversion of the Kubernetes-shaped rollout spec into the engine's
-//! policy. It re-checks every rule of the schema, because a spec can reach
+//! Conversion of a pipeline's Kubernetes-shaped rollout spec into the
+//! engine's policy. It re-checks every rule of the schema, because a spec can reach
 //! the operator without it (an older CRD, a cluster without CEL), and names
 //! the offending field so users can fix it.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reco_rollout::{AnalysisPolicy, OfflineGate, OnTimeout, RolloutPolicy, Step};
 
-use crate::pipeline::{AnalysisSpec, MetricSourceKind, RecommenderPipelineSpec, RolloutStepSpec, TimeoutAction};
+use reco_api::{AnalysisSpec, MetricSourceKind, RecommenderPipelineSpec, RolloutStepSpec, TimeoutAction};
 
 /// A spec the operator cannot act on, with the field at fault.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -45,57 +45,54 @@ fn open_unit_interval(field: &str, value: f64) -> Result<f64, InvalidSpec> {
     }
 }
 
-impl RecommenderPipelineSpec {
-    /// The rollout policy the engine runs, or the first field that is invalid.
-    pub fn rollout_policy(&self) -> Result<RolloutPolicy, InvalidSpec> {
-        let spec = &self.rollout;
-        if spec.steps.is_empty() {
-            return Err(invalid("spec.rollout.steps", "needs at least one step"));
-        }
-        let mut steps = Vec::with_capacity(spec.steps.len());
-        let mut last_weight = 0u8;
-        for (i, step) in spec.steps.iter().enumerate() {
-            let field = format!("spec.rollout.steps[{i}]");
-            let step = convert_step(&field, step)?;
-            if matches!(step, Step::Shadow { .. }) && last_weight > 0 {
-                // Weights only grow within a rollout: no mirroring after users were served.
-                return Err(invalid(format!("{field}.shadow"), "shadow steps must come before canary steps"));
-            }
-            if let Step::Canary { weight, .. } = step {
-                if weight <= last_weight {
-                    return Err(invalid(
-                        format!("{field}.canary.weight"),
-                        format!("canary weights must be strictly increasing ({weight} follows {last_weight})"),
-                    ));
-                }
-                last_weight = weight;
-            }
-            steps.push(step);
-        }
-        let offline_gate = match &spec.offline_gate {
-            None => None,
-            Some(gate) => {
-                if gate.metric.is_empty() {
-                    return Err(invalid("spec.rollout.offlineGate.metric", "must name an offline metric"));
-                }
-                if !(0.0..1.0).contains(&gate.max_regression) {
-                    return Err(invalid(
-                        "spec.rollout.offlineGate.maxRegression",
-                        format!("{} must be in [0, 1)", gate.max_regression),
-                    ));
-                }
-                Some(OfflineGate { metric: gate.metric.clone(), max_regression: gate.max_regression })
-            }
-        };
-        Ok(RolloutPolicy { steps, analysis: convert_analysis(&spec.analysis)?, offline_gate })
+/// The rollout policy the engine runs, or the first field that is invalid.
+pub fn rollout_policy(pipeline: &RecommenderPipelineSpec) -> Result<RolloutPolicy, InvalidSpec> {
+    let spec = &pipeline.rollout;
+    if spec.steps.is_empty() {
+        return Err(invalid("spec.rollout.steps", "needs at least one step"));
     }
-
-    /// How often the analysis reads metrics.
-    pub fn analysis_interval(&self) -> Result<Duration, InvalidSpec> {
-        parse_duration("spec.rollout.analysis.interval", &self.rollout.analysis.interval)
+    let mut steps = Vec::with_capacity(spec.steps.len());
+    let mut last_weight = 0u8;
+    for (i, step) in spec.steps.iter().enumerate() {
+        let field = format!("spec.rollout.steps[{i}]");
+        let step = convert_step(&field, step)?;
+        if matches!(step, Step::Shadow { .. }) && last_weight > 0 {
+            // Weights only grow within a rollout: no mirroring after users were served.
+            return Err(invalid(format!("{field}.shadow"), "shadow steps must come before canary steps"));
+        }
+        if let Step::Canary { weight, .. } = step {
+            if weight <= last_weight {
+                return Err(invalid(
+                    format!("{field}.canary.weight"),
+                    format!("canary weights must be strictly increasing ({weight} follows {last_weight})"),
+                ));
+            }
+            last_weight = weight;
+        }
+        steps.push(step);
     }
+    let offline_gate = match &spec.offline_gate {
+        None => None,
+        Some(gate) => {
+            if gate.metric.is_empty() {
+                return Err(invalid("spec.rollout.offlineGate.metric", "must name an offline metric"));
+            }
+            if !(0.0..1.0).contains(&gate.max_regression) {
+                return Err(invalid(
+                    "spec.rollout.offlineGate.maxRegression",
+                    format!("{} must be in [0, 1)", gate.max_regression),
+                ));
+            }
+            Some(OfflineGate { metric: gate.metric.clone(), max_regression: gate.max_regression })
+        }
+    };
+    Ok(RolloutPolicy { steps, analysis: convert_analysis(&spec.analysis)?, offline_gate })
 }
 
+/// How often the analysis reads metrics.
+pub fn analysis_interval(pipeline: &RecommenderPipelineSpec) -> Result<Duration, InvalidSpec> {
+    parse_duration("spec.rollout.analysis.interval", &pipeline.rollout.analysis.interval)
+}
 fn convert_step(field: &str, step: &RolloutStepSpec) -> Result<Step, InvalidSpec> {
     match (&step.shadow, &step.canary) {
         (Some(shadow), None) => {
@@ -147,7 +144,7 @@ fn convert_analysis(spec: &AnalysisSpec) -> Result<AnalysisPolicy, InvalidSpec> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{CanaryStepSpec, OfflineGateSpec, ShadowStepSpec};
+    use reco_api::{CanaryStepSpec, OfflineGateSpec, ShadowStepSpec};
 
     fn canary(weight: u8) -> RolloutStepSpec {
         RolloutStepSpec {
@@ -165,7 +162,7 @@ mod tests {
     #[test]
     fn default_spec_converts_to_shadow_then_increasing_canaries() {
         let spec: RecommenderPipelineSpec = serde_json::from_value(serde_json::json!({})).unwrap();
-        let policy = spec.rollout_policy().unwrap();
+        let policy = rollout_policy(&spec).unwrap();
         assert!(matches!(policy.steps[0], Step::Shadow { duration } if duration == Duration::from_secs(600)));
         assert_eq!(policy.canary_weights(), [10, 25, 50]);
         assert_eq!(policy.analysis.on_timeout, OnTimeout::Rollback);
@@ -174,7 +171,7 @@ mod tests {
     #[test]
     fn default_spec_is_the_policy_checked_by_simulation() {
         let spec: RecommenderPipelineSpec = serde_json::from_value(serde_json::json!({})).unwrap();
-        assert_eq!(spec.rollout_policy().unwrap(), RolloutPolicy::recommended());
+        assert_eq!(rollout_policy(&spec).unwrap(), RolloutPolicy::recommended());
     }
 
     #[test]
@@ -204,7 +201,7 @@ mod tests {
             (spec_with_steps(vec![bad_duration]), "spec.rollout.steps[0].canary.maxDuration"),
         ];
         for (spec, field) in cases {
-            let err = spec.rollout_policy().unwrap_err();
+            let err = rollout_policy(&spec).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
     }
@@ -234,7 +231,7 @@ mod tests {
         spec.rollout.offline_gate = Some(OfflineGateSpec { metric: String::new(), max_regression: 0.0 });
         cases.push((spec, "spec.rollout.offlineGate.metric".into()));
         for (spec, field) in cases {
-            assert_eq!(spec.rollout_policy().unwrap_err().field, field);
+            assert_eq!(rollout_policy(&spec).unwrap_err().field, field);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The routing table that gateways hot-reload (the operator's routing
-//! ConfigMap, the local runner's `routing.yaml`) and the consistent
-//! assignment of users to versions.
+//! ConfigMap, the local runner's `routing.yaml`), the endpoints file that
+//! says where each version's services are, and the consistent assignment of
+//! users to versions.
 //!
 //! A user's bucket is `xxh3_64_with_seed(user_id, seed) % 10_000` with
 //! `seed = xxh3_64(salt)`. Versions take consecutive bucket ranges in table
@@ -8,11 +9,16 @@
 //! candidate first, so it owns `[0, weight × 100)` and a user on the canary
 //! stays on it as its weight grows.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// File (and ConfigMap key) of the routing table.
+pub const ROUTING_FILE: &str = "routing.yaml";
+/// File (and ConfigMap key) of the endpoints: [`Endpoints`].
+pub const ENDPOINTS_FILE: &str = "endpoints.yaml";
 
 /// Number of hash buckets users are spread over (a 0.01% resolution).
 pub const BUCKETS: u64 = 10_000;
@@ -72,6 +78,16 @@ impl RoutingTable {
         Ok(())
     }
 }
+
+/// Addresses of one version's retrieval and ranking gRPC services.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VersionEndpoints {
+    pub retrieval: String,
+    pub ranking: String,
+}
+
+/// The endpoints file: version name to its services.
+pub type Endpoints = BTreeMap<String, VersionEndpoints>;
 
 /// The version that serves `user_id`; `None` only for a table whose weights
 /// sum to less than 100 (one that fails [`RoutingTable::validate`]).

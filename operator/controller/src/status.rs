@@ -1,0 +1,469 @@
+//! Pure derivation of what the controller writes: the engine's state read
+//! back from a pipeline's status, and the pipeline's and its versions'
+//! desired statuses after a decision. No API calls here: the controller
+//! applies what these functions return.
+
+use crate::policy::InvalidSpec;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use reco_api::status::{
+    AnalysisStatus, DecidedBy, EndedVersion, HISTORY_LIMIT, RolloutStatus, StepEvidence, Transition, Verdict,
+};
+use reco_api::{
+    ConditionType, ModelVersion, ModelVersionStatus, PipelinePhase, RecommenderPipelineStatus, set_condition,
+};
+use reco_rollout::engine::{self, CandidateState, Cause, FinishedVersion, HistoryEntry, RolloutState};
+use reco_rollout::{AnalysisReport, AnalysisVerdict, CtrCounts, Decision, RolloutPolicy, VersionInfo, VersionPhase};
+
+/// A look at the metrics: the report and when it was made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Look {
+    pub report: AnalysisReport,
+    pub time: Timestamp,
+}
+
+/// The engine's state stored in `status`. The candidate's analysis is the
+/// status's last one when it judged the candidate's current step.
+pub fn engine_state(status: &RecommenderPipelineStatus) -> RolloutState {
+    let candidate = status.candidate.as_ref().map(|rollout| {
+        let step = rollout.step.saturating_sub(1);
+        let last_analysis = status
+            .last_analysis
+            .as_ref()
+            .filter(|analysis| analysis.version == rollout.version && analysis.step == rollout.step)
+            .map(report_of);
+        CandidateState {
+            version: rollout.version.clone(),
+            step,
+            step_started_at: rollout.step_started_at.0,
+            last_analysis,
+            completed_windows: rollout.passed_canary_steps.iter().map(counts_of).collect(),
+        }
+    });
+    RolloutState {
+        stable: status.stable_version.clone(),
+        candidate,
+        finished: status
+            .ended_versions
+            .iter()
+            .map(|ended| {
+                let finished = FinishedVersion { phase: engine_phase(ended.phase), reason: ended.reason.clone() };
+                (ended.version.clone(), finished)
+            })
+            .collect(),
+        history: status.history.iter().map(history_entry).collect(),
+    }
+}
+
+/// When the current step's metrics are next due: after `interval` since the
+/// step started and since the last look.
+pub fn analysis_due(
+    state: &RolloutState,
+    last_look: Option<Timestamp>,
+    interval: std::time::Duration,
+    now: Timestamp,
+) -> bool {
+    let Some(candidate) = &state.candidate else { return false };
+    let since = |t: Timestamp| now.duration_since(t).unsigned_abs();
+    since(candidate.step_started_at) >= interval && last_look.is_none_or(|t| since(t) >= interval)
+}
+
+/// The pipeline's status after `decision`: the engine's state in the API's
+/// shape, the phase, the canary's weight, the latest look and the conditions.
+pub fn pipeline_status(
+    previous: &RecommenderPipelineStatus,
+    generation: Option<i64>,
+    policy: &RolloutPolicy,
+    paused: bool,
+    decision: &Decision,
+    look: Option<&Look>,
+    versions: &[VersionInfo],
+    now: Timestamp,
+) -> RecommenderPipelineStatus {
+    let state = &decision.state;
+    let last_analysis = match (look, &previous.candidate) {
+        (Some(look), Some(rollout)) => Some(analysis_status(look, &rollout.version, rollout.step)),
+        _ => previous.last_analysis.clone(),
+    };
+    let mut status = RecommenderPipelineStatus {
+        observed_generation: generation,
+        phase: Some(pipeline_phase(paused, policy, decision)),
+        conditions: previous.conditions.clone(),
+        stable_version: state.stable.clone(),
+        canary_weight: decision.canary_weight(),
+        candidate: state.candidate.as_ref().map(|candidate| rollout_status(policy, candidate)),
+        last_analysis,
+        ended_versions: state
+            .finished
+            .iter()
+            .map(|(version, finished)| EndedVersion {
+                version: version.clone(),
+                phase: api_phase(finished.phase),
+                reason: finished.reason.clone(),
+            })
+            .collect(),
+        history: state.history.iter().rev().take(HISTORY_LIMIT).rev().map(transition).collect(),
+    };
+    pipeline_conditions(&mut status.conditions, generation, decision, versions, &Time(now));
+    status
+}
+
+/// `Idle`, `Shadow`, `Canary` or `Paused`.
+pub fn pipeline_phase(paused: bool, policy: &RolloutPolicy, decision: &Decision) -> PipelinePhase {
+    if paused {
+        return PipelinePhase::Paused;
+    }
+    match decision.state.candidate.as_ref().map(|candidate| engine::candidate_phase(policy, candidate)) {
+        Some(VersionPhase::Shadow) => PipelinePhase::Shadow,
+        Some(_) => PipelinePhase::Canary,
+        None => PipelinePhase::Idle,
+    }
+}
+
+/// A ModelVersion's status after `decision`, or `None` when the decision
+/// does not mention it. Its CTR is the last look's side it served on.
+pub fn version_status(
+    version: &ModelVersion,
+    decision: &Decision,
+    last_analysis: Option<&AnalysisStatus>,
+    now: Timestamp,
+) -> Option<ModelVersionStatus> {
+    let name = version.name_any();
+    let decided = decision.versions.get(&name)?;
+    let old = version.status.clone().unwrap_or_default();
+    let candidate = decision.state.candidate.as_ref().is_some_and(|c| c.version == name);
+    let ctr = match (decided.phase, last_analysis) {
+        (VersionPhase::Canary, Some(a)) if candidate => Some(a.canary_ctr),
+        (VersionPhase::Stable, Some(a)) => Some(a.stable_ctr),
+        _ => old.ctr,
+    };
+    let mut status = ModelVersionStatus {
+        observed_generation: version.metadata.generation,
+        phase: Some(api_phase(decided.phase)),
+        weight: decided.weight,
+        ctr,
+        reason: Some(decided.reason.clone()),
+        conditions: old.conditions,
+    };
+    let reason = format!("{:?}", decided.phase);
+    let generation = version.metadata.generation;
+    let now = Time(now);
+    for (type_, holds) in [
+        (ConditionType::Ready, matches!(decided.phase, VersionPhase::Stable | VersionPhase::Canary)),
+        (ConditionType::Progressing, matches!(decided.phase, VersionPhase::Shadow | VersionPhase::Canary)),
+        (ConditionType::Degraded, matches!(decided.phase, VersionPhase::RolledBack | VersionPhase::Failed)),
+    ] {
+        set_condition(&mut status.conditions, type_, holds, &reason, &decided.reason, generation, &now);
+    }
+    Some(status)
+}
+
+/// Event reason and type of a transition.
+pub fn transition_reason(t: &HistoryEntry) -> (&'static str, EventType) {
+    match t.to {
+        VersionPhase::Pending => ("Pending", EventType::Normal),
+        VersionPhase::Shadow => ("ShadowStarted", EventType::Normal),
+        VersionPhase::Canary if t.from == VersionPhase::Canary => ("CanaryStepPassed", EventType::Normal),
+        VersionPhase::Canary => ("CanaryStarted", EventType::Normal),
+        VersionPhase::Stable => ("Promoted", EventType::Normal),
+        VersionPhase::Retired => ("Retired", EventType::Normal),
+        VersionPhase::RolledBack => ("RolledBack", EventType::Warning),
+        VersionPhase::Failed => ("Failed", EventType::Warning),
+    }
+}
+
+/// Whether `status` already reports the spec of `generation` invalid (its Event was sent).
+pub fn reports_invalid_spec(status: &RecommenderPipelineStatus, generation: Option<i64>) -> bool {
+    status.observed_generation == generation
+        && status.conditions.iter().any(|c| c.type_ == ConditionType::Ready.as_str() && c.reason == "InvalidSpec")
+}
+
+/// The status of a pipeline whose spec the operator cannot act on: `Ready`
+/// false naming the field; everything else (the rollout, what serves) kept.
+pub fn invalid_spec_status(
+    mut status: RecommenderPipelineStatus,
+    generation: Option<i64>,
+    invalid: &InvalidSpec,
+    now: Timestamp,
+) -> RecommenderPipelineStatus {
+    let message = invalid.to_string();
+    set_condition(&mut status.conditions, ConditionType::Ready, false, "InvalidSpec", message, generation, &Time(now));
+    status.observed_generation = generation;
+    status
+}
+
+fn rollout_status(policy: &RolloutPolicy, candidate: &CandidateState) -> RolloutStatus {
+    RolloutStatus {
+        version: candidate.version.clone(),
+        phase: api_phase(engine::candidate_phase(policy, candidate)),
+        step: candidate.step + 1,
+        steps: u32::try_from(policy.steps.len()).unwrap_or(u32::MAX),
+        step_started_at: Time(candidate.step_started_at),
+        passed_canary_steps: candidate.completed_windows.iter().map(evidence_of).collect(),
+    }
+}
+
+fn analysis_status(look: &Look, version: &str, step: u32) -> AnalysisStatus {
+    let report = &look.report;
+    AnalysisStatus {
+        time: Some(Time(look.time)),
+        version: version.to_owned(),
+        step,
+        stable_impressions: report.stable_impressions,
+        stable_clicks: report.stable_clicks,
+        stable_ctr: report.stable_ctr,
+        canary_impressions: report.canary_impressions,
+        canary_clicks: report.canary_clicks,
+        canary_ctr: report.canary_ctr,
+        verdict: match report.verdict {
+            AnalysisVerdict::Pass => Verdict::Pass,
+            AnalysisVerdict::Fail => Verdict::Fail,
+            AnalysisVerdict::Inconclusive => Verdict::Inconclusive,
+        },
+        message: report.message.clone(),
+    }
+}
+
+fn report_of(analysis: &AnalysisStatus) -> AnalysisReport {
+    AnalysisReport {
+        stable_impressions: analysis.stable_impressions,
+        stable_clicks: analysis.stable_clicks,
+        stable_ctr: analysis.stable_ctr,
+        canary_impressions: analysis.canary_impressions,
+        canary_clicks: analysis.canary_clicks,
+        canary_ctr: analysis.canary_ctr,
+        verdict: match analysis.verdict {
+            Verdict::Pass => AnalysisVerdict::Pass,
+            Verdict::Fail => AnalysisVerdict::Fail,
+            Verdict::Inconclusive => AnalysisVerdict::Inconclusive,
+        },
+        message: analysis.message.clone(),
+    }
+}
+
+fn counts_of(evidence: &StepEvidence) -> CtrCounts {
+    CtrCounts {
+        stable_impressions: evidence.stable_impressions,
+        stable_clicks: evidence.stable_clicks,
+        canary_impressions: evidence.canary_impressions,
+        canary_clicks: evidence.canary_clicks,
+    }
+}
+
+fn evidence_of(counts: &CtrCounts) -> StepEvidence {
+    StepEvidence {
+        stable_impressions: counts.stable_impressions,
+        stable_clicks: counts.stable_clicks,
+        canary_impressions: counts.canary_impressions,
+        canary_clicks: counts.canary_clicks,
+    }
+}
+
+fn transition(entry: &HistoryEntry) -> Transition {
+    Transition {
+        time: Time(entry.time),
+        version: entry.version.clone(),
+        from: api_phase(entry.from),
+        to: api_phase(entry.to),
+        decided_by: match entry.cause {
+            Cause::Analysis => DecidedBy::Analysis,
+            Cause::Timeout => DecidedBy::Timeout,
+            Cause::Command => DecidedBy::Command,
+            Cause::Lifecycle => DecidedBy::Lifecycle,
+        },
+        reason: entry.reason.clone(),
+    }
+}
+
+fn history_entry(transition: &Transition) -> HistoryEntry {
+    HistoryEntry {
+        time: transition.time.0,
+        version: transition.version.clone(),
+        from: engine_phase(transition.from),
+        to: engine_phase(transition.to),
+        cause: match transition.decided_by {
+            DecidedBy::Analysis => Cause::Analysis,
+            DecidedBy::Timeout => Cause::Timeout,
+            DecidedBy::Command => Cause::Command,
+            DecidedBy::Lifecycle => Cause::Lifecycle,
+        },
+        reason: transition.reason.clone(),
+    }
+}
+
+/// The API's name of an engine phase.
+pub fn api_phase(phase: VersionPhase) -> reco_api::VersionPhase {
+    use reco_api::VersionPhase as Api;
+    match phase {
+        VersionPhase::Pending => Api::Pending,
+        VersionPhase::Shadow => Api::Shadow,
+        VersionPhase::Canary => Api::Canary,
+        VersionPhase::Stable => Api::Stable,
+        VersionPhase::RolledBack => Api::RolledBack,
+        VersionPhase::Failed => Api::Failed,
+        VersionPhase::Retired => Api::Retired,
+    }
+}
+
+fn engine_phase(phase: reco_api::VersionPhase) -> VersionPhase {
+    use reco_api::VersionPhase as Api;
+    match phase {
+        Api::Pending => VersionPhase::Pending,
+        Api::Shadow => VersionPhase::Shadow,
+        Api::Canary => VersionPhase::Canary,
+        Api::Stable => VersionPhase::Stable,
+        Api::RolledBack => VersionPhase::RolledBack,
+        Api::Failed => VersionPhase::Failed,
+        Api::Retired => VersionPhase::Retired,
+    }
+}
+
+fn pipeline_conditions(
+    conditions: &mut Vec<Condition>,
+    generation: Option<i64>,
+    decision: &Decision,
+    versions: &[VersionInfo],
+    now: &Time,
+) {
+    match &decision.state.stable {
+        Some(stable) => {
+            let routes: Vec<String> =
+                decision.routing.versions.iter().map(|v| format!("{} {}%", v.name, v.weight)).collect();
+            let serving = format!("serving {}", routes.join(", "));
+            set_condition(conditions, ConditionType::Ready, true, "Serving", serving, generation, now);
+            match versions.iter().find(|v| &v.name == stable).and_then(|v| v.broken.clone()) {
+                Some(reason) => {
+                    set_condition(conditions, ConditionType::Degraded, true, "StableUnhealthy", reason, generation, now)
+                }
+                None => degraded_from_history(conditions, generation, decision, now),
+            }
+        }
+        None => {
+            let waiting = "waiting for a ModelVersion of this pipeline";
+            set_condition(conditions, ConditionType::Ready, false, "NoStableVersion", waiting, generation, now);
+            degraded_from_history(conditions, generation, decision, now);
+        }
+    }
+    let (progressing, reason, message) = match &decision.state.candidate {
+        Some(c) => (true, "RollingOut", format!("{} at step {}", c.version, c.step + 1)),
+        None => (false, "Idle", "no rollout in progress".to_owned()),
+    };
+    set_condition(conditions, ConditionType::Progressing, progressing, reason, message, generation, now);
+}
+
+/// Degraded while the last rollout ended in a rollback or failure.
+fn degraded_from_history(conditions: &mut Vec<Condition>, generation: Option<i64>, decision: &Decision, now: &Time) {
+    match decision.state.history.iter().rev().find(|h| h.to != VersionPhase::Retired) {
+        Some(last) if matches!(last.to, VersionPhase::RolledBack | VersionPhase::Failed) => {
+            let message = format!("{} {:?}: {}", last.version, last.to, last.reason);
+            let reason = format!("{:?}", last.to);
+            set_condition(conditions, ConditionType::Degraded, true, &reason, message, generation, now)
+        }
+        _ => set_condition(conditions, ConditionType::Degraded, false, "Healthy", "", generation, now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reco_rollout::engine::Observation;
+    use reco_rollout::{SideMetrics, WindowMetrics, decide};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn version(name: &str, created: i64) -> VersionInfo {
+        VersionInfo {
+            name: name.into(),
+            created: at(created),
+            offline_metrics: Default::default(),
+            broken: None,
+            command: None,
+        }
+    }
+
+    fn window(impressions: u64, clicks: u64) -> WindowMetrics {
+        let side =
+            SideMetrics { impressions, clicks, requests: impressions / 10, errors: 0, p99_latency_seconds: None };
+        WindowMetrics { stable: side.clone(), candidate: side }
+    }
+
+    /// Runs the operator's loop for `looks` looks, each one converting the
+    /// state through the status as the controller does, and checks that the
+    /// status gives the engine back exactly the state it decided.
+    #[test]
+    fn status_round_trips_the_engine_state_through_a_rollout() {
+        let policy = RolloutPolicy::recommended();
+        let versions = [version("v1", 0), version("v2", 1), version("v3", 2)];
+        let mut status = RecommenderPipelineStatus::default();
+        let mut states = 0;
+        for look in 0..400 {
+            let now = at(60 * look);
+            let state = engine_state(&status);
+            let report =
+                state.candidate.as_ref().map(|c| c.analyse(&policy, &window(2_000 * (look as u64 % 7 + 1), 100)));
+            let observation = Observation {
+                pipeline: "explore",
+                salt: "explore",
+                versions: &versions,
+                analysis: report.as_ref(),
+                paused: false,
+                now,
+            };
+            let decision = decide(&policy, &state, &observation);
+            let look = report.map(|report| Look { report, time: now });
+            status = pipeline_status(&status, Some(1), &policy, false, &decision, look.as_ref(), &versions, now);
+            assert_eq!(engine_state(&status), decision.state, "after look {look:?}");
+            states += usize::from(decision.state.candidate.is_some());
+        }
+        assert!(states > 10, "the loop never rolled a version out");
+        assert!(!status.history.is_empty() && status.history.len() <= HISTORY_LIMIT);
+        // v2's rollout ended (promoted, retiring v1, or rolled back) and v3's began.
+        assert!(!status.ended_versions.is_empty(), "{status:#?}");
+        assert!(status.history.iter().any(|t| t.version == "v3"), "{status:#?}");
+    }
+
+    #[test]
+    fn the_candidate_shows_its_step_counted_from_one() {
+        let policy = RolloutPolicy::recommended();
+        let versions = [version("v1", 0), version("v2", 1)];
+        let observe = |now| Observation {
+            pipeline: "explore",
+            salt: "explore",
+            versions: &versions,
+            analysis: None,
+            paused: false,
+            now,
+        };
+        let first = decide(&policy, &RolloutState::default(), &observe(at(0)));
+        let status = pipeline_status(&Default::default(), Some(4), &policy, false, &first, None, &versions, at(0));
+        let candidate = status.candidate.expect("v2 rolls out after v1 became stable");
+        assert_eq!((candidate.version.as_str(), candidate.step, candidate.steps), ("v2", 1, 4));
+        assert_eq!(candidate.phase, reco_api::VersionPhase::Shadow);
+        assert_eq!(status.phase, Some(PipelinePhase::Shadow));
+        assert_eq!(status.observed_generation, Some(4));
+        let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+        assert_eq!((progressing.status.as_str(), progressing.message.as_str()), ("True", "v2 at step 1"));
+    }
+
+    #[test]
+    fn events_name_the_transition() {
+        let entry = |from, to| HistoryEntry {
+            time: Timestamp::UNIX_EPOCH,
+            version: "v2".into(),
+            from,
+            to,
+            cause: Cause::Analysis,
+            reason: String::new(),
+        };
+        assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Stable)).0, "Promoted");
+        assert_eq!(transition_reason(&entry(VersionPhase::Canary, VersionPhase::Canary)).0, "CanaryStepPassed");
+        assert!(matches!(
+            transition_reason(&entry(VersionPhase::Canary, VersionPhase::RolledBack)).1,
+            EventType::Warning
+        ));
+    }
+}
