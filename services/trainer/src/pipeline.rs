@@ -15,14 +15,14 @@ use reco_model::artifacts::{CandidateCounts, EMBEDDINGS_TENSOR, ITEM_ITEM_TENSOR
 use crate::artifacts::{self, MetricsFile, files, write_json, write_yaml};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalSet, Scorer, evaluate, evaluate_ranked};
-use crate::features::{self, FeatureOptions};
+use crate::features::{self, FeatureOptions, FeatureSpace};
 use crate::progress::Progress;
-use crate::ranking::{self, RankerData, RankerInputs, RankerOptions, SourceSet};
-use crate::retrieval::{EpochLog, TwoTowerData, TwoTowerOptions, train_two_tower};
+use crate::ranking::{self, RankerData, RankerInputs, RankerOptions, SourceSet, TrainedRanker};
+use crate::retrieval::{EpochLog, TrainedTwoTower, TwoTowerData, TwoTowerOptions, train_two_tower};
 use crate::sources::{ItemItem, Popularity, TwoTowerScorer};
 use crate::split::{by_user, chronological_split};
 use crate::table::{discover, read_layout};
-use crate::validate::{Dataset, Interaction, ValidationRules, validate};
+use crate::validate::{DataStats, Dataset, Interaction, ValidationRules, validate};
 
 /// Everything `reco train` can be told.
 #[derive(Debug, Clone)]
@@ -118,30 +118,30 @@ metrics over test interactions at K=10 and K=20; models fitted on train, tuned o
 /// Peak resident memory of this process (Linux), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
-fn timed<T>(stages: &mut BTreeMap<String, f64>, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+fn timed<T>(stages: &mut BTreeMap<String, f64>, name: &str, stage: impl FnOnce() -> Result<T>) -> Result<T> {
     let start = Instant::now();
     tracing::info!(stage = name, "start");
-    let out = f()?;
-    let s = start.elapsed().as_secs_f64();
-    tracing::info!(stage = name, seconds = format!("{s:.1}"), "done");
-    stages.insert(name.to_string(), s);
+    let out = stage()?;
+    let seconds = start.elapsed().as_secs_f64();
+    tracing::info!(stage = name, seconds = format!("{seconds:.1}"), "done");
+    stages.insert(name.to_string(), seconds);
     Ok(out)
 }
 
 /// Where reco caches big downloads and derived data: `$RECO_CACHE`, else
 /// `$XDG_CACHE_HOME/reco`, else `~/.cache/reco`.
 pub fn cache_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("RECO_CACHE") {
-        return PathBuf::from(p);
+    if let Some(path) = std::env::var_os("RECO_CACHE") {
+        return PathBuf::from(path);
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
     base.join("reco")
 }
@@ -169,20 +169,16 @@ pub fn resolve_data(data: &str) -> Result<PathBuf> {
 
 /// Load and validate the data directory; on failure the report is also
 /// written to `out/validation_report.json`.
-pub fn load_dataset(
-    data: &Path,
-    rules: &ValidationRules,
-    out: Option<&Path>,
-) -> Result<(Dataset, crate::validate::DataStats)> {
+pub fn load_dataset(data: &Path, rules: &ValidationRules, out: Option<&Path>) -> Result<(Dataset, DataStats)> {
     let layout = discover(data)?;
     tracing::info!(interactions = %layout.interactions.display(), users = ?layout.users, items = ?layout.items, "reading data");
     let tables = read_layout(&layout)?;
     match validate(&tables, rules) {
-        Ok(x) => {
-            for w in &x.1.warnings {
-                tracing::warn!(file = %w.file, column = ?w.column, count = w.count, examples = ?w.examples, "{}; read as missing", w.kind);
+        Ok((dataset, stats)) => {
+            for warning in &stats.warnings {
+                tracing::warn!(file = %warning.file, column = ?warning.column, count = warning.count, examples = ?warning.examples, "{}; read as missing", warning.kind);
             }
-            Ok(x)
+            Ok((dataset, stats))
         }
         Err(report) => {
             if let Some(out) = out {
@@ -203,43 +199,102 @@ pub fn subsample_users(ds: &mut Dataset, n: usize) {
     ds.interactions.retain(|x| (x.user as usize) < n);
 }
 
-fn concat(a: &[Vec<Interaction>], b: &[Vec<Interaction>]) -> Vec<Vec<Interaction>> {
-    a.iter().zip(b).map(|(x, y)| x.iter().chain(y).copied().collect()).collect()
+fn concat(first: &[Vec<Interaction>], second: &[Vec<Interaction>]) -> Vec<Vec<Interaction>> {
+    first.iter().zip(second).map(|(a, b)| a.iter().chain(b).copied().collect()).collect()
 }
 
-fn named(metrics: &mut BTreeMap<String, BTreeMap<String, f64>>, name: &str, m: BTreeMap<String, f64>) {
-    tracing::info!(
-        model = name,
-        ndcg_at_10 = m.get("ndcg@10").copied().unwrap_or(f64::NAN),
-        recall_at_10 = m.get("recall@10").copied().unwrap_or(f64::NAN),
-        "evaluated"
-    );
-    metrics.insert(name.to_string(), m);
-}
+/// The cut-offs every model is evaluated at.
+const CUTOFFS: [usize; 2] = [10, 20];
 
 /// Run the whole training pipeline.
-pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
+pub fn train(options: &TrainOptions) -> Result<TrainSummary> {
     let wall = Instant::now();
-    let threads = o.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = set_threads(options);
+    let checkpoints = prepare_output(options)?;
+    let mut stages = BTreeMap::new();
+    let (dataset, stats) = load_and_validate(options, &mut stages)?;
+    let splits = split_data(options, &dataset);
+    let run = Run { options, dataset: &dataset, splits: &splits, checkpoints: &checkpoints };
+    let mut scores = Scoreboard::new(&splits);
+
+    scores.evaluate("popularity", &Popularity::new(&splits.features.item_train_count))?;
+    let (item_item, item_item_valid) = fit_item_item(&run, &mut stages)?;
+    let item_item_scorer = item_item.scorer(&splits.train);
+    scores.record("item_to_item", item_item_valid, &item_item_scorer)?;
+    let two_tower = fit_two_tower(&run, &mut stages)?;
+    let two_tower_scorer = TwoTowerScorer::new(&two_tower.model, &splits.features, &dataset, &splits.train)?;
+    scores.evaluate("two_tower", &two_tower_scorer)?;
+    let history_len: Vec<usize> = splits.train.iter().map(Vec::len).collect();
+    let sources = SourceSet {
+        two_tower: &two_tower_scorer,
+        item_item: &item_item_scorer,
+        popularity: &splits.features.item_train_count,
+        history_len: &history_len,
+    };
+    let (ranker_fit_two_tower, ranker) =
+        fit_ranker(&run, &sources, two_tower.best_epoch, item_item.lambda, &mut stages)?;
+    evaluate_served(&run, &sources, &ranker, &mut scores)?;
+
+    let metrics = scores.into_metrics(options.seed);
+    let models = Models { item_item, two_tower, item_embeddings: two_tower_scorer.items, ranker_fit_two_tower, ranker };
+    write_artifacts(&run, &stats, &models, &metrics)?;
+    let version = write_model_version(options, &metrics)?;
+    let report = run_report(&run, models, stages, threads, wall);
+    write_json(&options.out, files::TRAINING, &report)?;
+    Ok(TrainSummary { metrics, report, version })
+}
+
+/// libtorch uses every core unless told otherwise; the count goes in the report.
+fn set_threads(options: &TrainOptions) -> usize {
+    let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tch::set_num_threads(threads as i32);
-    std::fs::create_dir_all(&o.out).map_err(|e| TrainError::io(&o.out, e))?;
-    let checkpoints = o.out.join("checkpoint");
-    if !o.resume && checkpoints.exists() {
+    threads
+}
+
+/// Creates the output directory and returns its checkpoint directory, emptied
+/// unless resuming: a fresh run must not pick up an earlier run's epochs.
+fn prepare_output(options: &TrainOptions) -> Result<PathBuf> {
+    std::fs::create_dir_all(&options.out).map_err(|e| TrainError::io(&options.out, e))?;
+    let checkpoints = options.out.join("checkpoint");
+    if !options.resume && checkpoints.exists() {
         std::fs::remove_dir_all(&checkpoints).map_err(|e| TrainError::io(&checkpoints, e))?;
     }
-    let mut stages = BTreeMap::new();
-    let ks = [10usize, 20];
+    Ok(checkpoints)
+}
 
-    let (mut ds, stats) = timed(&mut stages, "load_and_validate", || load_dataset(&o.data, &o.rules, Some(&o.out)))?;
-    if let Some(n) = o.max_users {
-        subsample_users(&mut ds, n);
+/// Bad data fails here, with its report, before any training time is spent;
+/// `max_users` then cuts the data down for quick runs.
+fn load_and_validate(options: &TrainOptions, stages: &mut BTreeMap<String, f64>) -> Result<(Dataset, DataStats)> {
+    let (mut dataset, stats) =
+        timed(stages, "load_and_validate", || load_dataset(&options.data, &options.rules, Some(&options.out)))?;
+    if let Some(n) = options.max_users {
+        subsample_users(&mut dataset, n);
     }
-    let split = chronological_split(&ds, [0.8, 0.1, 0.1]);
-    let n_users = ds.users.len();
-    let n_items = ds.items.len();
+    Ok((dataset, stats))
+}
+
+/// The run's data cut in time (see [`PROTOCOL`]).
+struct Splits {
+    /// Train interactions of each user, chronological.
+    train: Vec<Vec<Interaction>>,
+    /// Fitted on train only.
+    features: FeatureSpace,
+    valid_set: EvalSet,
+    /// `None` while tuning: test is only read to report figures.
+    test_set: Option<EvalSet>,
+    n_train: usize,
+    n_valid: usize,
+    n_test: usize,
+}
+
+/// Every model is fitted on train, tuned on validation and reported on test,
+/// and features see train only, so that nothing held out leaks into a model.
+fn split_data(options: &TrainOptions, dataset: &Dataset) -> Splits {
+    let split = chronological_split(dataset, [0.8, 0.1, 0.1]);
+    let n_users = dataset.users.len();
     tracing::info!(
         users = n_users,
-        items = n_items,
+        items = dataset.items.len(),
         train = split.train.len(),
         valid = split.valid.len(),
         test = split.test.len(),
@@ -248,126 +303,254 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let train = by_user(n_users, &split.train);
     let valid = by_user(n_users, &split.valid);
     let test = by_user(n_users, &split.test);
-    let fs = features::fit(&ds, &split.train, o.features);
+    let features = features::fit(dataset, &split.train, options.features);
     let train_valid = concat(&train, &valid);
     let valid_set = EvalSet::new(&train, &valid);
-    let test_set = o.evaluate_test.then(|| EvalSet::new(&train_valid, &test));
-    let pop = &fs.item_train_count;
+    let test_set = options.evaluate_test.then(|| EvalSet::new(&train_valid, &test));
+    let (n_train, n_valid, n_test) = (split.train.len(), split.valid.len(), split.test.len());
+    Splits { train, features, valid_set, test_set, n_train, n_valid, n_test }
+}
 
-    let mut test_metrics = BTreeMap::new();
-    let mut valid_metrics = BTreeMap::new();
-    // Test figures are reported, never used to choose; a tuning run has none.
-    let mut report_test = |name: &str, scorer: &dyn Scorer| -> Result<()> {
-        if let Some(set) = &test_set {
-            named(&mut test_metrics, name, evaluate(scorer, set, &ks, pop)?);
+/// What the stages after the split read.
+struct Run<'a> {
+    options: &'a TrainOptions,
+    dataset: &'a Dataset,
+    splits: &'a Splits,
+    checkpoints: &'a Path,
+}
+
+type ModelMetrics = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Validation and test metrics of every model, all on the same users and
+/// cut-offs so that the models compare.
+struct Scoreboard<'a> {
+    splits: &'a Splits,
+    validation: ModelMetrics,
+    test: ModelMetrics,
+}
+
+impl<'a> Scoreboard<'a> {
+    fn new(splits: &'a Splits) -> Self {
+        Scoreboard { splits, validation: BTreeMap::new(), test: BTreeMap::new() }
+    }
+
+    /// Scores a model on validation, and on test unless tuning.
+    fn evaluate(&mut self, name: &str, scorer: &dyn Scorer) -> Result<()> {
+        let splits = self.splits;
+        let validation = evaluate(scorer, &splits.valid_set, &CUTOFFS, &splits.features.item_train_count)?;
+        self.record(name, validation, scorer)
+    }
+
+    /// Records validation metrics computed while tuning the model, then scores it on test unless tuning.
+    fn record(&mut self, name: &str, validation: BTreeMap<String, f64>, scorer: &dyn Scorer) -> Result<()> {
+        insert_metrics(&mut self.validation, name, validation);
+        // Test figures are reported, never used to choose; a tuning run has none.
+        if let Some(set) = &self.splits.test_set {
+            let test = evaluate(scorer, set, &CUTOFFS, &self.splits.features.item_train_count)?;
+            insert_metrics(&mut self.test, name, test);
         }
         Ok(())
-    };
+    }
 
-    // Most popular.
-    let popularity = Popularity::new(pop);
-    named(&mut valid_metrics, "popularity", evaluate(&popularity, &valid_set, &ks, pop)?);
-    report_test("popularity", &popularity)?;
+    fn into_metrics(self, seed: u64) -> MetricsFile {
+        MetricsFile { protocol: PROTOCOL.into(), models: self.test, validation: self.validation, seed }
+    }
+}
 
-    // Item-to-item (EASE), λ tuned on validation.
-    let (ease, ease_valid) = timed(&mut stages, "item_to_item", || {
+/// Logged as recorded, so that a long run shows each model's figures as soon as they exist.
+fn insert_metrics(table: &mut ModelMetrics, name: &str, metrics: BTreeMap<String, f64>) {
+    tracing::info!(
+        model = name,
+        ndcg_at_10 = metrics.get("ndcg@10").copied().unwrap_or(f64::NAN),
+        recall_at_10 = metrics.get("recall@10").copied().unwrap_or(f64::NAN),
+        "evaluated"
+    );
+    table.insert(name.to_string(), metrics);
+}
+
+/// Item-to-item (EASE), a baseline and a ranker source, with its L2 strength
+/// chosen on validation (the first of equals wins); returns its validation metrics.
+fn fit_item_item(run: &Run<'_>, stages: &mut BTreeMap<String, f64>) -> Result<(ItemItem, BTreeMap<String, f64>)> {
+    let splits = run.splits;
+    timed(stages, "item_to_item", || {
         let mut best: Option<(ItemItem, BTreeMap<String, f64>)> = None;
-        for &lambda in &o.ease_lambdas {
-            let m = ItemItem::fit(&train, n_items, lambda)?;
-            let metrics = evaluate(&m.scorer(&train), &valid_set, &ks, pop)?;
+        for &lambda in &run.options.ease_lambdas {
+            let model = ItemItem::fit(&splits.train, run.dataset.items.len(), lambda)?;
+            let metrics =
+                evaluate(&model.scorer(&splits.train), &splits.valid_set, &CUTOFFS, &splits.features.item_train_count)?;
             tracing::info!(lambda, valid_ndcg_at_10 = metrics["ndcg@10"], "item-to-item");
-            if best.as_ref().is_none_or(|b| metrics["ndcg@10"] > b.1["ndcg@10"]) {
-                best = Some((m, metrics));
+            if best.as_ref().is_none_or(|(_, best_metrics)| metrics["ndcg@10"] > best_metrics["ndcg@10"]) {
+                best = Some((model, metrics));
             }
         }
         best.ok_or_else(|| TrainError::Options("no EASE lambda to try".into()))
-    })?;
-    let ease_scorer = ease.scorer(&train);
-    named(&mut valid_metrics, "item_to_item", ease_valid);
-    report_test("item_to_item", &ease_scorer)?;
+    })
+}
 
-    // Two-tower on all of train, early-stopped on validation.
-    let tt = timed(&mut stages, "two_tower", || {
-        let data = TwoTowerData { ds: &ds, fs: &fs, train: &train, valid: Some(&valid_set) };
-        train_two_tower(&data, &o.two_tower, o.seed, Some(&checkpoints.join("two_tower")), &o.progress, "two-tower")
-    })?;
-    let tt_scorer = TwoTowerScorer::new(&tt.model, &fs, &ds, &train)?;
-    named(&mut valid_metrics, "two_tower", evaluate(&tt_scorer, &valid_set, &ks, pop)?);
-    report_test("two_tower", &tt_scorer)?;
+/// Two-tower on all of train, early-stopped on validation: the served
+/// retrieval model and the ranker's main source.
+fn fit_two_tower(run: &Run<'_>, stages: &mut BTreeMap<String, f64>) -> Result<TrainedTwoTower> {
+    let (options, splits) = (run.options, run.splits);
+    timed(stages, "two_tower", || {
+        let data = TwoTowerData {
+            ds: run.dataset,
+            fs: &splits.features,
+            train: &splits.train,
+            valid: Some(&splits.valid_set),
+        };
+        let checkpoint = run.checkpoints.join("two_tower");
+        train_two_tower(&data, &options.two_tower, options.seed, Some(&checkpoint), &options.progress, "two-tower")
+    })
+}
 
-    // Ranker: sources refitted on the early part of train, labels from the late part.
-    let (early, late) = ranking::early_late(&train, o.ranker_late_ratio);
+/// Each user's train history cut for the ranker: the sources it learns from
+/// are refitted on the early part; the late part is its labels.
+struct EarlyLate<'a> {
+    early: &'a [Vec<Interaction>],
+    late: &'a [Vec<Interaction>],
+    /// Fitted on the early part only.
+    features: &'a FeatureSpace,
+    two_tower: &'a TrainedTwoTower,
+}
+
+/// The ranker must learn from positives its sources have not seen, taken
+/// from train time only (validation early-stops it, test is never read), so
+/// it is fitted on an early/late cut of train; returns the two-tower refitted
+/// on the early part too.
+fn fit_ranker(
+    run: &Run<'_>,
+    sources: &SourceSet<'_>,
+    two_tower_epochs: usize,
+    item_item_lambda: f64,
+    stages: &mut BTreeMap<String, f64>,
+) -> Result<(TrainedTwoTower, TrainedRanker)> {
+    let options = run.options;
+    let (early, late) = ranking::early_late(&run.splits.train, options.ranker_late_ratio);
     let early_flat: Vec<Interaction> = early.iter().flatten().copied().collect();
-    let fs_early = features::fit(&ds, &early_flat, o.features);
-    let tt_early = timed(&mut stages, "two_tower_ranker_fit", || {
-        let data = TwoTowerData { ds: &ds, fs: &fs_early, train: &early, valid: None };
-        let opts = TwoTowerOptions { max_epochs: tt.best_epoch.max(1), ..o.two_tower.clone() };
+    let early_features = features::fit(run.dataset, &early_flat, options.features);
+    let early_two_tower = timed(stages, "two_tower_ranker_fit", || {
+        let data = TwoTowerData { ds: run.dataset, fs: &early_features, train: &early, valid: None };
+        // Without validation to stop it, it runs as many epochs as the early-stopped two-tower kept.
+        let two_tower_options = TwoTowerOptions { max_epochs: two_tower_epochs.max(1), ..options.two_tower.clone() };
         train_two_tower(
             &data,
-            &opts,
-            o.seed + 1,
-            Some(&checkpoints.join("two_tower_early")),
-            &o.progress,
+            &two_tower_options,
+            options.seed + 1,
+            Some(&run.checkpoints.join("two_tower_early")),
+            &options.progress,
             "two-tower (ranker fit)",
         )
     })?;
-    let ranker = timed(&mut stages, "ranker", || {
-        let tt_early_scorer = TwoTowerScorer::new(&tt_early.model, &fs_early, &ds, &early)?;
-        let ease_early = ItemItem::fit(&early, n_items, ease.lambda)?;
-        let ease_early_scorer = ease_early.scorer(&early);
-        let early_len: Vec<usize> = early.iter().map(Vec::len).collect();
-        let label_set = ranking::label_set(&early, &late);
-        let fit_src = SourceSet {
-            two_tower: &tt_early_scorer,
-            item_item: &ease_early_scorer,
-            popularity: &fs_early.item_train_count,
-            history_len: &early_len,
-        };
-        let fit_candidates = ranking::dense_features(&fit_src, &label_set, &o.ranker)?;
-        let train_len: Vec<usize> = train.iter().map(Vec::len).collect();
-        let valid_src =
-            SourceSet { two_tower: &tt_scorer, item_item: &ease_scorer, popularity: pop, history_len: &train_len };
-        let valid_candidates = ranking::dense_features(&valid_src, &valid_set, &o.ranker)?;
-        let inputs = RankerInputs::new(&ds, &fs);
-        let data = RankerData {
-            inputs: &inputs,
-            fit_sources: &tt_early_scorer,
-            fit_candidates: &fit_candidates,
-            labels: &late,
-            valid_sources: &tt_scorer,
-            valid_candidates: &valid_candidates,
-            valid: &valid_set,
-        };
-        ranking::train_ranker(&data, &o.ranker, o.seed, Some(&checkpoints.join("ranker")), &o.progress)
-    })?;
-    let train_len: Vec<usize> = train.iter().map(Vec::len).collect();
-    let served_src =
-        SourceSet { two_tower: &tt_scorer, item_item: &ease_scorer, popularity: pop, history_len: &train_len };
-    let inputs = RankerInputs::new(&ds, &fs);
-    for (set, target) in [(Some(&valid_set), &mut valid_metrics), (test_set.as_ref(), &mut test_metrics)] {
+    let cut = EarlyLate { early: &early, late: &late, features: &early_features, two_tower: &early_two_tower };
+    let ranker = timed(stages, "ranker", || train_ranker_on(run, &cut, sources, item_item_lambda))?;
+    Ok((early_two_tower, ranker))
+}
+
+/// Training candidates come from sources fitted on the early part, as
+/// served ones would be before the labels happened; validation candidates
+/// come from the served `sources`.
+fn train_ranker_on(
+    run: &Run<'_>,
+    cut: &EarlyLate<'_>,
+    sources: &SourceSet<'_>,
+    item_item_lambda: f64,
+) -> Result<TrainedRanker> {
+    let (options, dataset) = (run.options, run.dataset);
+    let early_two_tower = TwoTowerScorer::new(&cut.two_tower.model, cut.features, dataset, cut.early)?;
+    let early_item_item = ItemItem::fit(cut.early, dataset.items.len(), item_item_lambda)?;
+    let early_item_item_scorer = early_item_item.scorer(cut.early);
+    let early_len: Vec<usize> = cut.early.iter().map(Vec::len).collect();
+    let label_set = ranking::label_set(cut.early, cut.late);
+    let fit_sources = SourceSet {
+        two_tower: &early_two_tower,
+        item_item: &early_item_item_scorer,
+        popularity: &cut.features.item_train_count,
+        history_len: &early_len,
+    };
+    let fit_candidates = ranking::dense_features(&fit_sources, &label_set, &options.ranker)?;
+    let valid_candidates = ranking::dense_features(sources, &run.splits.valid_set, &options.ranker)?;
+    let inputs = RankerInputs::new(dataset, &run.splits.features);
+    let data = RankerData {
+        inputs: &inputs,
+        fit_sources: &early_two_tower,
+        fit_candidates: &fit_candidates,
+        labels: cut.late,
+        valid_sources: sources.two_tower,
+        valid_candidates: &valid_candidates,
+        valid: &run.splits.valid_set,
+    };
+    ranking::train_ranker(
+        &data,
+        &options.ranker,
+        options.seed,
+        Some(&run.checkpoints.join("ranker")),
+        &options.progress,
+    )
+}
+
+/// The served model, the ranker over the `sources`' candidates, scored like
+/// the others so that the figures compare.
+fn evaluate_served(
+    run: &Run<'_>,
+    sources: &SourceSet<'_>,
+    ranker: &TrainedRanker,
+    scores: &mut Scoreboard<'_>,
+) -> Result<()> {
+    let splits = run.splits;
+    let inputs = RankerInputs::new(run.dataset, &splits.features);
+    let sets = [(Some(&splits.valid_set), &mut scores.validation), (splits.test_set.as_ref(), &mut scores.test)];
+    for (set, metrics) in sets {
         let Some(set) = set else { continue };
-        let cands = ranking::dense_features(&served_src, set, &o.ranker)?;
+        let candidates = ranking::dense_features(sources, set, &run.options.ranker)?;
         let ranked = ranking::rank_candidates(
             &ranker.model,
             &inputs,
-            &tt_scorer,
-            &cands,
+            sources.two_tower,
+            &candidates,
             &ranker.scaler,
             ranker.value_model,
             20,
         )?;
-        named(target, "two_tower_ranker", evaluate_ranked(&ranked, set, &ks, pop));
+        let served = evaluate_ranked(&ranked, set, &CUTOFFS, &splits.features.item_train_count);
+        insert_metrics(metrics, "two_tower_ranker", served);
     }
+    Ok(())
+}
 
-    // Artifacts.
-    let out = &o.out;
-    tt.vs.save(out.join(files::TWO_TOWER_WEIGHTS))?;
-    write_json(out, files::TWO_TOWER_CONFIG, &TwoTowerFile { model: tt.model.config.clone(), features: o.features })?;
-    Tensor::write_safetensors(&[(EMBEDDINGS_TENSOR, &tt_scorer.items.contiguous())], out.join(files::ITEM_EMBEDDINGS))?;
-    write_json(out, files::ITEM_IDS, &ds.items.iter().map(|i| &i.id).collect::<Vec<_>>())?;
-    write_json(out, files::USER_IDS, &ds.users.iter().map(|u| &u.id).collect::<Vec<_>>())?;
-    write_json(out, files::ITEMS, &ds.items)?;
-    Tensor::write_safetensors(&[(ITEM_ITEM_TENSOR, &ease.weights.contiguous())], out.join(files::ITEM_ITEM_WEIGHTS))?;
+/// Every model a run fits, kept for the artifacts and the report.
+struct Models {
+    item_item: ItemItem,
+    two_tower: TrainedTwoTower,
+    /// The two-tower's embedding of every item, as retrieval serves them.
+    item_embeddings: Tensor,
+    /// Refitted on the early part of train for the ranker; only its log is reported.
+    ranker_fit_two_tower: TrainedTwoTower,
+    ranker: TrainedRanker,
+}
+
+/// Everything the services load (weights, configs, id maps, features) and
+/// the figures, next to each other in `out`.
+fn write_artifacts(run: &Run<'_>, stats: &DataStats, models: &Models, metrics: &MetricsFile) -> Result<()> {
+    let (options, dataset, features) = (run.options, run.dataset, &run.splits.features);
+    let out = &options.out;
+    let (two_tower, ranker) = (&models.two_tower, &models.ranker);
+    two_tower.vs.save(out.join(files::TWO_TOWER_WEIGHTS))?;
+    write_json(
+        out,
+        files::TWO_TOWER_CONFIG,
+        &TwoTowerFile { model: two_tower.model.config.clone(), features: options.features },
+    )?;
+    Tensor::write_safetensors(
+        &[(EMBEDDINGS_TENSOR, &models.item_embeddings.contiguous())],
+        out.join(files::ITEM_EMBEDDINGS),
+    )?;
+    write_json(out, files::ITEM_IDS, &dataset.items.iter().map(|item| &item.id).collect::<Vec<_>>())?;
+    write_json(out, files::USER_IDS, &dataset.users.iter().map(|user| &user.id).collect::<Vec<_>>())?;
+    write_json(out, files::ITEMS, &dataset.items)?;
+    Tensor::write_safetensors(
+        &[(ITEM_ITEM_TENSOR, &models.item_item.weights.contiguous())],
+        out.join(files::ITEM_ITEM_WEIGHTS),
+    )?;
     ranker.vs.save(out.join(files::RANKER_WEIGHTS))?;
     write_json(
         out,
@@ -376,52 +559,71 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
             model: ranker.model.config.clone(),
             dense_scaler: ranker.scaler.clone(),
             value_model: ranker.value_model,
-            candidates: CandidateCounts { per_source: o.ranker.per_source, popular: o.ranker.popular },
-            item_item_lambda: ease.lambda,
+            candidates: CandidateCounts { per_source: options.ranker.per_source, popular: options.ranker.popular },
+            item_item_lambda: models.item_item.lambda,
         },
     )?;
-    write_json(out, files::FEATURES, &fs)?;
-    write_json(out, files::FEATURE_STATS, &serde_json::json!({ "data": stats, "features": fs.summary() }))?;
-    let metrics =
-        MetricsFile { protocol: PROTOCOL.into(), models: test_metrics, validation: valid_metrics, seed: o.seed };
-    write_json(out, files::METRICS, &metrics)?;
+    write_json(out, files::FEATURES, features)?;
+    write_json(out, files::FEATURE_STATS, &serde_json::json!({ "data": stats, "features": features.summary() }))?;
+    write_json(out, files::METRICS, metrics)
+}
 
-    let version = match &o.version {
-        Some(v) => v.clone(),
-        None => format!("{}-s{}", o.pipeline, o.seed),
+/// The `ModelVersion` manifest that deploys this run; it carries the served
+/// model's test figures. Returns the version's name.
+fn write_model_version(options: &TrainOptions, metrics: &MetricsFile) -> Result<String> {
+    let out = &options.out;
+    let version = match &options.version {
+        Some(version) => version.clone(),
+        None => format!("{}-s{}", options.pipeline, options.seed),
     };
-    let uri = match &o.artifact_uri {
-        Some(u) => u.clone(),
+    let uri = match &options.artifact_uri {
+        Some(uri) => uri.clone(),
         None => {
             let abs = std::fs::canonicalize(out).map_err(|e| TrainError::io(out, e))?;
             format!("file://{}", abs.display())
         }
     };
     let served = metrics.models.get("two_tower_ranker").cloned().unwrap_or_default();
-    let mv =
-        artifacts::model_version(&version, o.namespace.as_deref(), &o.pipeline, &uri, &served, o.image.as_deref())?;
-    write_yaml(out, files::MODEL_VERSION, &mv)?;
+    let manifest = artifacts::model_version(
+        &version,
+        options.namespace.as_deref(),
+        &options.pipeline,
+        &uri,
+        &served,
+        options.image.as_deref(),
+    )?;
+    write_yaml(out, files::MODEL_VERSION, &manifest)?;
+    Ok(version)
+}
 
-    let report = RunReport {
-        seed: o.seed,
+/// `training.json`: where the time and memory went and what early stopping
+/// and tuning chose, to compare runs.
+fn run_report(
+    run: &Run<'_>,
+    models: Models,
+    stages: BTreeMap<String, f64>,
+    threads: usize,
+    wall: Instant,
+) -> RunReport {
+    let (options, splits) = (run.options, run.splits);
+    RunReport {
+        seed: options.seed,
         wall_seconds: wall.elapsed().as_secs_f64(),
         stage_seconds: stages,
-        two_tower_epochs: tt.epochs,
-        two_tower_best_epoch: tt.best_epoch,
-        ranker_fit_two_tower_epochs: tt_early.epochs,
-        ranker_best_epoch: ranker.best_epoch,
-        ranker_value_model: ranker.value_model,
-        ease_lambda: ease.lambda,
+        two_tower_epochs: models.two_tower.epochs,
+        two_tower_best_epoch: models.two_tower.best_epoch,
+        ranker_fit_two_tower_epochs: models.ranker_fit_two_tower.epochs,
+        ranker_best_epoch: models.ranker.best_epoch,
+        ranker_value_model: models.ranker.value_model,
+        ease_lambda: models.item_item.lambda,
         peak_rss_mib: peak_rss_mib(),
         threads,
-        n_users,
-        n_items,
-        n_train: split.train.len(),
-        n_valid: split.valid.len(),
-        n_test: split.test.len(),
-        two_tower_options: o.two_tower.clone(),
-        ranker_options: o.ranker.clone(),
-    };
-    write_json(out, files::TRAINING, &report)?;
-    Ok(TrainSummary { metrics, report, version })
+        n_users: run.dataset.users.len(),
+        n_items: run.dataset.items.len(),
+        n_train: splits.n_train,
+        n_valid: splits.n_valid,
+        n_test: splits.n_test,
+        two_tower_options: options.two_tower.clone(),
+        ranker_options: options.ranker.clone(),
+    }
 }

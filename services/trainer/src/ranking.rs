@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Tensor};
 
+use crate::early_stopping::EarlyStopping;
 use crate::error::Result;
 use crate::eval::{EvalSet, Scorer, evaluate_ranked, top_k};
 use crate::features::FeatureSpace;
@@ -88,11 +89,11 @@ pub struct UserCandidates {
 /// dense features: two-tower and item-to-item scores, log popularity, the
 /// three sources' rank weights `1/log2(2+rank)`, log history length, and the
 /// two scores standardised within the user's candidates.
-pub fn dense_features(src: &SourceSet<'_>, set: &EvalSet, o: &RankerOptions) -> Result<Vec<UserCandidates>> {
+pub fn dense_features(src: &SourceSet<'_>, set: &EvalSet, options: &RankerOptions) -> Result<Vec<UserCandidates>> {
     let pop_scorer = crate::sources::Popularity::new(src.popularity);
-    let tt_top = top_k(src.two_tower, set, o.per_source)?;
-    let ii_top = top_k(src.item_item, set, o.per_source)?;
-    let pop_top = top_k(&pop_scorer, set, o.popular)?;
+    let tt_top = top_k(src.two_tower, set, options.per_source)?;
+    let ii_top = top_k(src.item_item, set, options.per_source)?;
+    let pop_top = top_k(&pop_scorer, set, options.popular)?;
     let mut out = Vec::with_capacity(set.users.len());
     for (r, &user) in set.users.iter().enumerate() {
         let mut items: Vec<u32> = tt_top[r].iter().chain(&ii_top[r]).chain(&pop_top[r]).copied().collect();
@@ -145,12 +146,11 @@ impl<'a> RankerInputs<'a> {
         RankerInputs { ds, fs, genres }
     }
 
-    /// Batch of `(user, item, dense)` rows.
-    fn batch(&self, tt: &TwoTowerScorer, rows: &[(u32, u32, &[f32; N_DENSE])], scaler: &DenseScaler) -> RankerBatch {
-        let users = Tensor::from_slice(&rows.iter().map(|r| r.0 as i64).collect::<Vec<_>>());
-        let items = Tensor::from_slice(&rows.iter().map(|r| r.1 as i64).collect::<Vec<_>>());
-        let dense = scaler.apply(rows.iter().map(|r| r.2));
-        let user = |f: &dyn Fn(u32) -> i64| Tensor::from_slice(&rows.iter().map(|r| f(r.0)).collect::<Vec<_>>());
+    fn batch(&self, tt: &TwoTowerScorer, rows: &[CandidateRow<'_>], scaler: &DenseScaler) -> RankerBatch {
+        let users = Tensor::from_slice(&rows.iter().map(|row| row.user as i64).collect::<Vec<_>>());
+        let items = Tensor::from_slice(&rows.iter().map(|row| row.item as i64).collect::<Vec<_>>());
+        let dense = scaler.apply(rows.iter().map(|row| row.dense));
+        let user = |f: &dyn Fn(u32) -> i64| Tensor::from_slice(&rows.iter().map(|row| f(row.user)).collect::<Vec<_>>());
         let ds = self.ds;
         let fs = self.fs;
         RankerBatch {
@@ -161,9 +161,17 @@ impl<'a> RankerInputs<'a> {
             occupation: user(&|u| fs.occupations.index(ds.users[u as usize].occupation.as_deref())),
             age: user(&|u| FeatureSpace::age_bucket(ds.users[u as usize].age)),
             gender: user(&|u| fs.genders.index(ds.users[u as usize].gender.as_deref())),
-            genres: pad_bags(&rows.iter().map(|r| self.genres[r.1 as usize].clone()).collect::<Vec<_>>()),
+            genres: pad_bags(&rows.iter().map(|row| self.genres[row.item as usize].clone()).collect::<Vec<_>>()),
         }
     }
+}
+
+/// One (user, candidate item) pair with its dense features: a ranker input row.
+#[derive(Debug, Clone, Copy)]
+struct CandidateRow<'a> {
+    user: u32,
+    item: u32,
+    dense: &'a [f32; N_DENSE],
 }
 
 /// Ranker outputs for every candidate of every user (logits `[n, tasks]`).
@@ -176,11 +184,15 @@ pub fn score_candidates(
 ) -> Vec<RankerOutput> {
     cands
         .iter()
-        .map(|c| {
-            let rows: Vec<(u32, u32, &[f32; N_DENSE])> =
-                c.items.iter().zip(&c.dense).map(|(&i, d)| (c.user, i, d)).collect();
-            let b = inputs.batch(tt, &rows, scaler);
-            tch::no_grad(|| ranker.forward(&b, false))
+        .map(|candidates| {
+            let rows: Vec<CandidateRow<'_>> = candidates
+                .items
+                .iter()
+                .zip(&candidates.dense)
+                .map(|(&item, dense)| CandidateRow { user: candidates.user, item, dense })
+                .collect();
+            let batch = inputs.batch(tt, &rows, scaler);
+            tch::no_grad(|| ranker.forward(&batch, false))
         })
         .collect()
 }
@@ -193,8 +205,8 @@ pub fn rank_by_value(
     k: usize,
 ) -> Result<Vec<Vec<u32>>> {
     let mut out = Vec::with_capacity(cands.len());
-    for (c, o) in cands.iter().zip(outputs) {
-        let v = Vec::<f32>::try_from(o.value(vm.high_rating_weight))?;
+    for (c, output) in cands.iter().zip(outputs) {
+        let v = Vec::<f32>::try_from(output.value(vm.high_rating_weight))?;
         let tt: Vec<f32> = c.dense.iter().map(|d| d[0]).collect();
         let s = vm.served_scores(&v, &tt);
         let mut order: Vec<usize> = (0..c.items.len()).collect();
@@ -231,7 +243,7 @@ pub struct RankerData<'a> {
     pub valid: &'a EvalSet,
 }
 
-pub fn ranker_config(fs: &FeatureSpace, ds: &Dataset, tower_dim: i64, o: &RankerOptions) -> RankerConfig {
+pub fn ranker_config(fs: &FeatureSpace, ds: &Dataset, tower_dim: i64, options: &RankerOptions) -> RankerConfig {
     RankerConfig {
         tower_dim,
         n_dense: N_DENSE as i64,
@@ -240,10 +252,10 @@ pub fn ranker_config(fs: &FeatureSpace, ds: &Dataset, tower_dim: i64, o: &Ranker
         n_occupations: fs.occupations.size(),
         n_ages: fs.n_ages(),
         n_genders: fs.genders.size(),
-        embed_dim: o.embed_dim,
-        cross_layers: o.cross_layers,
-        hidden_dim: o.hidden_dim,
-        dropout: o.dropout,
+        embed_dim: options.embed_dim,
+        cross_layers: options.cross_layers,
+        hidden_dim: options.hidden_dim,
+        dropout: options.dropout,
         tasks: vec!["interaction".into(), "high_rating".into()],
     }
 }
@@ -265,38 +277,22 @@ struct RankerCheckpoint {
 /// `checkpoint` (a directory) enables resume, as for the two-tower.
 pub fn train_ranker(
     data: &RankerData<'_>,
-    o: &RankerOptions,
+    options: &RankerOptions,
     seed: u64,
     checkpoint: Option<&Path>,
     progress: &Progress,
 ) -> Result<TrainedRanker> {
     let tower_dim = data.fit_sources.users.size()[1];
-    let config = ranker_config(data.inputs.fs, data.inputs.ds, tower_dim, o);
+    let config = ranker_config(data.inputs.fs, data.inputs.ds, tower_dim, options);
     tch::manual_seed(seed as i64 + 17);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Ranker::new(&vs.root(), config.clone());
     let mut best_vs = nn::VarStore::new(Device::Cpu);
     let best_model = Ranker::new(&best_vs.root(), config);
     best_vs.copy(&vs)?;
-    let mut opt = nn::Adam::default().build(&vs, o.learning_rate)?;
+    let mut optimizer = nn::Adam::default().build(&vs, options.learning_rate)?;
     let scaler = DenseScaler::fit(data.fit_candidates.iter().flat_map(|c| &c.dense));
-
-    let mut rows: Vec<(u32, u32, &[f32; N_DENSE], f32, f32)> = Vec::new();
-    for c in data.fit_candidates {
-        let pos: HashMap<u32, f32> = data.labels[c.user as usize].iter().map(|x| (x.item, x.rating)).collect();
-        if pos.is_empty() {
-            continue;
-        }
-        for (item, d) in c.items.iter().zip(&c.dense) {
-            let (y, high) = match pos.get(item) {
-                Some(&r) => (1.0, if r >= 4.0 { 1.0 } else { 0.0 }),
-                None => (0.0, 0.0),
-            };
-            rows.push((c.user, *item, d, y, high));
-        }
-    }
-    let positives = rows.iter().filter(|r| r.3 > 0.0).count();
-    tracing::info!(rows = rows.len(), positives, "ranker training rows");
+    let mut rows = training_rows(data);
 
     let mut state = RankerCheckpoint {
         epoch: 0,
@@ -304,69 +300,45 @@ pub fn train_ranker(
         best_epoch: 0,
         best_value_model: ValueModel { high_rating_weight: 0.0, ranker_blend: 1.0 },
         epochs_without_gain: 0,
-        options: o.clone(),
+        options: options.clone(),
         seed,
     };
     if let Some(dir) = checkpoint
         && let Some(saved) = crate::checkpoint::load(dir, &mut vs, &mut best_vs, |s: &RankerCheckpoint| {
-            s.options == *o && s.seed == seed
+            s.options == *options && s.seed == seed
         })?
     {
         tracing::info!(epoch = saved.epoch, "resuming ranker training from checkpoint");
         state = saved;
     }
-    while state.epoch < o.max_epochs && state.epochs_without_gain < o.patience {
+    let trainer = RankerEpochs { data, options, seed, scaler: &scaler, progress };
+    // Copied back into `state` after every epoch: the checkpoint keeps its own field names, so that checkpoints
+    // written before still resume.
+    let mut stopping = EarlyStopping {
+        patience: options.patience,
+        best: state.best,
+        best_epoch: state.best_epoch,
+        bad_epochs: state.epochs_without_gain,
+    };
+    while state.epoch < options.max_epochs && !stopping.should_stop() {
         let epoch = state.epoch + 1;
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_919).wrapping_add(epoch as u64));
-        tch::manual_seed(seed as i64 * 7_919 + epoch as i64);
-        // From the canonical (user, item) order: the permutation depends on (seed, epoch) only (see the two-tower).
-        rows.sort_unstable_by_key(|r| (r.0, r.1));
-        rows.shuffle(&mut rng);
-        let bar = progress.bar(rows.len() as u64, &format!("ranker epoch {epoch}"));
-        let mut loss_sum = 0.0;
-        let mut n = 0;
-        for chunk in rows.chunks(o.batch_size) {
-            let r: Vec<(u32, u32, &[f32; N_DENSE])> = chunk.iter().map(|r| (r.0, r.1, r.2)).collect();
-            let b = data.inputs.batch(data.fit_sources, &r, &scaler);
-            let y = Tensor::from_slice(&chunk.iter().flat_map(|r| [r.3, r.4]).collect::<Vec<_>>()).view([-1, 2]);
-            let logits = model.forward(&b, true).logits;
-            let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean);
-            opt.backward_step(&loss);
-            loss_sum += loss.double_value(&[]);
-            n += 1;
-            bar.inc(chunk.len() as u64);
-        }
-        bar.finish_and_clear();
-        let mut epoch_best = (f64::NEG_INFINITY, state.best_value_model);
-        let outputs = score_candidates(&model, data.inputs, data.valid_sources, data.valid_candidates, &scaler);
-        for &high_rating_weight in &o.value_weights {
-            for &ranker_blend in &o.ranker_blends {
-                let vm = ValueModel { high_rating_weight, ranker_blend };
-                let ranked = rank_by_value(&outputs, data.valid_candidates, vm, 10)?;
-                let ndcg = evaluate_ranked(&ranked, data.valid, &[10], &data.inputs.fs.item_train_count)["ndcg@10"];
-                if ndcg > epoch_best.0 {
-                    epoch_best = (ndcg, vm);
-                }
-            }
-        }
+        let loss = trainer.train_epoch(&model, &mut optimizer, &mut rows, epoch);
+        let (valid_ndcg, value_model) = trainer.best_value_model(&model, state.best_value_model)?;
         tracing::info!(
             epoch,
-            loss = loss_sum / n.max(1) as f64,
-            valid_ndcg_at_10 = epoch_best.0,
-            high_rating_weight = epoch_best.1.high_rating_weight,
-            ranker_blend = epoch_best.1.ranker_blend,
+            loss,
+            valid_ndcg_at_10 = valid_ndcg,
+            high_rating_weight = value_model.high_rating_weight,
+            ranker_blend = value_model.ranker_blend,
             "ranker epoch"
         );
         state.epoch = epoch;
-        if state.best.is_none_or(|best| epoch_best.0 > best) {
-            state.best = Some(epoch_best.0);
-            state.best_value_model = epoch_best.1;
-            state.best_epoch = epoch;
+        if stopping.observe(epoch, Some(valid_ndcg)) {
+            state.best_value_model = value_model;
             best_vs.copy(&vs)?;
-            state.epochs_without_gain = 0;
-        } else {
-            state.epochs_without_gain += 1;
         }
+        (state.best, state.best_epoch, state.epochs_without_gain) =
+            (stopping.best, stopping.best_epoch, stopping.bad_epochs);
         if let Some(dir) = checkpoint {
             crate::checkpoint::save(dir, epoch, &state, &vs, &best_vs)?;
         }
@@ -379,6 +351,103 @@ pub fn train_ranker(
         best_epoch: state.best_epoch,
         best_valid_ndcg_at_10: state.best.unwrap_or(f64::NEG_INFINITY),
     })
+}
+
+/// A ranker training row: a fit candidate and its two task labels.
+struct LabelledRow<'a> {
+    candidate: CandidateRow<'a>,
+    /// 1 when the item is in the user's labels.
+    interaction: f32,
+    /// 1 when the user also rated it high (≥ 4).
+    high_rating: f32,
+}
+
+/// Every fit candidate of the users that have labels; users without any
+/// would only add negatives.
+fn training_rows<'a>(data: &RankerData<'a>) -> Vec<LabelledRow<'a>> {
+    let mut rows = Vec::new();
+    for candidates in data.fit_candidates {
+        let ratings: HashMap<u32, f32> =
+            data.labels[candidates.user as usize].iter().map(|x| (x.item, x.rating)).collect();
+        if ratings.is_empty() {
+            continue;
+        }
+        for (&item, dense) in candidates.items.iter().zip(&candidates.dense) {
+            let (interaction, high_rating) = match ratings.get(&item) {
+                Some(&rating) => (1.0, if rating >= 4.0 { 1.0 } else { 0.0 }),
+                None => (0.0, 0.0),
+            };
+            let candidate = CandidateRow { user: candidates.user, item, dense };
+            rows.push(LabelledRow { candidate, interaction, high_rating });
+        }
+    }
+    let positives = rows.iter().filter(|row| row.interaction > 0.0).count();
+    tracing::info!(rows = rows.len(), positives, "ranker training rows");
+    rows
+}
+
+/// What every ranker epoch reads.
+struct RankerEpochs<'a> {
+    data: &'a RankerData<'a>,
+    options: &'a RankerOptions,
+    seed: u64,
+    scaler: &'a DenseScaler,
+    progress: &'a Progress,
+}
+
+impl RankerEpochs<'_> {
+    /// One pass over the rows; returns the mean batch loss.
+    fn train_epoch(
+        &self,
+        model: &Ranker,
+        optimizer: &mut nn::Optimizer,
+        rows: &mut [LabelledRow<'_>],
+        epoch: usize,
+    ) -> f64 {
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(7_919).wrapping_add(epoch as u64));
+        tch::manual_seed(self.seed as i64 * 7_919 + epoch as i64);
+        // From the canonical (user, item) order: the permutation depends on (seed, epoch) only (see the two-tower).
+        rows.sort_unstable_by_key(|row| (row.candidate.user, row.candidate.item));
+        rows.shuffle(&mut rng);
+        let bar = self.progress.bar(rows.len() as u64, &format!("ranker epoch {epoch}"));
+        let mut loss_sum = 0.0;
+        let mut batches = 0;
+        for chunk in rows.chunks(self.options.batch_size) {
+            let candidates: Vec<CandidateRow<'_>> = chunk.iter().map(|row| row.candidate).collect();
+            let batch = self.data.inputs.batch(self.data.fit_sources, &candidates, self.scaler);
+            let labels: Vec<f32> = chunk.iter().flat_map(|row| [row.interaction, row.high_rating]).collect();
+            let labels = Tensor::from_slice(&labels).view([-1, 2]);
+            let logits = model.forward(&batch, true).logits;
+            let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, tch::Reduction::Mean);
+            optimizer.backward_step(&loss);
+            loss_sum += loss.double_value(&[]);
+            batches += 1;
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        loss_sum / batches.max(1) as f64
+    }
+
+    /// How serving weighs the tasks and blends in the two-tower score is
+    /// tuned on validation with each epoch's ranker: the value model with the
+    /// best NDCG@10 (the first of equals; `fallback` when none beats minus
+    /// infinity), with that NDCG.
+    fn best_value_model(&self, model: &Ranker, fallback: ValueModel) -> Result<(f64, ValueModel)> {
+        let data = self.data;
+        let (mut best_ndcg, mut best_value_model) = (f64::NEG_INFINITY, fallback);
+        let outputs = score_candidates(model, data.inputs, data.valid_sources, data.valid_candidates, self.scaler);
+        for &high_rating_weight in &self.options.value_weights {
+            for &ranker_blend in &self.options.ranker_blends {
+                let value_model = ValueModel { high_rating_weight, ranker_blend };
+                let ranked = rank_by_value(&outputs, data.valid_candidates, value_model, 10)?;
+                let ndcg = evaluate_ranked(&ranked, data.valid, &[10], &data.inputs.fs.item_train_count)["ndcg@10"];
+                if ndcg > best_ndcg {
+                    (best_ndcg, best_value_model) = (ndcg, value_model);
+                }
+            }
+        }
+        Ok((best_ndcg, best_value_model))
+    }
 }
 
 /// Split each user's train history into an early part (fitting the ranker's
@@ -409,8 +478,8 @@ pub fn leaks_known(ranked: &[Vec<u32>], set: &EvalSet) -> bool {
 }
 
 /// Write the ranker weights.
-pub fn save_ranker(r: &TrainedRanker, path: &Path) -> Result<()> {
-    r.vs.save(path)?;
+pub fn save_ranker(ranker: &TrainedRanker, path: &Path) -> Result<()> {
+    ranker.vs.save(path)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::early_stopping::EarlyStopping;
 use crate::error::Result;
 use crate::eval::{EvalSet, evaluate};
 use crate::features::FeatureSpace;
@@ -107,7 +108,7 @@ pub struct TwoTowerData<'a> {
     pub valid: Option<&'a EvalSet>,
 }
 
-pub fn model_config(fs: &FeatureSpace, ds: &Dataset, o: &TwoTowerOptions) -> TwoTowerConfig {
+pub fn model_config(fs: &FeatureSpace, ds: &Dataset, options: &TwoTowerOptions) -> TwoTowerConfig {
     TwoTowerConfig {
         n_users: ds.users.len() as i64 + 1,
         n_items: ds.items.len() as i64 + 1,
@@ -121,11 +122,11 @@ pub fn model_config(fs: &FeatureSpace, ds: &Dataset, o: &TwoTowerOptions) -> Two
         n_title_buckets: fs.options.title_buckets as i64,
         n_dows: 8,
         n_hours: 25,
-        embed_dim: o.embed_dim,
-        hidden_dim: o.hidden_dim,
-        out_dim: o.out_dim,
-        temperature: o.temperature,
-        dropout: o.dropout,
+        embed_dim: options.embed_dim,
+        hidden_dim: options.hidden_dim,
+        out_dim: options.out_dim,
+        temperature: options.temperature,
+        dropout: options.dropout,
     }
 }
 
@@ -143,102 +144,53 @@ struct CheckpointState {
 /// Train with the given options; `checkpoint` (a directory) enables resume.
 pub fn train_two_tower(
     data: &TwoTowerData<'_>,
-    o: &TwoTowerOptions,
+    options: &TwoTowerOptions,
     seed: u64,
     checkpoint: Option<&Path>,
     progress: &Progress,
     label: &str,
 ) -> Result<TrainedTwoTower> {
-    let config = model_config(data.fs, data.ds, o);
+    let config = model_config(data.fs, data.ds, options);
     tch::manual_seed(seed as i64);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = TwoTower::new(&vs.root(), config.clone());
     let mut best_vs = nn::VarStore::new(Device::Cpu);
     let best_model = TwoTower::new(&best_vs.root(), config);
     best_vs.copy(&vs)?;
-    let mut opt = nn::Adam { wd: o.weight_decay, ..Default::default() }.build(&vs, o.learning_rate)?;
+    let mut optimizer =
+        nn::Adam { wd: options.weight_decay, ..Default::default() }.build(&vs, options.learning_rate)?;
 
     let mut state =
-        CheckpointState { epoch: 0, best_epoch: 0, best: None, epochs: Vec::new(), options: o.clone(), seed };
+        CheckpointState { epoch: 0, best_epoch: 0, best: None, epochs: Vec::new(), options: options.clone(), seed };
     if let Some(dir) = checkpoint
         && let Some(saved) = crate::checkpoint::load(dir, &mut vs, &mut best_vs, |s: &CheckpointState| {
-            s.options == *o && s.seed == seed
+            s.options == *options && s.seed == seed
         })?
     {
         tracing::info!(label, epoch = saved.epoch, "resuming two-tower training from checkpoint");
         state = saved;
     }
 
-    let items_all = data.fs.item_batch(&data.ds.items);
-    let n_items = data.ds.items.len();
-    let logq = Tensor::from_slice(&log_q(&data.fs.item_train_count, o.batch_size, o.uniform_negatives));
+    let trainer = TwoTowerEpochs::new(data, options, seed, progress, label);
     let mut examples: Vec<(u32, usize)> = Vec::new();
-    for (u, h) in data.train.iter().enumerate() {
-        examples.extend((0..h.len()).map(|t| (u as u32, t)));
+    for (user, history) in data.train.iter().enumerate() {
+        examples.extend((0..history.len()).map(|position| (user as u32, position)));
     }
-    let known: Vec<HashSet<u32>> = data.train.iter().map(|h| h.iter().map(|x| x.item).collect()).collect();
-    let mut bad_epochs = state.epochs.len().saturating_sub(state.best_epoch);
-
-    while state.epoch < o.max_epochs && !(data.valid.is_some() && bad_epochs >= o.patience) {
+    // The checkpoint has no count of epochs without gain: they are the epochs after the best.
+    let bad_epochs = state.epochs.len().saturating_sub(state.best_epoch);
+    let mut stopping =
+        EarlyStopping { patience: options.patience, best: state.best, best_epoch: state.best_epoch, bad_epochs };
+    // Without validation nothing can stop it early: it runs `max_epochs`.
+    while state.epoch < options.max_epochs && !(data.valid.is_some() && stopping.should_stop()) {
         let epoch = state.epoch + 1;
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
-        tch::manual_seed(seed as i64 * 1_000_003 + epoch as i64);
-        // From the canonical order, so that the permutation depends on (seed, epoch) only and a resumed
-        // run replays the epochs an uninterrupted one would have.
-        examples.sort_unstable();
-        examples.shuffle(&mut rng);
-        let mut queue: VecDeque<(Vec<u32>, Tensor)> = VecDeque::new();
-        let bar = progress.bar(examples.len() as u64, &format!("{label} epoch {epoch}"));
-        let start = Instant::now();
-        let mut loss_sum = 0.0;
-        let mut batches = 0usize;
-        for chunk in examples.chunks(o.batch_size) {
-            let mine = o.hard_negatives > 0 && epoch > o.hard_warmup_epochs;
-            let loss = step_loss(&model, data, &items_all, &logq, chunk, &queue, &known, &mut rng, o, mine, n_items)?;
-            opt.backward_step(&loss.loss);
-            loss_sum += loss.loss.double_value(&[]);
-            batches += 1;
-            if o.hard_negatives > 0 {
-                queue.push_back((loss.positives, loss.positive_emb));
-                if queue.len() > o.queue_batches {
-                    queue.pop_front();
-                }
-            }
-            bar.inc(chunk.len() as u64);
-        }
-        bar.finish_and_clear();
-        let seconds = start.elapsed().as_secs_f64();
-        let valid_ndcg = match data.valid {
-            Some(set) => {
-                let scorer = TwoTowerScorer::new(&model, data.fs, data.ds, data.train)?;
-                Some(evaluate(&scorer, set, &[10], &data.fs.item_train_count)?["ndcg@10"])
-            }
-            None => None,
-        };
-        let log = EpochLog {
-            epoch,
-            loss: loss_sum / batches.max(1) as f64,
-            examples: examples.len(),
-            seconds,
-            examples_per_second: examples.len() as f64 / seconds.max(1e-9),
-            valid_ndcg_at_10: valid_ndcg,
-        };
-        tracing::info!(label, epoch, loss = log.loss, examples_per_second = log.examples_per_second as u64, seconds = format!("{seconds:.1}"), valid_ndcg_at_10 = ?valid_ndcg, "two-tower epoch");
+        let log = trainer.train_epoch(&model, &mut optimizer, &mut examples, epoch)?;
+        let valid_ndcg = log.valid_ndcg_at_10;
         state.epochs.push(log);
         state.epoch = epoch;
-        let improved = match (valid_ndcg, state.best) {
-            (Some(v), Some(b)) => v > b,
-            (Some(_), None) => true,
-            (None, _) => true,
-        };
-        if improved {
-            state.best = valid_ndcg;
-            state.best_epoch = epoch;
+        if stopping.observe(epoch, valid_ndcg) {
             best_vs.copy(&vs)?;
-            bad_epochs = 0;
-        } else {
-            bad_epochs += 1;
         }
+        (state.best, state.best_epoch) = (stopping.best, stopping.best_epoch);
         if let Some(dir) = checkpoint {
             crate::checkpoint::save(dir, epoch, &state, &vs, &best_vs)?;
         }
@@ -252,94 +204,196 @@ pub fn train_two_tower(
     })
 }
 
+/// What every epoch of one run reads, computed once before the first.
+struct TwoTowerEpochs<'a> {
+    data: &'a TwoTowerData<'a>,
+    options: &'a TwoTowerOptions,
+    seed: u64,
+    progress: &'a Progress,
+    label: &'a str,
+    items_all: ItemBatch,
+    logq: Tensor,
+    /// Train items of each user: never mined as their hard negatives.
+    known: Vec<HashSet<u32>>,
+    n_items: usize,
+}
+
+impl<'a> TwoTowerEpochs<'a> {
+    fn new(
+        data: &'a TwoTowerData<'a>,
+        options: &'a TwoTowerOptions,
+        seed: u64,
+        progress: &'a Progress,
+        label: &'a str,
+    ) -> Self {
+        let items_all = data.fs.item_batch(&data.ds.items);
+        let n_items = data.ds.items.len();
+        let logq = Tensor::from_slice(&log_q(&data.fs.item_train_count, options.batch_size, options.uniform_negatives));
+        let known = data.train.iter().map(|history| history.iter().map(|x| x.item).collect()).collect();
+        TwoTowerEpochs { data, options, seed, progress, label, items_all, logq, known, n_items }
+    }
+
+    /// One pass over the examples, then the validation score early stopping needs.
+    fn train_epoch(
+        &self,
+        model: &TwoTower,
+        optimizer: &mut nn::Optimizer,
+        examples: &mut [(u32, usize)],
+        epoch: usize,
+    ) -> Result<EpochLog> {
+        let (data, options, label) = (self.data, self.options, self.label);
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        tch::manual_seed(self.seed as i64 * 1_000_003 + epoch as i64);
+        // From the canonical order, so that the permutation depends on (seed, epoch) only and a resumed
+        // run replays the epochs an uninterrupted one would have.
+        examples.sort_unstable();
+        examples.shuffle(&mut rng);
+        let mut queue: VecDeque<(Vec<u32>, Tensor)> = VecDeque::new();
+        let bar = self.progress.bar(examples.len() as u64, &format!("{label} epoch {epoch}"));
+        let start = Instant::now();
+        let mut loss_sum = 0.0;
+        let mut batches = 0usize;
+        for chunk in examples.chunks(options.batch_size) {
+            let mine = options.hard_negatives > 0 && epoch > options.hard_warmup_epochs;
+            let step = self.step_loss(model, chunk, &queue, &mut rng, mine)?;
+            optimizer.backward_step(&step.loss);
+            loss_sum += step.loss.double_value(&[]);
+            batches += 1;
+            if options.hard_negatives > 0 {
+                queue.push_back((step.positives, step.positive_emb));
+                if queue.len() > options.queue_batches {
+                    queue.pop_front();
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let seconds = start.elapsed().as_secs_f64();
+        let valid_ndcg = match data.valid {
+            Some(set) => {
+                let scorer = TwoTowerScorer::new(model, data.fs, data.ds, data.train)?;
+                Some(evaluate(&scorer, set, &[10], &data.fs.item_train_count)?["ndcg@10"])
+            }
+            None => None,
+        };
+        let log = EpochLog {
+            epoch,
+            loss: loss_sum / batches.max(1) as f64,
+            examples: examples.len(),
+            seconds,
+            examples_per_second: examples.len() as f64 / seconds.max(1e-9),
+            valid_ndcg_at_10: valid_ndcg,
+        };
+        tracing::info!(label, epoch, loss = log.loss, examples_per_second = log.examples_per_second as u64, seconds = format!("{seconds:.1}"), valid_ndcg_at_10 = ?valid_ndcg, "two-tower epoch");
+        Ok(log)
+    }
+
+    /// The batch's sampled-softmax loss: each example's positive against the
+    /// other in-batch positives, the shared uniform negatives and, when
+    /// mining, its hard negatives.
+    fn step_loss(
+        &self,
+        model: &TwoTower,
+        chunk: &[(u32, usize)],
+        queue: &VecDeque<(Vec<u32>, Tensor)>,
+        rng: &mut StdRng,
+        mine: bool,
+    ) -> Result<StepOutput> {
+        let (data, options, logq) = (self.data, self.options, &self.logq);
+        let batch_len = chunk.len();
+        let mut users = UserBatch::default();
+        let mut positives = Vec::with_capacity(batch_len);
+        for &(user, position) in chunk {
+            let history = &data.train[user as usize];
+            let now = history[position.saturating_sub(1)].timestamp;
+            crate::features::push_user(data.fs, &mut users, data.ds, user, &history[..position], now);
+            positives.push(history[position].item);
+        }
+        let user_emb = model.encode_users(&users, true)?;
+        let uniform = uniform_negatives(rng, self.n_items, options.uniform_negatives);
+        let hard = if mine && !queue.is_empty() {
+            self.mine_hard_negatives(&user_emb, chunk, &positives, queue, rng)?
+        } else {
+            Vec::new()
+        };
+
+        // Encode every distinct item once.
+        let mut distinct: Vec<u32> = positives.iter().chain(&uniform).chain(hard.iter().flatten()).copied().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let rows: Vec<usize> = distinct.iter().map(|&i| i as usize).collect();
+        let v_all = model.encode_items(&self.items_all.select(&rows), true)?;
+        let pos_of = |ids: &[u32]| -> Tensor {
+            let idx: Vec<i64> = ids.iter().map(|i| distinct.binary_search(i).map_or(0, |p| p as i64)).collect();
+            Tensor::from_slice(&idx)
+        };
+        let ids_t = |ids: &[u32]| Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let v_pos = v_all.index_select(0, &pos_of(&positives));
+        let v_uni = v_all.index_select(0, &pos_of(&uniform));
+        let tau = options.temperature;
+
+        let pos_t = ids_t(&positives);
+        let same = pos_t.unsqueeze(1).eq_tensor(&pos_t.unsqueeze(0));
+        let not_diag = Tensor::eye(batch_len as i64, (Kind::Bool, Device::Cpu)).logical_not();
+        let in_batch = (user_emb.matmul(&v_pos.tr()) / tau - logq.index_select(0, &pos_t).unsqueeze(0))
+            .masked_fill(&same.logical_and(&not_diag), -1e9);
+        let uni_t = ids_t(&uniform);
+        let uni = (user_emb.matmul(&v_uni.tr()) / tau - logq.index_select(0, &uni_t).unsqueeze(0))
+            .masked_fill(&pos_t.unsqueeze(1).eq_tensor(&uni_t.unsqueeze(0)), -1e9);
+        let mut parts = vec![in_batch, uni];
+        if !hard.is_empty() {
+            let flat: Vec<u32> = hard.iter().flatten().copied().collect();
+            let v_hard =
+                v_all.index_select(0, &pos_of(&flat)).view([batch_len as i64, options.hard_negatives as i64, -1]);
+            // Mined negatives are not drawn from a known proposal, so they get the
+            // same correction as an in-batch draw of that item.
+            let hard_logits = (user_emb.unsqueeze(1) * v_hard).sum_dim_intlist(-1, false, Kind::Float) / tau
+                - logq.index_select(0, &ids_t(&flat)).view([batch_len as i64, -1]);
+            parts.push(hard_logits);
+        }
+        let logits = Tensor::cat(&parts, 1);
+        let target = Tensor::arange(batch_len as i64, (Kind::Int64, Device::Cpu));
+        let loss = logits.cross_entropy_for_logits(&target);
+        Ok(StepOutput { loss, positives, positive_emb: v_pos.detach() })
+    }
+
+    /// Per example, `hard_negatives` items from the queue of recent positives
+    /// that the user's embedding scores highest, skipping the `hard_skip` most
+    /// similar (likely false negatives) and the user's own items; uniform draws
+    /// fill in when the queue has too few.
+    fn mine_hard_negatives(
+        &self,
+        user_emb: &Tensor,
+        chunk: &[(u32, usize)],
+        positives: &[u32],
+        queue: &VecDeque<(Vec<u32>, Tensor)>,
+        rng: &mut StdRng,
+    ) -> Result<Vec<Vec<u32>>> {
+        let options = self.options;
+        let queue_ids: Vec<u32> = queue.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
+        let queue_emb = Tensor::cat(&queue.iter().map(|(_, emb)| emb.shallow_clone()).collect::<Vec<_>>(), 0);
+        let window = (options.hard_skip + options.hard_negatives) * 4 + 64;
+        let top = window.min(queue_ids.len());
+        let (_, order) = tch::no_grad(|| user_emb.detach().matmul(&queue_emb.tr()).topk(top as i64, 1, true, true));
+        let order = Vec::<i64>::try_from(order.flatten(0, -1))?;
+        let mut hard = Vec::with_capacity(chunk.len());
+        for (row, &(user, _)) in chunk.iter().enumerate() {
+            let ranked: Vec<usize> = order[row * top..(row + 1) * top].iter().map(|&i| i as usize).collect();
+            let positive = positives[row];
+            let known = &self.known[user as usize];
+            let excluded = |id| id == positive || known.contains(&id);
+            let mut negatives = hard_window(&ranked, &queue_ids, excluded, options.hard_skip, options.hard_negatives);
+            while negatives.len() < options.hard_negatives {
+                negatives.push(uniform_negatives(rng, self.n_items, 1)[0]);
+            }
+            hard.push(negatives);
+        }
+        Ok(hard)
+    }
+}
+
 struct StepOutput {
     loss: Tensor,
     positives: Vec<u32>,
     positive_emb: Tensor,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn step_loss(
-    model: &TwoTower,
-    data: &TwoTowerData<'_>,
-    items_all: &ItemBatch,
-    logq: &Tensor,
-    chunk: &[(u32, usize)],
-    queue: &VecDeque<(Vec<u32>, Tensor)>,
-    known: &[HashSet<u32>],
-    rng: &mut StdRng,
-    o: &TwoTowerOptions,
-    mine: bool,
-    n_items: usize,
-) -> Result<StepOutput> {
-    let b = chunk.len();
-    let mut users = UserBatch::default();
-    let mut positives = Vec::with_capacity(b);
-    for &(u, t) in chunk {
-        let h = &data.train[u as usize];
-        let now = h[t.saturating_sub(1)].timestamp;
-        crate::features::push_user(data.fs, &mut users, data.ds, u, &h[..t], now);
-        positives.push(h[t].item);
-    }
-    let u = model.encode_users(&users, true)?;
-    let uniform = uniform_negatives(rng, n_items, o.uniform_negatives);
-
-    // Hard negatives from the queue, per example.
-    let mut hard: Vec<Vec<u32>> = Vec::new();
-    if mine && !queue.is_empty() {
-        let q_ids: Vec<u32> = queue.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
-        let q_emb = Tensor::cat(&queue.iter().map(|(_, e)| e.shallow_clone()).collect::<Vec<_>>(), 0);
-        let window = (o.hard_skip + o.hard_negatives) * 4 + 64;
-        let k = window.min(q_ids.len()) as i64;
-        let (_, order) = tch::no_grad(|| u.detach().matmul(&q_emb.tr()).topk(k, 1, true, true));
-        let order = Vec::<i64>::try_from(order.flatten(0, -1))?;
-        for (row, &(user, _)) in chunk.iter().enumerate() {
-            let ord: Vec<usize> = order[row * k as usize..(row + 1) * k as usize].iter().map(|&i| i as usize).collect();
-            let pos = positives[row];
-            let kn = &known[user as usize];
-            let mut w = hard_window(&ord, &q_ids, |id| id == pos || kn.contains(&id), o.hard_skip, o.hard_negatives);
-            while w.len() < o.hard_negatives {
-                w.push(uniform_negatives(rng, n_items, 1)[0]);
-            }
-            hard.push(w);
-        }
-    }
-
-    // Encode every distinct item once.
-    let mut distinct: Vec<u32> = positives.iter().chain(&uniform).chain(hard.iter().flatten()).copied().collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let rows: Vec<usize> = distinct.iter().map(|&i| i as usize).collect();
-    let v_all = model.encode_items(&items_all.select(&rows), true)?;
-    let pos_of = |ids: &[u32]| -> Tensor {
-        let idx: Vec<i64> = ids.iter().map(|i| distinct.binary_search(i).map_or(0, |p| p as i64)).collect();
-        Tensor::from_slice(&idx)
-    };
-    let ids_t = |ids: &[u32]| Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    let v_pos = v_all.index_select(0, &pos_of(&positives));
-    let v_uni = v_all.index_select(0, &pos_of(&uniform));
-    let tau = o.temperature;
-
-    let pos_t = ids_t(&positives);
-    let same = pos_t.unsqueeze(1).eq_tensor(&pos_t.unsqueeze(0));
-    let not_diag = Tensor::eye(b as i64, (Kind::Bool, Device::Cpu)).logical_not();
-    let in_batch = (u.matmul(&v_pos.tr()) / tau - logq.index_select(0, &pos_t).unsqueeze(0))
-        .masked_fill(&same.logical_and(&not_diag), -1e9);
-    let uni_t = ids_t(&uniform);
-    let uni = (u.matmul(&v_uni.tr()) / tau - logq.index_select(0, &uni_t).unsqueeze(0))
-        .masked_fill(&pos_t.unsqueeze(1).eq_tensor(&uni_t.unsqueeze(0)), -1e9);
-    let mut parts = vec![in_batch, uni];
-    if !hard.is_empty() {
-        let flat: Vec<u32> = hard.iter().flatten().copied().collect();
-        let v_hard = v_all.index_select(0, &pos_of(&flat)).view([b as i64, o.hard_negatives as i64, -1]);
-        // Mined negatives are not drawn from a known proposal, so they get the
-        // same correction as an in-batch draw of that item.
-        let hard_logits = (u.unsqueeze(1) * v_hard).sum_dim_intlist(-1, false, Kind::Float) / tau
-            - logq.index_select(0, &ids_t(&flat)).view([b as i64, -1]);
-        parts.push(hard_logits);
-    }
-    let logits = Tensor::cat(&parts, 1);
-    let target = Tensor::arange(b as i64, (Kind::Int64, Device::Cpu));
-    let loss = logits.cross_entropy_for_logits(&target);
-    Ok(StepOutput { loss, positives, positive_emb: v_pos.detach() })
 }

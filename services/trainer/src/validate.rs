@@ -162,12 +162,12 @@ struct Collector {
 impl Collector {
     fn add(&mut self, t: &Table, column: &str, kind: ProblemKind, row: Option<usize>, value: &str) {
         let map = if self.lenient { &mut self.warnings } else { &mut self.problems };
-        let e = map.entry((t.name.clone(), column.to_string(), kind)).or_default();
-        e.0 += 1;
-        if e.1.len() < self.rules.max_examples {
+        let (count, examples) = map.entry((t.name.clone(), column.to_string(), kind)).or_default();
+        *count += 1;
+        if examples.len() < self.rules.max_examples {
             let line =
                 row.map(|r| format!("line {}: ", t.lines.get(r).copied().unwrap_or(r as u64 + 2))).unwrap_or_default();
-            e.1.push(format!("{line}{value:?}"));
+            examples.push(format!("{line}{value:?}"));
         }
     }
 
@@ -221,9 +221,9 @@ impl Collector {
         Some(v)
     }
 
-    fn number(&mut self, t: &Table, row: usize, name: &str, v: &str, range: (f64, f64)) -> Option<f64> {
+    fn number(&mut self, t: &Table, row: usize, name: &str, v: &str, (low, high): (f64, f64)) -> Option<f64> {
         match v.parse::<f64>() {
-            Ok(x) if x.is_finite() && x >= range.0 && x <= range.1 => Some(x),
+            Ok(x) if x.is_finite() && x >= low && x <= high => Some(x),
             Ok(_) => {
                 self.add(t, name, ProblemKind::OutOfRange, Some(row), v);
                 None
@@ -253,138 +253,168 @@ const ITEM_ID: &[&str] = &["item_id", "item", "itemId", "movieId"];
 
 /// Check the tables and build the typed data set and its statistics.
 pub fn validate(tables: &RawTables, rules: &ValidationRules) -> Result<(Dataset, DataStats), ValidationReport> {
-    let mut c =
+    let mut collector =
         Collector { rules: rules.clone(), problems: BTreeMap::new(), warnings: BTreeMap::new(), lenient: false };
-    let mut ds = Dataset::default();
-    let mut user_index: HashMap<String, u32> = HashMap::new();
-    let mut item_index: HashMap<String, u32> = HashMap::new();
-
-    if let Some(t) = &tables.users {
-        c.field_counts(t);
-        let id = c.column(t, USER_ID, true);
-        let age = c.column(t, &["age"], false);
-        let gender = c.column(t, &["gender"], false);
-        let occ = c.column(t, &["occupation"], false);
-        let zip = c.column(t, &["zip_code", "zip"], false);
-        if let Some(id) = id {
-            for r in 0..t.rows.len() {
-                let Some(uid) = c.field(t, r, id, USER_ID[0], true) else { continue };
-                if user_index.contains_key(uid) {
-                    c.add(t, USER_ID[0], ProblemKind::Duplicate, Some(r), uid);
-                    continue;
-                }
-                let text = |c: &mut Collector, col: Option<usize>, name: &str| {
-                    col.and_then(|col| c.field(t, r, col, name, false)).map(str::to_string)
-                };
-                let age = age
-                    .and_then(|col| c.field(t, r, col, "age", false))
-                    .and_then(|v| c.feature_number(t, r, "age", v, (0.0, 130.0)))
-                    .map(|a| a as u32);
-                let user = User {
-                    id: uid.to_string(),
-                    age,
-                    gender: text(&mut c, gender, "gender"),
-                    occupation: text(&mut c, occ, "occupation"),
-                    zip: text(&mut c, zip, "zip_code"),
-                };
-                user_index.insert(user.id.clone(), ds.users.len() as u32);
-                ds.users.push(user);
-            }
-        }
+    let mut builder = Builder::default();
+    if let Some(table) = &tables.users {
+        builder.read_users(&mut collector, table);
     }
-
-    if let Some(t) = &tables.items {
-        c.field_counts(t);
-        let id = c.column(t, ITEM_ID, true);
-        let title = c.column(t, &["movie_title", "title"], false);
-        let year = c.column(t, &["release_year", "year"], false);
-        let genres = c.column(t, &["class", "genres", "genre"], false);
-        if let Some(id) = id {
-            for r in 0..t.rows.len() {
-                let Some(iid) = c.field(t, r, id, ITEM_ID[0], true) else { continue };
-                if item_index.contains_key(iid) {
-                    c.add(t, ITEM_ID[0], ProblemKind::Duplicate, Some(r), iid);
-                    continue;
-                }
-                let year = year
-                    .and_then(|col| c.field(t, r, col, "release_year", false))
-                    .and_then(|v| c.feature_number(t, r, "release_year", v, (1800.0, 2100.0)))
-                    .map(|y| y as i32);
-                let genres = genres
-                    .and_then(|col| c.field(t, r, col, "genres", false))
-                    .map(|g| g.split(['|', ' ', ',']).filter(|s| !s.is_empty()).map(str::to_string).collect())
-                    .unwrap_or_default();
-                let title = title.and_then(|col| c.field(t, r, col, "title", false)).map(str::to_string);
-                item_index.insert(iid.to_string(), ds.items.len() as u32);
-                ds.items.push(Item { id: iid.to_string(), title, year, genres });
-            }
-        }
+    if let Some(table) = &tables.items {
+        builder.read_items(&mut collector, table);
     }
+    builder.read_interactions(&mut collector, tables, rules);
 
-    let t = &tables.interactions;
-    c.field_counts(t);
-    let uid = c.column(t, USER_ID, true);
-    let iid = c.column(t, ITEM_ID, true);
-    let rating = c.column(t, &["rating"], false);
-    let ts = c.column(t, &["timestamp", "time", "ts"], true);
-    let mut seen: HashSet<(u32, u32, i64)> = HashSet::new();
-    if let (Some(uid), Some(iid), Some(ts)) = (uid, iid, ts) {
-        let (t_lo, t_hi) = rules.timestamp_range;
-        for r in 0..t.rows.len() {
-            let u = c.field(t, r, uid, USER_ID[0], true);
-            let i = c.field(t, r, iid, ITEM_ID[0], true);
-            let time = c
-                .field(t, r, ts, "timestamp", true)
-                .and_then(|v| c.number(t, r, "timestamp", v, (t_lo as f64, t_hi as f64)));
-            let rate = match rating {
-                Some(col) => {
-                    c.field(t, r, col, "rating", true).and_then(|v| c.number(t, r, "rating", v, rules.rating_range))
-                }
-                None => Some(1.0),
-            };
-            let (Some(u), Some(i), Some(time), Some(rate)) = (u, i, time, rate) else { continue };
-            let user = match user_index.get(u) {
-                Some(&x) => x,
-                None if tables.users.is_some() => {
-                    c.add(t, USER_ID[0], ProblemKind::UnknownId, Some(r), u);
-                    continue;
-                }
-                None => {
-                    let x = ds.users.len() as u32;
-                    user_index.insert(u.to_string(), x);
-                    ds.users.push(User { id: u.to_string(), ..Default::default() });
-                    x
-                }
-            };
-            let item = match item_index.get(i) {
-                Some(&x) => x,
-                None if tables.items.is_some() => {
-                    c.add(t, ITEM_ID[0], ProblemKind::UnknownId, Some(r), i);
-                    continue;
-                }
-                None => {
-                    let x = ds.items.len() as u32;
-                    item_index.insert(i.to_string(), x);
-                    ds.items.push(Item { id: i.to_string(), ..Default::default() });
-                    x
-                }
-            };
-            let timestamp = time as i64;
-            if !seen.insert((user, item, timestamp)) {
-                c.add(t, "user_id,item_id,timestamp", ProblemKind::Duplicate, Some(r), &format!("{u} {i} {timestamp}"));
-                continue;
-            }
-            ds.interactions.push(Interaction { user, item, rating: rate as f32, timestamp });
-        }
-    }
-
-    let (report, warnings) = c.finish();
+    let (report, warnings) = collector.finish();
     if let Some(report) = report {
         return Err(report);
     }
-    let mut stats = statistics(tables, &ds);
+    let mut stats = statistics(tables, &builder.dataset);
     stats.warnings = warnings;
-    Ok((ds, stats))
+    Ok((builder.dataset, stats))
+}
+
+/// The data set being read, with the dense index of every id seen so far:
+/// interactions refer to users and items by these indices.
+#[derive(Default)]
+struct Builder {
+    dataset: Dataset,
+    user_index: HashMap<String, u32>,
+    item_index: HashMap<String, u32>,
+}
+
+impl Builder {
+    /// The users file: an id is required and unique; the features are
+    /// optional, bad values there are warnings and read as missing.
+    fn read_users(&mut self, collector: &mut Collector, table: &Table) {
+        collector.field_counts(table);
+        let id = collector.column(table, USER_ID, true);
+        let age = collector.column(table, &["age"], false);
+        let gender = collector.column(table, &["gender"], false);
+        let occupation = collector.column(table, &["occupation"], false);
+        let zip = collector.column(table, &["zip_code", "zip"], false);
+        let Some(id) = id else { return };
+        for row in 0..table.rows.len() {
+            let Some(user_id) = collector.field(table, row, id, USER_ID[0], true) else { continue };
+            if self.user_index.contains_key(user_id) {
+                collector.add(table, USER_ID[0], ProblemKind::Duplicate, Some(row), user_id);
+                continue;
+            }
+            let text = |collector: &mut Collector, col: Option<usize>, name: &str| {
+                col.and_then(|col| collector.field(table, row, col, name, false)).map(str::to_string)
+            };
+            let age = age
+                .and_then(|col| collector.field(table, row, col, "age", false))
+                .and_then(|v| collector.feature_number(table, row, "age", v, (0.0, 130.0)))
+                .map(|a| a as u32);
+            let user = User {
+                id: user_id.to_string(),
+                age,
+                gender: text(collector, gender, "gender"),
+                occupation: text(collector, occupation, "occupation"),
+                zip: text(collector, zip, "zip_code"),
+            };
+            self.user_index.insert(user.id.clone(), self.dataset.users.len() as u32);
+            self.dataset.users.push(user);
+        }
+    }
+
+    /// The items file, checked like the users file.
+    fn read_items(&mut self, collector: &mut Collector, table: &Table) {
+        collector.field_counts(table);
+        let id = collector.column(table, ITEM_ID, true);
+        let title = collector.column(table, &["movie_title", "title"], false);
+        let year = collector.column(table, &["release_year", "year"], false);
+        let genres = collector.column(table, &["class", "genres", "genre"], false);
+        let Some(id) = id else { return };
+        for row in 0..table.rows.len() {
+            let Some(item_id) = collector.field(table, row, id, ITEM_ID[0], true) else { continue };
+            if self.item_index.contains_key(item_id) {
+                collector.add(table, ITEM_ID[0], ProblemKind::Duplicate, Some(row), item_id);
+                continue;
+            }
+            let year = year
+                .and_then(|col| collector.field(table, row, col, "release_year", false))
+                .and_then(|v| collector.feature_number(table, row, "release_year", v, (1800.0, 2100.0)))
+                .map(|y| y as i32);
+            let genres = genres
+                .and_then(|col| collector.field(table, row, col, "genres", false))
+                .map(|g| g.split(['|', ' ', ',']).filter(|s| !s.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default();
+            let title = title.and_then(|col| collector.field(table, row, col, "title", false)).map(str::to_string);
+            self.item_index.insert(item_id.to_string(), self.dataset.items.len() as u32);
+            self.dataset.items.push(Item { id: item_id.to_string(), title, year, genres });
+        }
+    }
+
+    /// The interactions file: every key column typed and in range, ids known
+    /// to the side files (when there are any), no duplicate (user, item, time).
+    fn read_interactions(&mut self, collector: &mut Collector, tables: &RawTables, rules: &ValidationRules) {
+        let table = &tables.interactions;
+        collector.field_counts(table);
+        let user_col = collector.column(table, USER_ID, true);
+        let item_col = collector.column(table, ITEM_ID, true);
+        let rating_col = collector.column(table, &["rating"], false);
+        let time_col = collector.column(table, &["timestamp", "time", "ts"], true);
+        let (Some(user_col), Some(item_col), Some(time_col)) = (user_col, item_col, time_col) else { return };
+        let mut seen: HashSet<(u32, u32, i64)> = HashSet::new();
+        let (t_lo, t_hi) = rules.timestamp_range;
+        for row in 0..table.rows.len() {
+            let user_id = collector.field(table, row, user_col, USER_ID[0], true);
+            let item_id = collector.field(table, row, item_col, ITEM_ID[0], true);
+            let time = collector
+                .field(table, row, time_col, "timestamp", true)
+                .and_then(|v| collector.number(table, row, "timestamp", v, (t_lo as f64, t_hi as f64)));
+            let rating = match rating_col {
+                Some(col) => collector
+                    .field(table, row, col, "rating", true)
+                    .and_then(|v| collector.number(table, row, "rating", v, rules.rating_range)),
+                None => Some(1.0),
+            };
+            let (Some(user_id), Some(item_id), Some(time), Some(rating)) = (user_id, item_id, time, rating) else {
+                continue;
+            };
+            let Some(user) = self.user(collector, table, row, user_id, tables.users.is_some()) else { continue };
+            let Some(item) = self.item(collector, table, row, item_id, tables.items.is_some()) else { continue };
+            let timestamp = time as i64;
+            if !seen.insert((user, item, timestamp)) {
+                let value = format!("{user_id} {item_id} {timestamp}");
+                collector.add(table, "user_id,item_id,timestamp", ProblemKind::Duplicate, Some(row), &value);
+                continue;
+            }
+            self.dataset.interactions.push(Interaction { user, item, rating: rating as f32, timestamp });
+        }
+    }
+
+    /// The index of an interaction's user: with a users file an unknown id is
+    /// a problem, without one the id adds a user without features.
+    fn user(&mut self, collector: &mut Collector, table: &Table, row: usize, id: &str, side_file: bool) -> Option<u32> {
+        if let Some(&index) = self.user_index.get(id) {
+            return Some(index);
+        }
+        if side_file {
+            collector.add(table, USER_ID[0], ProblemKind::UnknownId, Some(row), id);
+            return None;
+        }
+        let index = self.dataset.users.len() as u32;
+        self.user_index.insert(id.to_string(), index);
+        self.dataset.users.push(User { id: id.to_string(), ..Default::default() });
+        Some(index)
+    }
+
+    /// The index of an interaction's item, as for [`Builder::user`].
+    fn item(&mut self, collector: &mut Collector, table: &Table, row: usize, id: &str, side_file: bool) -> Option<u32> {
+        if let Some(&index) = self.item_index.get(id) {
+            return Some(index);
+        }
+        if side_file {
+            collector.add(table, ITEM_ID[0], ProblemKind::UnknownId, Some(row), id);
+            return None;
+        }
+        let index = self.dataset.items.len() as u32;
+        self.item_index.insert(id.to_string(), index);
+        self.dataset.items.push(Item { id: id.to_string(), ..Default::default() });
+        Some(index)
+    }
 }
 
 fn numeric(mut v: Vec<f64>) -> NumericStats {
@@ -417,7 +447,7 @@ fn column_stats(t: &Table, col: usize) -> ColumnStats {
         }
     }
     let mut top: Vec<(String, usize)> = counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.sort_by(|(a_value, a_count), (b_value, b_count)| b_count.cmp(a_count).then_with(|| a_value.cmp(b_value)));
     top.truncate(10);
     ColumnStats {
         count: t.rows.len(),

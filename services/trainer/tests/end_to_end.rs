@@ -51,24 +51,24 @@ fn write_synthetic(dir: &Path) {
 }
 
 fn tiny(data: &Path, out: &Path, seed: u64) -> TrainOptions {
-    let mut o = TrainOptions::new(data.to_path_buf(), out.to_path_buf(), seed);
-    o.two_tower.embed_dim = 8;
-    o.two_tower.hidden_dim = 16;
-    o.two_tower.out_dim = 8;
-    o.two_tower.batch_size = 64;
-    o.two_tower.uniform_negatives = 16;
-    o.two_tower.hard_negatives = 2;
-    o.two_tower.hard_skip = 1;
-    o.two_tower.max_epochs = 3;
-    o.ranker.per_source = 15;
-    o.ranker.popular = 5;
-    o.ranker.hidden_dim = 16;
-    o.ranker.embed_dim = 4;
-    o.ranker.max_epochs = 2;
-    o.ease_lambdas = vec![10.0, 50.0];
-    o.threads = Some(1);
-    o.pipeline = "synthetic".into();
-    o
+    let mut options = TrainOptions::new(data.to_path_buf(), out.to_path_buf(), seed);
+    options.two_tower.embed_dim = 8;
+    options.two_tower.hidden_dim = 16;
+    options.two_tower.out_dim = 8;
+    options.two_tower.batch_size = 64;
+    options.two_tower.uniform_negatives = 16;
+    options.two_tower.hard_negatives = 2;
+    options.two_tower.hard_skip = 1;
+    options.two_tower.max_epochs = 3;
+    options.ranker.per_source = 15;
+    options.ranker.popular = 5;
+    options.ranker.hidden_dim = 16;
+    options.ranker.embed_dim = 4;
+    options.ranker.max_epochs = 2;
+    options.ease_lambdas = vec![10.0, 50.0];
+    options.threads = Some(1);
+    options.pipeline = "synthetic".into();
+    options
 }
 
 #[test]
@@ -182,15 +182,16 @@ fn two_tower_training_never_reads_validation_or_test() {
     let data = tmp("leak");
     write_synthetic(&data);
     let (ds, _) = load_dataset(&data, &ValidationRules::default(), None).unwrap();
-    let o = tiny(&data, &data, 3).two_tower;
+    let two_tower_options = tiny(&data, &data, 3).two_tower;
     let fit = |ds: &reco_trainer::validate::Dataset| {
         let split = chronological_split(ds, [0.8, 0.1, 0.1]);
         let train = by_user(ds.users.len(), &split.train);
         let fs = features::fit(ds, &split.train, FeatureOptions::default());
-        let d = TwoTowerData { ds, fs: &fs, train: &train, valid: None };
-        let t = train_two_tower(&d, &o, 3, None, &reco_trainer::Progress::hidden(), "leak").unwrap();
-        let mut vars: Vec<(String, tch::Tensor)> = t.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let data = TwoTowerData { ds, fs: &fs, train: &train, valid: None };
+        let trained =
+            train_two_tower(&data, &two_tower_options, 3, None, &reco_trainer::Progress::hidden(), "leak").unwrap();
+        let mut vars: Vec<(String, tch::Tensor)> = trained.vs.variables().into_iter().collect();
+        vars.sort_by(|(a, _), (b, _)| a.cmp(b));
         (split, vars)
     };
     let (split, before) = fit(&ds);
