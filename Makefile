@@ -21,8 +21,9 @@ crds: ## Regenerate crds/ and its chart and kustomize copies from the Rust types
 	cargo run -q -p reco-operator --bin crdgen -- --out charts/reco/crds
 	cargo run -q -p reco-operator --bin crdgen -- --out manifests/base/crds
 
-lint: ## rustfmt and clippy, warnings as errors.
+lint: ## rustfmt, clippy (warnings as errors) and cargo-deny (licences, bans, sources).
 	eval "$$(scripts/env.sh)" && cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
+	eval "$$(scripts/ensure-cargo-deny.sh)" && cargo deny check licenses bans sources
 
 images: ## Build the container images (needs a Docker engine).
 	scripts/build-images.sh all

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use crate::policy::{InvalidSpec, analysis_interval, rollout_policy};
 use crate::resources::{self, Component};
 use crate::sources::MetricSources;
-use crate::status::{self, Look};
+use crate::status::{self, Look, Observed};
 use crate::telemetry::OperatorMetrics;
 
 const CONTROLLER: &str = "recommenderpipeline";
@@ -323,16 +323,14 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     for transition in &decision.transitions {
         announce(p, ctx, &versions, transition).await;
     }
-    let status = status::pipeline_status(
-        &previous,
-        p.metadata.generation,
-        &policy,
-        p.spec.paused,
-        &decision,
-        look.as_ref(),
-        &infos,
-        now,
-    );
+    let observed = Observed {
+        status: &previous,
+        generation: p.metadata.generation,
+        policy: &policy,
+        paused: p.spec.paused,
+        versions: &infos,
+    };
+    let status = status::pipeline_status(observed, &decision, look.as_ref(), now);
     for version in &versions {
         if let Some(desired) = status::version_status(version, &decision, status.last_analysis.as_ref(), now) {
             write_status(ctx, version.as_ref(), version.status.as_ref(), &desired).await?;

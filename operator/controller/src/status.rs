@@ -70,18 +70,26 @@ pub fn analysis_due(
     since(candidate.step_started_at) >= interval && last_look.is_none_or(|t| since(t) >= interval)
 }
 
+/// What a reconcile observed of a pipeline, besides the engine's decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    /// The status read with the pipeline.
+    pub status: &'a RecommenderPipelineStatus,
+    pub generation: Option<i64>,
+    pub policy: &'a RolloutPolicy,
+    pub paused: bool,
+    pub versions: &'a [VersionInfo],
+}
+
 /// The pipeline's status after `decision`: the engine's state in the API's
 /// shape, the phase, the canary's weight, the latest look and the conditions.
 pub fn pipeline_status(
-    previous: &RecommenderPipelineStatus,
-    generation: Option<i64>,
-    policy: &RolloutPolicy,
-    paused: bool,
+    observed: Observed<'_>,
     decision: &Decision,
     look: Option<&Look>,
-    versions: &[VersionInfo],
     now: Timestamp,
 ) -> RecommenderPipelineStatus {
+    let Observed { status: previous, generation, policy, paused, versions } = observed;
     let state = &decision.state;
     let last_analysis = match (look, &previous.candidate) {
         (Some(look), Some(rollout)) => Some(analysis_status(look, &rollout.version, rollout.step)),
@@ -415,7 +423,9 @@ mod tests {
             };
             let decision = decide(&policy, &state, &observation);
             let look = report.map(|report| Look { report, time: now });
-            status = pipeline_status(&status, Some(1), &policy, false, &decision, look.as_ref(), &versions, now);
+            let observed =
+                Observed { status: &status, generation: Some(1), policy: &policy, paused: false, versions: &versions };
+            status = pipeline_status(observed, &decision, look.as_ref(), now);
             assert_eq!(engine_state(&status), decision.state, "after look {look:?}");
             states += usize::from(decision.state.candidate.is_some());
         }
@@ -439,7 +449,10 @@ mod tests {
             now,
         };
         let first = decide(&policy, &RolloutState::default(), &observe(at(0)));
-        let status = pipeline_status(&Default::default(), Some(4), &policy, false, &first, None, &versions, at(0));
+        let empty = RecommenderPipelineStatus::default();
+        let observed =
+            Observed { status: &empty, generation: Some(4), policy: &policy, paused: false, versions: &versions };
+        let status = pipeline_status(observed, &first, None, at(0));
         let candidate = status.candidate.expect("v2 rolls out after v1 became stable");
         assert_eq!((candidate.version.as_str(), candidate.step, candidate.steps), ("v2", 1, 4));
         assert_eq!(candidate.phase, reco_api::VersionPhase::Shadow);

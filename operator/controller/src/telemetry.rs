@@ -7,10 +7,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use reco_api::PipelinePhase;
 use reco_rollout::AnalysisVerdict;
+use reco_runtime::buckets::latency_histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ControllerLabels {
@@ -53,7 +54,7 @@ struct VerdictLabels {
 pub struct OperatorMetrics {
     reconciles: Family<ResultLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
-    reconcile_duration: Family<ControllerLabels, Histogram>,
+    reconcile_duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     rollout_phase: Family<PhaseLabels, Gauge>,
     canary_weight: Family<PipelineLabels, Gauge>,
     analysis_decisions: Family<VerdictLabels, Counter>,
@@ -71,7 +72,7 @@ impl OperatorMetrics {
         let metrics = Self {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
-            reconcile_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
+            reconcile_duration: Family::new_with_constructor(latency_histogram),
             rollout_phase: Family::default(),
             canary_weight: Family::default(),
             analysis_decisions: Family::default(),

@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use reco_runtime::buckets::latency_histogram;
+
 use crate::sink::SinkMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,11 +31,6 @@ pub struct StoreOpLabel {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-fn latency_histogram() -> Histogram {
-    // 50 µs .. ~1.6 s
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
-}
-
 /// Handles to every metric; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -54,7 +51,7 @@ impl Metrics {
             fsync_batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             fsync_seconds: latency_histogram(),
             store_op_seconds: Family::new_with_constructor(latency_histogram),
-            snapshot_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            snapshot_seconds: latency_histogram(),
         };
         registry.register(
             "events_ingested",
@@ -72,16 +69,20 @@ impl Metrics {
             m.fsync_batch_records.clone(),
         );
         registry.register(
-            "event_log_fsync_seconds",
+            "event_log_fsync_duration_seconds",
             "Write + fsync time of one event log batch",
             m.fsync_seconds.clone(),
         );
         registry.register(
-            "store_op_seconds",
+            "store_operation_duration_seconds",
             "Feature store operation latency by backend and operation",
             m.store_op_seconds.clone(),
         );
-        registry.register("snapshot_seconds", "Time to write one embedded store snapshot", m.snapshot_seconds.clone());
+        registry.register(
+            "snapshot_duration_seconds",
+            "Time to write one embedded store snapshot",
+            m.snapshot_seconds.clone(),
+        );
         m
     }
 

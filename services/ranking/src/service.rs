@@ -9,7 +9,7 @@ use reco_proto::ranking_server::Ranking;
 use reco_proto::{RankRequest, RankResponse};
 use tonic::{Request, Response, Status};
 
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::metrics::Metrics;
 use crate::scorer::{BuildError, RankError, Ranked, Scorer, ScorerSettings};
 
 impl From<RankError> for Status {
@@ -46,7 +46,9 @@ impl RankingService {
         metrics: Metrics,
     ) -> Result<Self, BuildError> {
         let scorer = Scorer::new(artifacts, settings)?;
-        Ok(RankingService { inner: Arc::new(Inner { scorer, version: version.into(), metrics }) })
+        let version = version.into();
+        let metrics = metrics.for_version(&version);
+        Ok(RankingService { inner: Arc::new(Inner { scorer, version, metrics }) })
     }
 
     /// The model version this service answers for.
@@ -78,7 +80,7 @@ impl Ranking for RankingService {
             Ok(_) => "ok".to_owned(),
             Err(s) => format!("{:?}", s.code()).to_lowercase(),
         };
-        self.inner.metrics.rank_seconds.get_or_create(&OutcomeLabel { outcome }).observe(start.elapsed().as_secs_f64());
+        self.inner.metrics.observe_rank(outcome, start.elapsed().as_secs_f64());
         let ranked = result?;
         Ok(Response::new(RankResponse { model_version: self.inner.version.clone(), items: ranked.items }))
     }

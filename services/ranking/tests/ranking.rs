@@ -184,9 +184,9 @@ async fn serves_in_the_order_the_trainer_ranked() {
     }
     // 25 rows in batches of at most 7: 7 + 7 + 7 + 4.
     let text = metrics_text(&registry);
-    assert!(text.contains("reco_ranking_rows_per_forward_count 4"), "{text}");
-    assert!(text.contains("reco_ranking_rows_per_forward_sum 25.0"), "{text}");
-    assert!(text.contains("reco_ranking_rank_seconds_count{outcome=\"ok\"} 1"), "{text}");
+    assert!(text.contains("reco_ranking_rows_per_forward_count{model_version=\"v1\"} 4"), "{text}");
+    assert!(text.contains("reco_ranking_rows_per_forward_sum{model_version=\"v1\"} 25.0"), "{text}");
+    assert!(text.contains("reco_ranking_rank_duration_seconds_count{model_version=\"v1\",outcome=\"ok\"} 1"), "{text}");
 }
 
 #[tokio::test]
@@ -255,9 +255,9 @@ async fn unknown_duplicate_and_non_finite_candidates_are_skipped_and_counted() {
     assert!(got.items.iter().all(|i| i.score.is_finite() && i.tasks.values().all(|p| p.is_finite())));
     let text = metrics_text(&registry);
     for line in [
-        "reco_ranking_skipped_candidates_total{reason=\"unknown_item\"} 2",
-        "reco_ranking_skipped_candidates_total{reason=\"duplicate\"} 1",
-        "reco_ranking_skipped_candidates_total{reason=\"invalid_score\"} 2",
+        "reco_ranking_skipped_candidates_total{model_version=\"v1\",reason=\"unknown_item\"} 2",
+        "reco_ranking_skipped_candidates_total{model_version=\"v1\",reason=\"duplicate\"} 1",
+        "reco_ranking_skipped_candidates_total{model_version=\"v1\",reason=\"invalid_score\"} 2",
     ] {
         assert!(text.contains(line), "{line} missing in\n{text}");
     }
@@ -296,7 +296,10 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     let mut anonymous = request(&f, candidates());
     anonymous.user = None;
     assert_eq!(rank(&svc, anonymous).await.unwrap().items.len(), 25);
-    assert!(metrics_text(&registry).contains("reco_ranking_rank_seconds_count{outcome=\"invalidargument\"} 4"));
+    assert!(
+        metrics_text(&registry)
+            .contains("reco_ranking_rank_duration_seconds_count{model_version=\"v1\",outcome=\"invalidargument\"} 4")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,7 +124,7 @@ async fn run(
                 },
             }
         }
-        metrics.batch_size.observe(jobs.len() as f64);
+        metrics.batch(jobs.len());
         let (queries, replies): (Vec<UserQuery>, Vec<_>) = jobs.into_iter().map(|j| (j.query, j.reply)).unzip();
         let (a, f) = (artifacts.clone(), Arc::clone(&features));
         let started = Instant::now();

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::args::Settings;
 use crate::catalog::{Catalog, CatalogError, ItemItem, top_scores};
 use crate::encoder::{EncodeError, UserEncoder, encode_new_items};
-use crate::metrics::{Metrics, SourceLabel};
+use crate::metrics::Metrics;
 use crate::mix::{SOURCES, Source, mix};
 use crate::query::{InvalidArgument, Plan, plan};
 
@@ -110,6 +110,7 @@ impl RetrievalService {
         metrics: Metrics,
     ) -> Result<Self, RetrievalError> {
         tch::set_num_threads(settings.torch_threads as i32);
+        let metrics = metrics.for_version(&version);
         let (features, mut items, user_ids, mut embeddings, dim, item_item) = {
             let a = &*artifacts;
             let dim = a.item_embeddings.size().get(1).copied().unwrap_or(0) as usize;
@@ -201,7 +202,7 @@ impl RetrievalService {
         };
         self.inner.store.upsert(&points).await?;
         self.inner.store.commit().await?;
-        self.inner.metrics.items_added.inc_by(count as u64);
+        self.inner.metrics.items_added(count);
         Ok(())
     }
 
@@ -288,7 +289,7 @@ impl RetrievalService {
         drop(catalog);
         for source in SOURCES.iter().map(|s| s.name()).chain(["content"]) {
             let n = candidates.iter().filter(|c| c.source == source).count();
-            m.candidates.get_or_create(&SourceLabel { source }).observe(n as f64);
+            m.candidates(source, n);
         }
         m.observe_stage("total", started);
         Ok(RetrieveResponse { model_version: self.inner.version.clone(), candidates, user_embedding: emb.to_vec() })

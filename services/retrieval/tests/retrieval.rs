@@ -261,7 +261,7 @@ async fn a_new_item_is_retrieved_through_its_content() {
     assert_eq!((c.source.as_str(), c.two_tower_rank, c.category.as_str()), ("content", beaten as i32, "Horror"));
     assert!((c.two_tower_score - dot(&after.user_embedding, &content)).abs() < 1e-5);
     assert_eq!((c.item_to_item_score, c.popular_rank, c.published_at), (0.0, -1, 0));
-    assert_eq!(f.metric("reco_retrieval_items_added_total"), 1.0);
+    assert_eq!(f.metric("reco_retrieval_items_added_total{model_version=\"v1\"}"), 1.0);
 
     let dup = f.service.add_items(vec![new]).await.unwrap_err().to_string();
     assert!(dup.contains("brand-new"), "{dup}");
@@ -281,7 +281,7 @@ async fn concurrent_requests_are_batched_and_embed_as_one_by_one() {
     for r in &requests {
         one_by_one.push(f.service.retrieve(r).await.unwrap());
     }
-    let batches_before = f.metric("reco_retrieval_batch_size_count");
+    let batches_before = f.metric("reco_retrieval_batch_size_count{model_version=\"v1\"}");
     let tasks: Vec<_> = requests
         .iter()
         .cloned()
@@ -296,9 +296,9 @@ async fn concurrent_requests_are_batched_and_embed_as_one_by_one() {
         let ids = |r: &reco_proto::RetrieveResponse| r.candidates.iter().map(|c| c.item_id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&batched), ids(single));
     }
-    let batches = f.metric("reco_retrieval_batch_size_count") - batches_before;
+    let batches = f.metric("reco_retrieval_batch_size_count{model_version=\"v1\"}") - batches_before;
     assert!(batches < 64.0, "64 concurrent requests ran in {batches} forward passes");
-    assert_eq!(f.metric("reco_retrieval_batch_size_sum"), 128.0);
+    assert_eq!(f.metric("reco_retrieval_batch_size_sum{model_version=\"v1\"}"), 128.0);
 }
 
 #[tokio::test]
@@ -309,11 +309,11 @@ async fn repeated_requests_hit_the_embedding_cache() {
     let b = f.service.retrieve(&req).await.unwrap();
     assert_eq!(a.user_embedding, b.user_embedding);
     let text = f.metrics_text();
-    assert!(text.contains("reco_retrieval_embedding_cache_total{result=\"hit\"} 1"), "{text}");
-    assert!(text.contains("reco_retrieval_embedding_cache_total{result=\"miss\"} 1"), "{text}");
+    assert!(text.contains("reco_retrieval_embedding_cache_total{model_version=\"v1\",result=\"hit\"} 1"), "{text}");
+    assert!(text.contains("reco_retrieval_embedding_cache_total{model_version=\"v1\",result=\"miss\"} 1"), "{text}");
     // A new history is a new key.
     f.service.retrieve(&request("u4", &["i1", "i2"], 10)).await.unwrap();
-    assert!(f.metrics_text().contains("reco_retrieval_embedding_cache_total{result=\"miss\"} 2"));
+    assert!(f.metrics_text().contains("reco_retrieval_embedding_cache_total{model_version=\"v1\",result=\"miss\"} 2"));
 }
 
 #[tokio::test]
