@@ -96,7 +96,7 @@ print("| seed | wall time | two-tower examples/s (median epoch) | best epoch | p
 print("|---|---|---|---|---|")
 for seed, wall, peak, _, training in runs:
     rates = [e["examples_per_second"] for e in training["two_tower_epochs"]]
-    print(f"| {seed} | {wall:.0f} s | {statistics.median(rates):,.0f} | {training['two_tower_best_epoch']} | {peak / 1024:.0f} MiB |")
+    print(f"| {seed} | {wall:.0f} s | {statistics.median_low(rates):,.0f} | {training['two_tower_best_epoch']} | {peak / 1024:.0f} MiB |")
 PY
 record training "Training: quality on MovieLens-100K (test split), time and memory" "$out/training.md"
 fi
@@ -211,7 +211,7 @@ print(f"\n{r['total']:,} requests ({r['recommend']:,} recommendations), {r['fail
 runs = aa["runs"]
 walls = [run["wall_seconds"] for run in runs]
 print(f"A/A: {len(runs)} runs: {aa['promoted']} promoted, **{aa['rolled_back_by_analysis']} false rollbacks** by the analysis, "
-      f"{aa['rolled_back_by_timeout']} rolled back by a step's maxDuration; median {statistics.median(walls):.0f} s per "
+      f"{aa['rolled_back_by_timeout']} rolled back by a step's maxDuration; median {statistics.median_low(walls):.0f} s per "
       f"rollout; {aa['requests']['total']:,} requests, {aa['requests']['failed']} failed.")
 for run in runs:
     if run["outcome"] != "promoted":
