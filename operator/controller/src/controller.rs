@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -263,6 +263,9 @@ pub fn backoff_delay(attempts: u32, jitter: f64) -> Duration {
 }
 
 async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Action, Error> {
+    if !caches_filled(ctx) {
+        return Ok(Action::requeue(CACHE_WAIT));
+    }
     let namespace = p.namespace().ok_or_else(|| Error::NoNamespace(p.name_any()))?;
     let name = p.name_any();
     let now = Timestamp::now();
@@ -292,7 +295,7 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
         ctx.services.state().into_iter().filter(|s| owned(&s.metadata)).collect();
     let infos: Vec<VersionInfo> = versions.iter().map(|v| version_info(v, &deployments)).collect();
 
-    let state = status::engine_state(&previous);
+    let state = status::engine_state(&previous, &versions);
     let last_look = previous.last_analysis.as_ref().and_then(|analysis| analysis.time.as_ref()).map(|time| time.0);
     let look = match status::analysis_due(&state, last_look, interval, now) {
         true => look_at_metrics(p, ctx, &policy, &state, now).await.map(|report| Look { report, time: now }),
@@ -345,6 +348,23 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     let requeue =
         if decision.state.candidate.is_some() { decision.requeue_after.min(interval) } else { decision.requeue_after };
     Ok(Action::requeue(requeue))
+}
+
+/// How soon to look again while a watch cache is still empty.
+const CACHE_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether every watch cache has been filled by its first list. Deciding
+/// before would take a ModelVersion not yet listed for a deleted one (its
+/// rollout dropped, a finished version started again) and a Deployment not
+/// yet listed for a healthy one; after an operator restart or a leader
+/// change the pipelines are often listed first.
+fn caches_filled(ctx: &Context) -> bool {
+    let filled =
+        |wait: Option<Result<(), kube::runtime::reflector::store::WriterDropped>>| matches!(wait, Some(Ok(())));
+    filled(ctx.versions.wait_until_ready().now_or_never())
+        && filled(ctx.deployments.wait_until_ready().now_or_never())
+        && filled(ctx.services.wait_until_ready().now_or_never())
+        && filled(ctx.configmaps.wait_until_ready().now_or_never())
 }
 
 /// The engine's view of a ModelVersion: broken when its pods cannot start,

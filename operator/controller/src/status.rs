@@ -4,6 +4,8 @@
 //! applies what these functions return.
 
 use crate::policy::InvalidSpec;
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
@@ -24,9 +26,52 @@ pub struct Look {
     pub time: Timestamp,
 }
 
-/// The engine's state stored in `status`. The candidate's analysis is the
-/// status's last one when it judged the candidate's current step.
-pub fn engine_state(status: &RecommenderPipelineStatus) -> RolloutState {
+/// The engine's state stored in `status`, completed from what the pipeline's
+/// `versions` record in their own statuses (see [`remember_versions`]). The
+/// candidate's analysis is the status's last one when it judged the
+/// candidate's current step.
+pub fn engine_state(status: &RecommenderPipelineStatus, versions: &[Arc<ModelVersion>]) -> RolloutState {
+    let mut state = stored_state(status);
+    remember_versions(&mut state, versions);
+    state
+}
+
+/// What a pipeline status that was lost (the object re-created, restored
+/// from a backup without status, or written by an older operator) no longer
+/// says, read back from the ModelVersions' statuses: the version they record
+/// as `Stable` stays stable, and a version whose rollout ended stays ended,
+/// so nothing is promoted by default and no finished version rolls out
+/// again. A version that was mid-rollout starts its rollout again from the
+/// first step. What the pipeline's status does say wins: the versions'
+/// statuses are written first, so they may be one decision ahead of it.
+fn remember_versions(state: &mut RolloutState, versions: &[Arc<ModelVersion>]) {
+    let recorded = |version: &ModelVersion| version.status.as_ref().and_then(|status| status.phase);
+    if state.stable.is_none() {
+        state.stable = versions
+            .iter()
+            .filter(|version| recorded(version) == Some(reco_api::VersionPhase::Stable))
+            .max_by_key(|version| (version.metadata.creation_timestamp.clone(), version.name_any()))
+            .map(|version| version.name_any());
+    }
+    for version in versions {
+        let name = version.name_any();
+        let in_state = state.stable.as_ref() == Some(&name)
+            || state.candidate.as_ref().is_some_and(|candidate| candidate.version == name)
+            || state.finished.contains_key(&name);
+        let phase = match recorded(version) {
+            _ if in_state => continue,
+            Some(reco_api::VersionPhase::RolledBack) => VersionPhase::RolledBack,
+            Some(reco_api::VersionPhase::Failed) => VersionPhase::Failed,
+            // A second stable (only after a lost status) was replaced by the one kept.
+            Some(reco_api::VersionPhase::Retired | reco_api::VersionPhase::Stable) => VersionPhase::Retired,
+            _ => continue,
+        };
+        let reason = version.status.as_ref().and_then(|status| status.reason.clone()).unwrap_or_default();
+        state.finished.insert(name, FinishedVersion { phase, reason });
+    }
+}
+
+fn stored_state(status: &RecommenderPipelineStatus) -> RolloutState {
     let candidate = status.candidate.as_ref().map(|rollout| {
         let step = rollout.step.saturating_sub(1);
         let last_analysis = status
@@ -410,7 +455,7 @@ mod tests {
         let mut states = 0;
         for look in 0..400 {
             let now = at(60 * look);
-            let state = engine_state(&status);
+            let state = engine_state(&status, &[]);
             let report =
                 state.candidate.as_ref().map(|c| c.analyse(&policy, &window(2_000 * (look as u64 % 7 + 1), 100)));
             let observation = Observation {
@@ -426,7 +471,7 @@ mod tests {
             let observed =
                 Observed { status: &status, generation: Some(1), policy: &policy, paused: false, versions: &versions };
             status = pipeline_status(observed, &decision, look.as_ref(), now);
-            assert_eq!(engine_state(&status), decision.state, "after look {look:?}");
+            assert_eq!(engine_state(&status, &[]), decision.state, "after look {look:?}");
             states += usize::from(decision.state.candidate.is_some());
         }
         assert!(states > 10, "the loop never rolled a version out");
@@ -434,6 +479,65 @@ mod tests {
         // v2's rollout ended (promoted, retiring v1, or rolled back) and v3's began.
         assert!(!status.ended_versions.is_empty(), "{status:#?}");
         assert!(status.history.iter().any(|t| t.version == "v3"), "{status:#?}");
+    }
+
+    fn recorded(name: &str, phase: Option<reco_api::VersionPhase>) -> Arc<ModelVersion> {
+        let spec = reco_api::ModelVersionSpec {
+            pipeline: "explore".into(),
+            artifact_uri: format!("file:///models/{name}"),
+            offline_metrics: Default::default(),
+            image: None,
+        };
+        let mut version = ModelVersion::new(name, spec);
+        version.status =
+            Some(ModelVersionStatus { phase, reason: Some(format!("{name} reason")), ..Default::default() });
+        Arc::new(version)
+    }
+
+    #[test]
+    fn a_lost_status_is_rebuilt_from_the_versions_statuses() {
+        use reco_api::VersionPhase as Api;
+        let versions = [
+            recorded("v1", Some(Api::Retired)),
+            recorded("v2", Some(Api::Stable)),
+            recorded("v3", Some(Api::RolledBack)),
+            recorded("v4", Some(Api::Failed)),
+            recorded("v5", Some(Api::Canary)),
+            recorded("v6", None),
+        ];
+        let state = engine_state(&RecommenderPipelineStatus::default(), &versions);
+        assert_eq!(state.stable.as_deref(), Some("v2"));
+        assert!(state.candidate.is_none());
+        let ended: Vec<(&str, VersionPhase)> =
+            state.finished.iter().map(|(name, finished)| (name.as_str(), finished.phase)).collect();
+        assert_eq!(
+            ended,
+            [("v1", VersionPhase::Retired), ("v3", VersionPhase::RolledBack), ("v4", VersionPhase::Failed)],
+            "v5 was mid-rollout and starts again, v6 never ran"
+        );
+        assert_eq!(state.finished["v3"].reason, "v3 reason");
+    }
+
+    #[test]
+    fn the_pipeline_status_wins_over_versions_one_decision_ahead() {
+        use reco_api::VersionPhase as Api;
+        // The versions' statuses were written (v2 promoted, v1 retired), the pipeline's was not.
+        let status = RecommenderPipelineStatus {
+            stable_version: Some("v1".into()),
+            candidate: Some(RolloutStatus {
+                version: "v2".into(),
+                phase: Api::Canary,
+                step: 4,
+                steps: 4,
+                step_started_at: Time(at(0)),
+                passed_canary_steps: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        let state = engine_state(&status, &[recorded("v1", Some(Api::Retired)), recorded("v2", Some(Api::Stable))]);
+        assert_eq!(state.stable.as_deref(), Some("v1"));
+        assert_eq!(state.candidate.map(|candidate| candidate.version).as_deref(), Some("v2"));
+        assert!(state.finished.is_empty(), "{:?}", state.finished);
     }
 
     #[test]

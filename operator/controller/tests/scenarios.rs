@@ -51,6 +51,16 @@ async fn the_abort_annotation_rolls_back_at_once() {
 }
 
 #[tokio::test]
+async fn a_lost_pipeline_status_is_rebuilt_from_the_versions() {
+    scenarios::a_lost_pipeline_status_is_rebuilt_from_the_versions(&Scenario::start().await).await;
+}
+
+#[tokio::test]
+async fn a_restart_waits_for_every_cache() {
+    scenarios::a_restart_waits_for_every_cache(&Scenario::start().await).await;
+}
+
+#[tokio::test]
 async fn a_paused_pipeline_does_not_advance() {
     scenarios::a_paused_pipeline_does_not_advance(&Scenario::start().await).await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use reco_api::ModelVersion;
 use reco_api::{PipelinePhase, VersionPhase};
 use reco_contracts::RoutingTable;
@@ -238,13 +238,75 @@ pub async fn a_version_that_leaves_the_pipeline_loses_its_objects(s: &Scenario) 
 
 pub async fn the_abort_annotation_rolls_back_at_once(s: &Scenario) {
     let _operator = v1_stable_and_v2_in_a_long_shadow(s).await;
-    let mut v2 = serde_json::to_value(s.version("v2").await).unwrap();
-    v2["metadata"]["annotations"] = json!({"reco.seed.dev/abort": "true"});
-    let object: ModelVersion = serde_json::from_value(v2).unwrap();
-    s.versions().replace("v2", &PostParams::default(), &object).await.unwrap();
+    annotate(s, "v2", json!({"reco.seed.dev/abort": "true"})).await;
     let aborted = s.wait_for_terminal("v2").await;
     assert!(matches!(aborted, VersionPhase::RolledBack | VersionPhase::Failed), "{aborted:?}");
     assert_eq!(s.version("v1").await.status.unwrap().phase, Some(VersionPhase::Stable));
+}
+
+/// A status restored without its rollout (the object re-created, a backup
+/// without status, an older operator's status) is rebuilt from the
+/// versions' own statuses: stable stays stable, an ended version stays ended.
+pub async fn a_lost_pipeline_status_is_rebuilt_from_the_versions(s: &Scenario) {
+    let operator = v1_stable_and_v2_in_a_long_shadow(s).await;
+    annotate(s, "v2", json!({"reco.seed.dev/abort": "true"})).await;
+    let ended = s.wait_for_terminal("v2").await;
+    // Without the annotation nothing but the remembered outcome keeps v2 from rolling out again.
+    annotate(s, "v2", json!({})).await;
+    operator.stop().await;
+    let cleared = Patch::Merge(json!({"status": null}));
+    s.pipelines().patch_status("explore", &PatchParams::default(), &cleared).await.unwrap();
+    assert!(s.pipelines().get("explore").await.unwrap().status.is_none(), "the status is gone");
+
+    let _operator = Operator::start(s).await;
+    let status =
+        s.eventually("the status is written again", || async { s.pipelines().get("explore").await.ok()?.status }).await;
+    assert_eq!(status.stable_version.as_deref(), Some("v1"), "{status:?}");
+    assert!(status.candidate.is_none(), "v2 must not roll out again: {status:?}");
+    assert!(status.ended_versions.iter().any(|e| e.version == "v2" && e.phase == ended), "{status:?}");
+    assert_eq!(s.version("v2").await.status.unwrap().phase, Some(ended));
+    assert_eq!(s.version("v1").await.status.unwrap().phase, Some(VersionPhase::Stable));
+    assert!(s.routing("explore").await.shadow.is_none());
+}
+
+/// After a restart the pipelines may be listed before the ModelVersions:
+/// the operator decides nothing until every cache is filled, instead of
+/// taking the unlisted candidate for a deleted one.
+pub async fn a_restart_waits_for_every_cache(s: &Scenario) {
+    let operator = v1_stable_and_v2_in_a_long_shadow(s).await;
+    operator.stop().await;
+    let before = s.pipelines().get("explore").await.unwrap().status.unwrap();
+    s.server().clear_requests();
+    s.server().inject_failures("GET", "/modelversions", 500, 10_000);
+    let _operator = Operator::start(s).await;
+    s.eventually("three failed ModelVersion lists", || async {
+        let lists = s
+            .server()
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path_and_query.contains("/modelversions"))
+            .count();
+        (lists >= 3).then_some(())
+    })
+    .await;
+    let during = s.pipelines().get("explore").await.unwrap().status.unwrap();
+    assert_eq!(during, before, "nothing was decided without the ModelVersions");
+    s.server().clear_failures();
+    s.eventually("v2 still in its shadow step once the versions are listed", || async {
+        let version = s.versions().get("v2").await.ok()?;
+        (version.status?.phase == Some(VersionPhase::Shadow)).then_some(())
+    })
+    .await;
+    let after = s.pipelines().get("explore").await.unwrap().status.unwrap();
+    assert_eq!(after.candidate, before.candidate, "the rollout goes on from the same step");
+    assert!(!after.history.iter().any(|t| t.reason.contains("deleted")), "{:?}", after.history);
+}
+
+async fn annotate(s: &Scenario, version: &str, annotations: serde_json::Value) {
+    let mut object = serde_json::to_value(s.version(version).await).unwrap();
+    object["metadata"]["annotations"] = annotations;
+    let object: ModelVersion = serde_json::from_value(object).unwrap();
+    s.versions().replace(version, &PostParams::default(), &object).await.unwrap();
 }
 
 pub async fn a_paused_pipeline_does_not_advance(s: &Scenario) {
