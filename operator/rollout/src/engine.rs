@@ -329,20 +329,20 @@ impl Run<'_> {
                     }
                     _ if elapsed >= *max_duration => {
                         let undecided = format!("{label} undecided after {}: {message}", human(*max_duration));
-                        match self.policy.analysis.on_timeout {
-                            OnTimeout::Rollback => {
-                                self.finish(
-                                    &candidate.version,
-                                    phase,
-                                    VersionPhase::RolledBack,
-                                    Cause::Timeout,
-                                    undecided,
-                                );
+                        // Proceeding on a step that never saw traffic on both sides would
+                        // promote a version nobody measured.
+                        let measured = candidate.last_analysis.as_ref().is_some_and(|report| {
+                            report.canary_impressions > 0 && report.stable_impressions > 0
+                        });
+                        let reason = match self.policy.analysis.on_timeout {
+                            OnTimeout::Proceed if measured => {
+                                let reason = format!("{undecided}; proceeding");
+                                return self.pass_step(candidate, phase, Cause::Timeout, reason);
                             }
-                            OnTimeout::Proceed => {
-                                self.pass_step(candidate, phase, Cause::Timeout, format!("{undecided}; proceeding"))
-                            }
-                        }
+                            OnTimeout::Proceed => format!("{undecided}; not proceeding: no impressions were ever read"),
+                            OnTimeout::Rollback => undecided,
+                        };
+                        self.finish(&candidate.version, phase, VersionPhase::RolledBack, Cause::Timeout, reason);
                     }
                     _ => self.state.candidate = Some(candidate),
                 }

@@ -326,13 +326,37 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "canary undecided at max duration proceeds when the policy says so",
-            policy: on_timeout_proceed,
+            policy: on_timeout_proceed.clone(),
             state: rolling("v1", "v2", 1, 40),
             versions: vec![version("v1", 1), version("v2", 2)],
             analysis: Some(report(Inconclusive, 50_000)),
             stable: Some("v1"),
             candidate: Some(("v2", 2)),
             routing: vec![("v2", 50), ("v1", 50)],
+            ..Case::default()
+        },
+        Case {
+            name: "canary undecided at max duration does not proceed when no metrics were ever read",
+            policy: on_timeout_proceed.clone(),
+            state: rolling("v1", "v2", 1, 40),
+            versions: vec![version("v1", 1), version("v2", 2)],
+            analysis: Some(metrics_unavailable("gateway unreachable")),
+            stable: Some("v1"),
+            phases: vec![("v2", RolledBack)],
+            routing: vec![("v1", 100)],
+            reason: Some(("v2", "no impressions were ever read")),
+            ..Case::default()
+        },
+        Case {
+            name: "canary at max duration with no look at all does not proceed either",
+            policy: on_timeout_proceed,
+            state: rolling("v1", "v2", 1, 40),
+            versions: vec![version("v1", 1), version("v2", 2)],
+            analysis: None,
+            stable: Some("v1"),
+            phases: vec![("v2", RolledBack)],
+            routing: vec![("v1", 100)],
+            reason: Some(("v2", "no impressions were ever read")),
             ..Case::default()
         },
         Case {
