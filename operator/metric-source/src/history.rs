@@ -10,12 +10,14 @@
 //! scrape minus the total at the last scrape at or before the window's start.
 //!
 //! Bounds: a point is stored only when the total changes (an idle series
-//! costs nothing), a series keeps at most [`MAX_POINTS`] points (the older
-//! half is thinned when full, which only blurs the start of very old
-//! windows towards earlier), and a series absent from scrapes for
-//! [`RETENTION`] is forgotten.
+//! costs nothing), a series keeps at most [`MAX_POINTS`] points plus one per
+//! pinned window start (the older half is thinned when full), and a series
+//! absent from scrapes for [`RETENTION`] is forgotten. Thinning keeps the
+//! base point of every window start an analysis asked about ([`TargetHistory::pin`]),
+//! so the windows of a rollout's steps stay exact however long they run; only
+//! windows nobody asked about while their start was recent blur earlier.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use jiff::{SignedDuration, Timestamp};
 use reco_contracts::metrics::{self as signals, PIPELINE_LABEL, VERSION_LABEL};
@@ -89,6 +91,8 @@ pub(crate) fn snapshot(samples: Vec<Sample>) -> Result<HashMap<SeriesKey, f64>, 
 pub(crate) struct TargetHistory {
     last_scrape: Option<Timestamp>,
     series: HashMap<SeriesKey, SeriesHistory>,
+    /// Window starts an analysis asked about: their base points are never thinned.
+    pins: BTreeSet<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -111,11 +115,11 @@ impl SeriesHistory {
     fn born(previous_scrape: Timestamp, at: Timestamp, raw: f64) -> Self {
         let mut series = SeriesHistory { last_raw: 0.0, last_seen: previous_scrape, points: VecDeque::new() };
         series.points.push_back((previous_scrape, 0.0));
-        series.observe(at, raw);
+        series.observe(at, raw, &BTreeSet::new());
         series
     }
 
-    fn observe(&mut self, at: Timestamp, raw: f64) {
+    fn observe(&mut self, at: Timestamp, raw: f64, pins: &BTreeSet<Timestamp>) {
         // A drop is a reset: the gateway restarted and counted `raw` since.
         let delta = if raw >= self.last_raw { raw - self.last_raw } else { raw };
         self.last_raw = raw;
@@ -123,8 +127,8 @@ impl SeriesHistory {
         if delta > 0.0 {
             let total = self.total() + delta;
             self.points.push_back((at, total));
-            if self.points.len() > MAX_POINTS {
-                self.thin();
+            if self.points.len() > MAX_POINTS + pins.len() {
+                self.thin(pins);
             }
         }
     }
@@ -133,12 +137,15 @@ impl SeriesHistory {
         self.points.back().map_or(0.0, |&(_, total)| total)
     }
 
-    /// Drops every other point of the older half, keeping the first (0).
-    fn thin(&mut self) {
+    /// Drops every other point of the older half, keeping the first (0) and
+    /// the base point of every pinned window start.
+    fn thin(&mut self, pins: &BTreeSet<Timestamp>) {
         let half = self.points.len() / 2;
+        let bases: BTreeSet<usize> =
+            pins.iter().filter_map(|&pin| self.points.partition_point(|&(at, _)| at <= pin).checked_sub(1)).collect();
         let mut index = 0;
         self.points.retain(|_| {
-            let keep = index >= half || index % 2 == 0;
+            let keep = index >= half || index % 2 == 0 || bases.contains(&index);
             index += 1;
             keep
         });
@@ -161,12 +168,19 @@ impl TargetHistory {
         self.last_scrape
     }
 
+    /// Keeps the window starting at `start` exact from now on: thinning
+    /// never drops its base point. Pins expire after [`RETENTION`].
+    pub(crate) fn pin(&mut self, start: Timestamp) {
+        self.pins.insert(start);
+    }
+
     /// Records a successful scrape taken at `at`.
     pub(crate) fn record(&mut self, at: Timestamp, scraped: HashMap<SeriesKey, f64>) {
         let previous = self.last_scrape.replace(at);
+        self.pins.retain(|&pin| at.duration_since(pin) < RETENTION);
         for (key, raw) in scraped {
             match self.series.get_mut(&key) {
-                Some(series) => series.observe(at, raw),
+                Some(series) => series.observe(at, raw, &self.pins),
                 None => {
                     let series = match previous {
                         Some(previous) => SeriesHistory::born(previous, at, raw),
@@ -318,8 +332,26 @@ mod tests {
         assert_eq!(increase(&h, &c, 30), 2.0);
     }
 
+    /// A canary step that started 30 minutes into a 2-hour history of
+    /// scrapes every 10 s, looked at once soon after it started: at the end
+    /// its window still counts exactly its own clicks, not earlier steps'.
     #[test]
-    fn history_is_bounded_and_old_windows_blur_earlier() {
+    fn windows_an_analysis_asked_about_stay_exact_however_long() {
+        let mut h = TargetHistory::default();
+        let c = clicks("v1");
+        let step_start = 1_800;
+        for t in (0..=7_200).step_by(10) {
+            if t == step_start + 30 {
+                h.pin(at(step_start));
+            }
+            scrape(&mut h, t, &[(c.clone(), (t / 10) as f64)]);
+        }
+        assert!(h.series[&c].points.len() <= MAX_POINTS + 1, "{}", h.series[&c].points.len());
+        assert_eq!(increase(&h, &c, step_start), f64::from((7_200 - 1_800) / 10));
+    }
+
+    #[test]
+    fn history_is_bounded_and_windows_nobody_asked_about_blur_earlier() {
         let mut h = TargetHistory::default();
         let c = clicks("v1");
         for t in 0..2000 {

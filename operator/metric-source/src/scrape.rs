@@ -106,6 +106,8 @@ impl ScrapeSource {
     async fn read(&self, q: &WindowQuery) -> Result<WindowMetrics, SourceError> {
         q.check()?;
         let mut histories = self.histories.lock().await;
+        // Before this look's scrape, which may thin: the step's base point must stay.
+        histories.values_mut().for_each(|history| history.pin(q.start));
         self.scrape_into(&mut histories).await?;
         let increases: Vec<(&SeriesKey, f64)> =
             histories.values().flat_map(|history| history.increases(q.start)).collect();
