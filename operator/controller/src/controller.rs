@@ -20,18 +20,16 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
-use reco_api::{
-    ABORT_ANNOTATION, FIELD_MANAGER, ModelVersion, PIPELINE_LABEL, PROMOTE_ANNOTATION, RecommenderPipeline,
-    RecommenderPipelineStatus,
-};
+use reco_api::{FIELD_MANAGER, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, RecommenderPipelineStatus};
 use reco_metric_source::WindowQuery;
 use reco_rollout::analysis::metrics_unavailable;
 use reco_rollout::engine::{HistoryEntry, Observation, RolloutState};
-use reco_rollout::{AnalysisReport, Command, Decision, RolloutPolicy, VersionInfo, VersionPhase, decide};
+use reco_rollout::{AnalysisReport, Decision, RolloutPolicy, VersionInfo, VersionPhase, decide};
 use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::observed;
 use crate::policy::{InvalidSpec, analysis_interval, rollout_policy};
 use crate::resources::{self, Component};
 use crate::sources::MetricSources;
@@ -293,7 +291,7 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
         ctx.deployments.state().into_iter().filter(|d| owned(&d.metadata)).collect();
     let services: Vec<Arc<PartialObjectMeta<Service>>> =
         ctx.services.state().into_iter().filter(|s| owned(&s.metadata)).collect();
-    let infos: Vec<VersionInfo> = versions.iter().map(|v| version_info(v, &deployments)).collect();
+    let infos: Vec<VersionInfo> = versions.iter().map(|v| observed::version_info(v, &deployments)).collect();
 
     let state = status::engine_state(&previous, &versions);
     let last_look = previous.last_analysis.as_ref().and_then(|analysis| analysis.time.as_ref()).map(|time| time.0);
@@ -319,7 +317,7 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
         },
     );
 
-    let serving = serving_versions(&decision);
+    let serving = observed::serving_versions(&decision);
     apply_objects(p, ctx, &namespace, &decision, &versions, &serving).await?;
     delete_retired_objects(ctx, &namespace, &deployments, &services, &serving).await?;
 
@@ -367,47 +365,6 @@ fn caches_filled(ctx: &Context) -> bool {
         && filled(ctx.configmaps.wait_until_ready().now_or_never())
 }
 
-/// The engine's view of a ModelVersion: broken when its pods cannot start,
-/// commanded through the promote/abort annotations.
-fn version_info(v: &ModelVersion, deployments: &[Arc<Deployment>]) -> VersionInfo {
-    let annotations = v.annotations();
-    let command = if annotations.get(ABORT_ANNOTATION).is_some_and(|a| a == "true") {
-        Some(Command::Abort)
-    } else if annotations.get(PROMOTE_ANNOTATION).is_some_and(|a| a == "true") {
-        Some(Command::Promote)
-    } else {
-        None
-    };
-    VersionInfo {
-        name: v.name_any(),
-        created: v.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-        offline_metrics: v.spec.offline_metrics.clone(),
-        broken: deployment_failure(&v.name_any(), deployments),
-        command,
-    }
-}
-
-/// Why a version's pods cannot run: a Deployment that exceeded its progress
-/// deadline (image that cannot be pulled, artifact that cannot be loaded).
-fn deployment_failure(version: &str, deployments: &[Arc<Deployment>]) -> Option<String> {
-    deployments
-        .iter()
-        .filter(|d| d.labels().get(reco_api::VERSION_LABEL).map(String::as_str) == Some(version))
-        .find_map(|d| {
-            let conditions = d.status.as_ref()?.conditions.as_ref()?;
-            let stuck = conditions.iter().find(|c| {
-                c.type_ == "Progressing"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            })?;
-            Some(format!(
-                "Deployment {} did not become available: {}",
-                d.name_any(),
-                stuck.message.as_deref().unwrap_or("progress deadline exceeded")
-            ))
-        })
-}
-
 /// One look at the current step's window. Unreadable metrics give an
 /// Inconclusive report, which never promotes.
 async fn look_at_metrics(
@@ -432,16 +389,6 @@ async fn look_at_metrics(
             metrics_unavailable(&reason)
         }
     })
-}
-
-/// Versions that need retrieval and ranking pods: those in the routing table,
-/// the shadow, and the candidate (whose pods start before it gets traffic).
-fn serving_versions(decision: &Decision) -> BTreeSet<String> {
-    let mut serving: BTreeSet<String> = decision.routing.versions.iter().map(|v| v.name.clone()).collect();
-    serving.extend(decision.routing.shadow.clone());
-    serving.extend(decision.state.candidate.as_ref().map(|c| c.version.clone()));
-    serving.extend(decision.state.stable.clone());
-    serving
 }
 
 /// An object the operator applies: its Rust type, namespace and name.

@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod crds;
+pub mod observed;
 pub mod policy;
 pub mod resources;
 pub mod sources;

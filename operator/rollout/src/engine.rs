@@ -331,9 +331,10 @@ impl Run<'_> {
                         let undecided = format!("{label} undecided after {}: {message}", human(*max_duration));
                         // Proceeding on a step that never saw traffic on both sides would
                         // promote a version nobody measured.
-                        let measured = candidate.last_analysis.as_ref().is_some_and(|report| {
-                            report.canary_impressions > 0 && report.stable_impressions > 0
-                        });
+                        let measured = candidate
+                            .last_analysis
+                            .as_ref()
+                            .is_some_and(|report| report.canary_impressions > 0 && report.stable_impressions > 0);
                         let reason = match self.policy.analysis.on_timeout {
                             OnTimeout::Proceed if measured => {
                                 let reason = format!("{undecided}; proceeding");
