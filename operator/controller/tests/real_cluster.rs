@@ -12,7 +12,8 @@
 //! (a failed test leaves it for inspection). Metrics are scripted as in the
 //! test-double runs: the serving images need not run for the rollout logic
 //! to be exercised. Fault injection needs the test double, so
-//! `api_errors_and_conflicts_converge` has no twin here.
+//! `api_errors_and_conflicts_converge` and `a_restart_waits_for_every_cache`
+//! have no twin here.
 
 mod common;
 
@@ -103,5 +104,13 @@ async fn missing_metrics_hold_the_weight_and_never_promote() {
 async fn drift_on_owned_objects_is_corrected() {
     let s = Scenario::real_cluster().await;
     scenarios::drift_on_owned_objects_is_corrected(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn a_lost_pipeline_status_is_rebuilt_from_the_versions() {
+    let s = Scenario::real_cluster().await;
+    scenarios::a_lost_pipeline_status_is_rebuilt_from_the_versions(&s).await;
     s.cleanup().await;
 }
