@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use reco_proto::EventType;
+use reco_proto::{EventType, IdError};
 
 use crate::model::{EventKind, FeatureEvent};
 use crate::sink::LoggedEvent;
@@ -12,8 +12,6 @@ use crate::sink::LoggedEvent;
 pub const MAX_BATCH: usize = 1000;
 /// Most item ids in one GetItemCounters request.
 pub const MAX_ITEM_IDS: usize = 1000;
-/// Longest id (user, item, request, model version, pipeline), in bytes.
-pub const MAX_ID_BYTES: usize = 256;
 /// Longest dwell accepted: 6 hours; more is a broken client, not attention.
 pub const MAX_DWELL_MS: u32 = 6 * 60 * 60 * 1000;
 /// How far in the future an event time may be (client clock skew).
@@ -29,18 +27,13 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// Checks an id: `required` ids must be non-empty; all are bounded and free of control characters.
+/// Checks an id with the rule every service shares ([`reco_proto::check_id`]); an id that is not
+/// `required` may be empty.
 pub fn check_id(value: &str, required: bool) -> Result<(), String> {
-    if value.is_empty() {
-        return if required { Err("must not be empty".into()) } else { Ok(()) };
+    match reco_proto::check_id(value) {
+        Err(IdError::Empty) if !required => Ok(()),
+        checked => checked.map_err(|error| error.to_string()),
     }
-    if value.len() > MAX_ID_BYTES {
-        return Err(format!("{} bytes, more than the limit of {MAX_ID_BYTES}", value.len()));
-    }
-    if value.chars().any(char::is_control) {
-        return Err("contains control characters".into());
-    }
-    Ok(())
 }
 
 /// What an ingest batch is checked against.
@@ -156,7 +149,7 @@ mod tests {
         let cases: Vec<(reco_proto::Event, &str)> = vec![
             (reco_proto::Event { user_id: String::new(), ..ok() }, "user_id"),
             (reco_proto::Event { item_id: String::new(), ..ok() }, "item_id"),
-            (reco_proto::Event { user_id: "x".repeat(MAX_ID_BYTES + 1), ..ok() }, "user_id"),
+            (reco_proto::Event { user_id: "x".repeat(reco_proto::MAX_ID_BYTES + 1), ..ok() }, "user_id"),
             (reco_proto::Event { item_id: "a\nb".into(), ..ok() }, "item_id"),
             (reco_proto::Event { r#type: 0, ..ok() }, "type"),
             (reco_proto::Event { r#type: 42, ..ok() }, "type"),

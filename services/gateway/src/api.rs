@@ -3,15 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use reco_proto::{Context, EventType};
+use reco_proto::{Context, EventType, IdError, MAX_ID_BYTES};
 use serde::{Deserialize, Serialize};
 
 /// Page size when the client names none.
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// Largest page a client may ask for.
 pub const MAX_PAGE_SIZE: usize = 100;
-/// Longest user or item id, in bytes.
-pub const MAX_ID_LEN: usize = 256;
 /// Most content types or attributes in a context.
 pub const MAX_CONTEXT_ENTRIES: usize = 32;
 /// Longest content type, attribute key or attribute value, in bytes.
@@ -43,6 +41,8 @@ pub enum InputError {
     Empty { field: &'static str },
     #[error("{field} is {len} bytes, longer than the {max}-byte limit")]
     TooLong { field: &'static str, len: usize, max: usize },
+    #[error("{field} contains control characters")]
+    ControlCharacters { field: &'static str },
     #[error("page_size must be between 1 and {MAX_PAGE_SIZE}, got {0}")]
     PageSize(u64),
     #[error("{field} has {count} entries, more than the {MAX_CONTEXT_ENTRIES} allowed")]
@@ -55,11 +55,14 @@ pub enum InputError {
     MissingDwell,
 }
 
+/// The services' one id rule ([`reco_proto::check_id`]): an id the gateway accepts is never
+/// refused by the services it calls, where the failure would be charged to a model version.
 fn check_id(field: &'static str, value: &str) -> Result<(), InputError> {
-    if value.is_empty() {
-        return Err(InputError::Empty { field });
-    }
-    check_len(field, value, MAX_ID_LEN)
+    reco_proto::check_id(value).map_err(|error| match error {
+        IdError::Empty => InputError::Empty { field },
+        IdError::TooLong(len) => InputError::TooLong { field, len, max: MAX_ID_BYTES },
+        IdError::ControlCharacters => InputError::ControlCharacters { field },
+    })
 }
 
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), InputError> {

@@ -373,6 +373,15 @@ async fn bad_input_table() {
             "invalid_argument",
             "user_id is 257 bytes",
         ),
+        (
+            "control character in user",
+            r,
+            json,
+            json!({"user_id": "u\u{7}1"}).to_string().into_bytes(),
+            400,
+            "invalid_argument",
+            "user_id contains control characters",
+        ),
         ("page 0", r, json, br#"{"user_id": "u", "page_size": 0}"#.to_vec(), 400, "invalid_argument", "page_size"),
         ("page 101", r, json, br#"{"user_id": "u", "page_size": 101}"#.to_vec(), 400, "invalid_argument", "got 101"),
         ("page -1", r, json, br#"{"user_id": "u", "page_size": -1}"#.to_vec(), 400, "invalid_body", "invalid value"),
@@ -452,6 +461,15 @@ async fn bad_input_table() {
             "invalid_argument",
             "user_id must not be empty",
         ),
+        (
+            "event control character in user",
+            e,
+            json,
+            event(json!({"user_id": "u\n"})),
+            400,
+            "invalid_argument",
+            "user_id contains control characters",
+        ),
         ("event bad type", e, json, event(json!({"type": "purchase"})), 400, "invalid_argument", "\"purchase\""),
         ("event type number", e, json, event(json!({"type": 1})), 400, "invalid_body", "invalid type"),
         ("dwell without ms", e, json, event(json!({"type": "dwell"})), 400, "invalid_argument", "dwell_ms"),
@@ -482,6 +500,10 @@ async fn bad_input_table() {
     assert_eq!(body["error"]["code"], "method_not_allowed");
     // A dwell with its duration is fine.
     assert_eq!(gateway.post_raw(e, json, event(json!({"type": "dwell", "dwell_ms": 1500}))).await.0, 202);
+    // Bad input is the client's: no version was charged an error for any of it.
+    let series = |name: &str| format!("{name}{{pipeline=\"{PIPELINE}\",model_version=\"v1\"}}");
+    assert!(gateway.metric(&series("reco_recommend_requests_total")).await >= 1.0, "the token's page was served");
+    assert_eq!(gateway.metric(&series("reco_recommend_errors_total")).await, 0.0);
 }
 
 #[tokio::test]

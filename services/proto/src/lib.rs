@@ -16,6 +16,36 @@ pub use v1::*;
 use std::future::Future;
 use std::net::SocketAddr;
 
+/// Longest id on the wire (user, item, request, model version, pipeline), in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Why an id breaks the rule every service checks it against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("{0} bytes, more than the limit of {MAX_ID_BYTES}")]
+    TooLong(usize),
+    #[error("contains control characters")]
+    ControlCharacters,
+}
+
+/// The one rule for ids, applied by the gateway and by every service it
+/// calls: a request the gateway accepts is never refused downstream (which
+/// would be charged to a model version as its error).
+pub fn check_id(value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(IdError::TooLong(value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(IdError::ControlCharacters);
+    }
+    Ok(())
+}
+
 /// Why a gRPC server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -72,6 +102,19 @@ impl EventType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_follow_one_rule() {
+        assert_eq!(check_id("u-42"), Ok(()));
+        assert_eq!(check_id("é"), Ok(()));
+        assert_eq!(check_id(""), Err(IdError::Empty));
+        assert_eq!(check_id(&"x".repeat(MAX_ID_BYTES)), Ok(()));
+        assert_eq!(check_id(&"x".repeat(MAX_ID_BYTES + 1)), Err(IdError::TooLong(257)));
+        for hostile in ["a\u{7}b", "a\nb", "\u{0}", "a\u{9f}"] {
+            assert_eq!(check_id(hostile), Err(IdError::ControlCharacters), "{hostile:?}");
+        }
+        assert_eq!(IdError::TooLong(300).to_string(), "300 bytes, more than the limit of 256");
+    }
 
     #[test]
     fn event_names_round_trip() {
