@@ -55,6 +55,13 @@ impl StageError {
             Self::Rerank(_) => "rerank",
         }
     }
+
+    /// Whether the failure is of a dependency every version shares (the
+    /// feature store): it is not the version's fault, and charging it to the
+    /// routed version alone would let a shared outage roll a good model back.
+    fn is_shared(&self) -> bool {
+        matches!(self, Self::Features(_))
+    }
 }
 
 /// Why the fallback list could not be refreshed.
@@ -264,7 +271,9 @@ impl Gateway {
                     Ok(Err(error)) => {
                         tracing::warn!(%error, version, "recommend stage failed; serving fallback items");
                         self.count_fallback(error.reason());
-                        self.inner.metrics.errors.get_or_create(&labels).inc();
+                        if !error.is_shared() {
+                            self.inner.metrics.errors.get_or_create(&labels).inc();
+                        }
                         (self.fallback_items(&query), None, true)
                     }
                     Err(_) => {
@@ -432,7 +441,9 @@ impl Gateway {
                 }
                 Ok(Err(error)) => {
                     tracing::debug!(%error, shadow, "shadow request failed");
-                    metrics.shadow_errors.get_or_create(&labels).inc();
+                    if !error.is_shared() {
+                        metrics.shadow_errors.get_or_create(&labels).inc();
+                    }
                 }
                 Err(_) => {
                     tracing::debug!(shadow, ?timeout, "shadow request timed out");

@@ -224,6 +224,31 @@ async fn failing_ranking_degrades_to_fallback() {
     degraded_within_deadline(VersionPlan { ranking: Behaviour::Fail, ..Default::default() }, "ranking").await;
 }
 
+/// A feature-store outage hits every version alike: pages degrade to
+/// fallback items, but neither the served version nor the shadow is charged
+/// an error, so the outage cannot roll a candidate back.
+#[tokio::test]
+async fn a_shared_feature_store_outage_is_charged_to_no_version() {
+    let options = Options { routing: Some(routing(&[("v1", 100)], Some("v2"))), ..Default::default() };
+    let gateway = start(options).await;
+    gateway.wait_ready().await;
+    gateway.features.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    for user in ["o1", "o2", "o3"] {
+        let body = gateway.recommend(user).await;
+        assert_eq!((body["model_version"].as_str(), body["degraded"].as_bool()), (Some("v1"), Some(true)));
+    }
+    let fallbacks = format!("reco_fallbacks_total{{pipeline=\"{PIPELINE}\",reason=\"features\"}}");
+    assert_eq!(gateway.metric(&fallbacks).await, 3.0);
+    gateway
+        .eventually(Duration::from_secs(5), "the shadow tried all three", || async {
+            gateway.metric(&version_series("reco_shadow_requests_total", "v2")).await == 3.0
+        })
+        .await;
+    assert_eq!(gateway.metric(&version_series("reco_recommend_requests_total", "v1")).await, 3.0);
+    assert_eq!(gateway.metric(&version_series("reco_recommend_errors_total", "v1")).await, 0.0);
+    assert_eq!(gateway.metric(&version_series("reco_shadow_errors_total", "v2")).await, 0.0);
+}
+
 #[tokio::test]
 async fn shadow_never_delays_the_response_and_records_overlap() {
     let slow = VersionPlan { ranking: Behaviour::Sleep(Duration::from_millis(500)), ..Default::default() };

@@ -37,11 +37,16 @@ pub fn item_id(i: usize) -> String {
 #[derive(Default, Clone)]
 pub struct MemoryFeatures {
     pub users: Arc<Mutex<HashMap<String, UserFeatures>>>,
+    /// While set, every user read fails as an unreachable store does.
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[tonic::async_trait]
 impl Features for MemoryFeatures {
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<UserFeatures>, Status> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Status::unavailable("feature store unreachable"));
+        }
         let user_id = request.into_inner().user_id;
         let users = self.users.lock().expect("lock");
         let user = users.get(&user_id).cloned().unwrap_or(UserFeatures { user_id, known: false, ..Default::default() });
