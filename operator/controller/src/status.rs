@@ -164,7 +164,7 @@ pub fn pipeline_status(
 }
 
 /// `Idle`, `Shadow`, `Canary` or `Paused`.
-pub fn pipeline_phase(paused: bool, policy: &RolloutPolicy, decision: &Decision) -> PipelinePhase {
+fn pipeline_phase(paused: bool, policy: &RolloutPolicy, decision: &Decision) -> PipelinePhase {
     if paused {
         return PipelinePhase::Paused;
     }
@@ -347,7 +347,7 @@ fn history_entry(transition: &Transition) -> HistoryEntry {
 }
 
 /// The API's name of an engine phase.
-pub fn api_phase(phase: VersionPhase) -> reco_api::VersionPhase {
+fn api_phase(phase: VersionPhase) -> reco_api::VersionPhase {
     use reco_api::VersionPhase as Api;
     match phase {
         VersionPhase::Pending => Api::Pending,
