@@ -14,4 +14,4 @@ pub mod metrics;
 pub mod names;
 pub mod routing;
 
-pub use routing::{RoutedVersion, RoutingError, RoutingTable, VersionEndpoints, route_for_user, user_bucket};
+pub use routing::{RoutedVersion, RoutingError, RoutingTable, VersionEndpoints, groups_of_weight, route_for_user, user_bucket, user_group};

@@ -7,9 +7,15 @@ pub const PIPELINE_LABEL: &str = "pipeline";
 /// Label naming the model version that served (or, for shadow series, was mirrored to).
 pub const VERSION_LABEL: &str = "model_version";
 
-/// Counter: items shown to users.
+/// Label of [`IMPRESSIONS`] and [`CLICKS`]: the user's group
+/// ([`crate::routing::user_group`], `0`–`999`), which the analysis needs to
+/// measure CTR variance across users rather than across impressions.
+pub const USER_GROUP_LABEL: &str = "user_group";
+
+/// Counter: items shown to users, once per page produced for a user.
 pub const IMPRESSIONS: &str = "reco_impressions_total";
-/// Counter: clicks attributed (through the signed token) to a served item.
+/// Counter: clicks attributed (through the signed token) to an item of the
+/// page the token was issued with, once per request and item.
 pub const CLICKS: &str = "reco_clicks_total";
 /// Counter: recommend requests answered by a version.
 pub const REQUESTS: &str = "reco_recommend_requests_total";

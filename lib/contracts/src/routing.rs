@@ -23,6 +23,13 @@ pub const ENDPOINTS_FILE: &str = "endpoints.yaml";
 /// Number of hash buckets users are spread over (a 0.01% resolution).
 pub const BUCKETS: u64 = 10_000;
 
+/// Number of user groups: the analysis's unit of variance. A group is 10
+/// consecutive routing buckets (0.1% of users), so it lies wholly on one
+/// side of every split the routing can make, at any weight. Clicks of one
+/// user are correlated; groups of users are independent, so the spread of
+/// CTR across groups, not the binomial formula, measures its noise.
+pub const USER_GROUPS: u64 = 1_000;
+
 /// Which versions serve, with what share of users, and which is mirrored.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -105,6 +112,17 @@ pub fn user_bucket(salt: &str, user_id: &str) -> u64 {
     xxh3_64_with_seed(user_id.as_bytes(), xxh3_64(salt.as_bytes())) % BUCKETS
 }
 
+/// The user group in `[0, USER_GROUPS)` of a routing bucket.
+pub fn user_group(bucket: u64) -> u64 {
+    bucket / (BUCKETS / USER_GROUPS)
+}
+
+/// The user groups a version at `[start, start + weight)` percent of the
+/// routing range owns: `weight × USER_GROUPS / 100` of them.
+pub fn groups_of_weight(weight: u8) -> u64 {
+    u64::from(weight) * USER_GROUPS / 100
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +201,21 @@ mod tests {
             .count();
         assert!(moved > 990, "{moved}");
         assert_eq!(user_bucket("a", "user-1"), user_bucket("a", "user-1"));
+    }
+
+    #[test]
+    fn a_user_group_lies_on_one_side_of_every_split() {
+        for weight in 0..=100u8 {
+            let boundary = u64::from(weight) * (BUCKETS / 100);
+            for bucket in [boundary.saturating_sub(1), boundary] {
+                let side = |bucket: u64| bucket < boundary;
+                let group = user_group(bucket);
+                let first = group * (BUCKETS / USER_GROUPS);
+                assert_eq!(side(first), side(first + BUCKETS / USER_GROUPS - 1), "weight {weight}, group {group}");
+            }
+            assert_eq!(groups_of_weight(weight), user_group(boundary), "weight {weight}");
+        }
+        assert_eq!(user_group(BUCKETS - 1), USER_GROUPS - 1);
     }
 
     #[test]
