@@ -243,6 +243,9 @@ pub enum EventError {
     Input(#[from] InputError),
     #[error("invalid token: {0}")]
     Token(String),
+    /// A valid token that does not cover the event: `reason` is `wrong_user` or `item_not_on_page`.
+    #[error("{reason}: {message}")]
+    NotCovered { reason: &'static str, message: String },
     /// The events service refused the event (unknown item, ...); its message is for the client.
     #[error("{0}")]
     Refused(String),

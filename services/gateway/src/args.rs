@@ -255,6 +255,9 @@ mod tests {
             model_version: "v1".into(),
             request_id: "r".into(),
             issued_at: 100,
+            user: reco_core::token::UserDigest::of("u"),
+            user_group: 3,
+            items: vec![reco_core::token::ItemDigest::of("i")],
         };
         let token = from_file.sign(&claims).expect("fits");
         assert_eq!(from_env.verify(&token, 100, Duration::from_secs(1)), Ok(claims));

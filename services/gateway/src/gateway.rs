@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
 use reco_contracts::route_for_user;
+use reco_contracts::routing::{user_bucket, user_group};
 use reco_core::rerank::{self, RerankError, RerankSettings};
-use reco_core::token::{Claims, TokenError, TokenSigner};
+use reco_core::token::{Claims, ItemDigest, TokenError, TokenSigner, UserDigest};
 use reco_proto::events_server::Events;
 use reco_proto::features_server::Features;
 use reco_proto::{
@@ -242,9 +243,11 @@ impl Gateway {
         });
         let Some((snapshot, version, backend)) = routed else {
             self.count_fallback("not_ready");
-            return self.respond(String::new(), self.fallback_items(&query), true);
+            // No table, no salt: group 0, and a token naming no version counts no event anyway.
+            return self.respond(&query.user_id, 0, String::new(), self.fallback_items(&query), true);
         };
         let labels = self.version_labels(&version);
+        let group = serving_group(&snapshot.routing.salt, &query.user_id);
         let key = match &self.inner.cache {
             Some(cache) => Some(cache.key(&query, &version).await),
             None => None,
@@ -289,22 +292,36 @@ impl Gateway {
         metrics.requests.get_or_create(&labels).inc();
         metrics.impressions.get_or_create(&labels).inc_by(items.len() as u64);
         metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        if let Some(shadow) = snapshot.routing.shadow.as_deref().filter(|shadow| *shadow != version) {
-            let served = (!degraded).then(|| items.iter().map(|item| item.item_id.clone()).collect());
+        let shadow = snapshot.routing.shadow.as_deref().filter(|shadow| *shadow != version);
+        let served = shadow.filter(|_| !degraded).map(|_| items.iter().map(|item| item.item_id.clone()).collect());
+        let answer = self.respond(&query.user_id, group, version, items, degraded);
+        if let Some(shadow) = shadow {
             self.mirror(shadow, &snapshot, query, user, served);
         }
-        self.respond(version, items, degraded)
+        answer
     }
 
-    fn respond(&self, model_version: String, items: Vec<Item>, degraded: bool) -> Recommendation {
+    /// The answer with a fresh request id and a token bound to `user_id`, its group and the items.
+    fn respond(
+        &self,
+        user_id: &str,
+        user_group: u16,
+        model_version: String,
+        items: Vec<Item>,
+        degraded: bool,
+    ) -> Recommendation {
         let request_id = format!("{:032x}", rand::random::<u128>());
         let claims = Claims {
             pipeline: self.inner.settings.pipeline.clone(),
             model_version: model_version.clone(),
             request_id: request_id.clone(),
             issued_at: unix_now().as_secs(),
+            user: UserDigest::of(user_id),
+            user_group,
+            items: items.iter().map(|item| ItemDigest::of(&item.item_id)).collect(),
         };
-        // Cannot fail: pipeline and version names are bounded at load (MAX_NAME_LEN).
+        // Cannot fail: pipeline and version names are bounded at load (MAX_NAME_LEN), pages by
+        // MAX_PAGE_SIZE (see `the_largest_page_fits_in_a_token`).
         let token = self.inner.signer.sign(&claims).unwrap_or_else(|error| {
             tracing::error!(%error, "cannot sign a token");
             String::new()
@@ -499,11 +516,12 @@ impl Gateway {
         Ok(kept)
     }
 
-    /// Verifies the token, forwards the event and waits until the events service made it durable;
-    /// then drops the user's cached pages and counts a click for the token's version.
+    /// Verifies the token and that it covers the event (its user, an item of its page), forwards
+    /// the event and waits until the events service made it durable; then drops the user's cached
+    /// pages and counts a click for the token's version.
     pub async fn record_event(&self, input: EventInput) -> Result<(), EventError> {
         let settings = &self.inner.settings;
-        let claims = self.verify_token(&input.token)?;
+        let claims = self.verify_token(&input)?;
         let event = Event {
             user_id: input.user_id.clone(),
             item_id: input.item_id,
@@ -542,20 +560,30 @@ impl Gateway {
         Ok(())
     }
 
-    fn verify_token(&self, token: &str) -> Result<Claims, EventError> {
+    /// The claims of the event's token if it is valid and covers the event: a token attributes
+    /// the events of the user it was served to, on the items of its page, and nothing else.
+    fn verify_token(&self, input: &EventInput) -> Result<Claims, EventError> {
         let settings = &self.inner.settings;
-        let verified = self.inner.signer.verify(token, unix_now().as_secs(), settings.token_max_age);
-        let rejected = match verified {
-            Ok(claims) if claims.pipeline == settings.pipeline => return Ok(claims),
-            Ok(claims) => {
-                ("wrong_pipeline", format!("token is for pipeline {:?}, not {:?}", claims.pipeline, settings.pipeline))
+        let verified = self.inner.signer.verify(&input.token, unix_now().as_secs(), settings.token_max_age);
+        let (reason, error) = match verified {
+            Ok(claims) if claims.pipeline != settings.pipeline => (
+                "wrong_pipeline",
+                EventError::Token(format!("token is for pipeline {:?}, not {:?}", claims.pipeline, settings.pipeline)),
+            ),
+            Ok(claims) if !claims.is_for_user(&input.user_id) => {
+                let message = format!("the token was issued to another user than {:?}", input.user_id);
+                ("wrong_user", EventError::NotCovered { reason: "wrong_user", message })
             }
-            Err(error) => (token_reject_reason(&error), error.to_string()),
+            Ok(claims) if !claims.has_item(&input.item_id) => {
+                let message = format!("item {:?} is not on the page the token was issued with", input.item_id);
+                ("item_not_on_page", EventError::NotCovered { reason: "item_not_on_page", message })
+            }
+            Ok(claims) => return Ok(claims),
+            Err(error) => (token_reject_reason(&error), EventError::Token(error.to_string())),
         };
-        let (reason, message) = rejected;
         let labels = ReasonLabels { pipeline: settings.pipeline.clone(), reason };
         self.inner.metrics.token_rejects.get_or_create(&labels).inc();
-        Err(EventError::Token(message))
+        Err(error)
     }
 }
 
@@ -571,6 +599,12 @@ fn token_reject_reason(error: &TokenError) -> &'static str {
         TokenError::IssuedInFuture { .. } => "issued_in_future",
         TokenError::KeyTooShort { .. } | TokenError::ClaimsTooLarge { .. } => "internal",
     }
+}
+
+/// The user's group under `salt`: impressions and clicks carry the group the page was served in.
+fn serving_group(salt: &str, user_id: &str) -> u16 {
+    // Cannot saturate: there are USER_GROUPS (1,000) groups.
+    u16::try_from(user_group(user_bucket(salt, user_id))).unwrap_or(u16::MAX)
 }
 
 /// Items never to recommend: the user's history and the items hidden in the session.
@@ -629,6 +663,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(excluded_items(&user), HashSet::from(["h1", "hidden"]));
+    }
+
+    /// The worst case `respond` signs: the longest names, a 32-character request id and a full page.
+    #[test]
+    fn the_largest_page_fits_in_a_token() {
+        let name = "n".repeat(crate::args::MAX_NAME_LEN);
+        let claims = Claims {
+            pipeline: name.clone(),
+            model_version: name,
+            request_id: format!("{:032x}", u128::MAX),
+            issued_at: u64::MAX,
+            user: UserDigest::of("u"),
+            user_group: u16::MAX,
+            items: (0..MAX_PAGE_SIZE).map(|i| ItemDigest::of(&i.to_string())).collect(),
+        };
+        let signer = TokenSigner::new(&[7; 32]).expect("key");
+        let token = signer.sign(&claims).expect("the largest page fits");
+        assert!(token.len() <= reco_core::token::MAX_TOKEN_LEN);
     }
 
     #[test]

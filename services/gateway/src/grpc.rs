@@ -7,7 +7,8 @@ use tonic::{Request, Response, Status};
 use crate::api::{EventError, EventInput, RecommendQuery};
 use crate::gateway::Gateway;
 
-/// Serves [`Gateway`] over gRPC; bad input is INVALID_ARGUMENT.
+/// Serves [`Gateway`] over gRPC; bad input is INVALID_ARGUMENT, a token that does not cover the
+/// event PERMISSION_DENIED.
 #[derive(Clone)]
 pub struct GrpcGateway(pub Gateway);
 
@@ -29,6 +30,7 @@ impl GatewayRpc for GrpcGateway {
             EventError::Input(_) | EventError::Token(_) | EventError::Refused(_) => {
                 Status::invalid_argument(error.to_string())
             }
+            EventError::NotCovered { .. } => Status::permission_denied(error.to_string()),
             EventError::Unavailable(_) => Status::unavailable(error.to_string()),
         })?;
         Ok(Response::new(RecordEventResponse {}))

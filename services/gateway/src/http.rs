@@ -58,6 +58,7 @@ impl From<EventError> for ApiError {
         match error {
             EventError::Input(error) => error.into(),
             EventError::Token(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_token", error.to_string()),
+            EventError::NotCovered { reason, .. } => Self::new(StatusCode::FORBIDDEN, reason, error.to_string()),
             EventError::Refused(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_event", message),
             EventError::Unavailable(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "events_unavailable", error.to_string())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Behaviour, Options, PIPELINE, VersionPlan, item_id, routing, series, start, version_series};
 use reco_contracts::{RoutedVersion, RoutingTable, route_for_user};
-use reco_core::token::{Claims, TokenSigner};
+use reco_core::token::{Claims, ItemDigest, TokenSigner, UserDigest};
 use serde_json::{Value, json};
 
 fn ids(body: &Value) -> Vec<String> {
@@ -155,6 +155,9 @@ async fn forged_expired_and_garbled_tokens_are_400_and_counted() {
         model_version: "v1".into(),
         request_id: "r".into(),
         issued_at,
+        user: UserDigest::of("u1"),
+        user_group: 0,
+        items: vec![ItemDigest::of(&item_id(1))],
     };
     let expired = signer.sign(&claims(PIPELINE, now - 2 * 86_400)).expect("fits");
     let other_pipeline = signer.sign(&claims("other", now)).expect("fits");
@@ -173,13 +176,62 @@ async fn forged_expired_and_garbled_tokens_are_400_and_counted() {
         assert_eq!(status, 400, "{reason}: {body}");
         assert_eq!(body["error"]["code"], "invalid_token", "{reason}: {body}");
     }
-    let rejects = |reason: &str| series("reco_token_rejects_total", &[("pipeline", PIPELINE), ("reason", reason)]);
     assert_eq!(gateway.metric(&rejects("bad_signature")).await, 2.0);
     for reason in ["expired", "wrong_pipeline", "not_base64", "too_long"] {
         assert_eq!(gateway.metric(&rejects(reason)).await, 1.0, "{reason}");
     }
     assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 0.0);
     assert!(gateway.events.received.lock().expect("lock").is_empty(), "nothing forwarded");
+}
+
+fn rejects(reason: &str) -> String {
+    series("reco_token_rejects_total", &[("pipeline", PIPELINE), ("reason", reason)])
+}
+
+/// One token, 200 user ids: only the user it was served to gets a click counted.
+#[tokio::test]
+async fn a_token_replayed_under_200_user_ids_counts_one_click() {
+    let gateway = start(Options::default()).await;
+    let token = gateway.recommend("owner").await["token"].as_str().expect("token").to_owned();
+    let users: Vec<String> = std::iter::once("owner".to_owned()).chain((1..200).map(|i| format!("user-{i}"))).collect();
+    let mut accepted = 0;
+    for user in &users {
+        let (status, body) = gateway.event(&token, user, &item_id(2), "click").await;
+        if user == "owner" {
+            assert_eq!(status, 202, "{body}");
+            accepted += 1;
+        } else {
+            assert_eq!(status, 403, "{user}: {body}");
+            assert_eq!(body["error"]["code"], "wrong_user", "{body}");
+            let message = body["error"]["message"].as_str().expect("message");
+            assert!(message.starts_with("wrong_user: ") && message.contains(user.as_str()), "{message}");
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(gateway.metric(&rejects("wrong_user")).await, 199.0);
+    assert_eq!(gateway.events.received.lock().expect("lock").len(), 1, "only the owner's click was forwarded");
+}
+
+#[tokio::test]
+async fn a_click_on_an_item_not_on_the_page_is_refused() {
+    let gateway = start(Options::default()).await;
+    let page = gateway.recommend("u").await;
+    let token = page["token"].as_str().expect("token").to_owned();
+    let off_page = item_id(25);
+    assert!(!ids(&page).contains(&off_page), "{page}");
+    let (status, body) = gateway.event(&token, "u", &off_page, "click").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "item_not_on_page");
+    assert!(body["error"]["message"].as_str().expect("message").contains(&off_page), "{body}");
+    assert_eq!(gateway.metric(&rejects("item_not_on_page")).await, 1.0);
+    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 0.0);
+    assert!(gateway.events.received.lock().expect("lock").is_empty(), "nothing forwarded");
+    // Every item of the page is covered.
+    for item in ids(&page) {
+        assert_eq!(gateway.event(&token, "u", &item, "click").await.0, 202, "{item}");
+    }
+    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 10.0);
 }
 
 async fn degraded_within_deadline(plan: VersionPlan, reason: &str) {
@@ -320,10 +372,21 @@ async fn an_event_invalidates_the_users_cached_page() {
     assert_eq!(gateway.metric(&hits).await, 2.0);
 }
 
+/// An item the events service does not know can only come with a token whose page held it (a
+/// catalogue that changed since serving): the events service's refusal reaches the client.
 #[tokio::test]
 async fn unknown_items_are_refused_with_the_events_services_message() {
     let gateway = start(Options::default()).await;
-    let token = gateway.recommend("u").await["token"].as_str().expect("token").to_owned();
+    let claims = Claims {
+        pipeline: PIPELINE.into(),
+        model_version: "v1".into(),
+        request_id: "r".into(),
+        issued_at: SystemTime::now().duration_since(UNIX_EPOCH).expect("time").as_secs(),
+        user: UserDigest::of("u"),
+        user_group: 0,
+        items: vec![ItemDigest::of("no-such-item")],
+    };
+    let token = TokenSigner::new(common::KEY.as_bytes()).expect("key").sign(&claims).expect("fits");
     let (status, body) = gateway.event(&token, "u", "no-such-item", "click").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "invalid_event");
@@ -566,6 +629,14 @@ async fn grpc_face_serves_the_same_path_and_refuses_bad_input() {
     assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
     let error = client.record_event(event("forged", EventType::Click)).await.expect_err("forged");
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    let another_user = RecordEventRequest { user_id: "h".into(), ..event(&page.token, EventType::Like) };
+    let error = client.record_event(another_user).await.expect_err("another user");
+    assert_eq!(error.code(), tonic::Code::PermissionDenied);
+    assert!(error.message().starts_with("wrong_user"), "{error:?}");
+    let off_page = RecordEventRequest { item_id: item_id(29), ..event(&page.token, EventType::Like) };
+    let error = client.record_event(off_page).await.expect_err("not on the page");
+    assert_eq!(error.code(), tonic::Code::PermissionDenied);
+    assert!(error.message().starts_with("item_not_on_page"), "{error:?}");
     let error = client.record_event(event(&page.token, EventType::Unspecified)).await.expect_err("no type");
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
 }
