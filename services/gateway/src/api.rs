@@ -236,6 +236,15 @@ impl From<Recommendation> for reco_proto::RecommendResponse {
     }
 }
 
+/// What became of an accepted event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Forwarded and counted.
+    New,
+    /// Its request, item and type were already recorded: accepted again, not counted again.
+    Duplicate,
+}
+
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -252,4 +261,7 @@ pub enum EventError {
     /// Not durable: the client should retry.
     #[error("events service unavailable: {0}")]
     Unavailable(String),
+    /// The deduplication store cannot tell whether the event is new: the client should retry.
+    #[error("deduplication store unavailable: {0}")]
+    DedupUnavailable(String),
 }

@@ -77,6 +77,15 @@ pub struct GatewayArgs {
     /// Oldest token accepted with an event.
     #[arg(long, env = "RECO_TOKEN_MAX_AGE_SECONDS", default_value_t = 86_400)]
     pub token_max_age_seconds: u64,
+    /// Most events remembered in memory to count each (request, item, type) once (about 350
+    /// bytes each); one evicted before its token expires can count again
+    /// (reco_dedup_evictions_total). Unused with --dedup-redis-url.
+    #[arg(long, env = "RECO_DEDUP_CAPACITY", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dedup_capacity: u64,
+    /// Redis shared by every gateway replica to count each event once across replicas (e.g.
+    /// redis://redis.reco.svc:6379); while it does not answer, events are refused with 503.
+    #[arg(long, env = "RECO_DEDUP_REDIS_URL", hide_env_values = true)]
+    pub dedup_redis_url: Option<String>,
     /// Most shadow requests in flight; more are dropped and counted.
     #[arg(long, env = "RECO_SHADOW_CONCURRENCY", default_value_t = 64)]
     pub shadow_concurrency: usize,
@@ -109,6 +118,7 @@ pub struct Settings {
     pub rerank: RerankSettings,
     pub candidates: u32,
     pub token_max_age: Duration,
+    pub dedup_capacity: u64,
     pub shadow_concurrency: usize,
     pub shadow_timeout: Duration,
     pub events_timeout: Duration,
@@ -151,6 +161,7 @@ impl GatewayArgs {
             rerank,
             candidates: self.candidates,
             token_max_age: Duration::from_secs(self.token_max_age_seconds),
+            dedup_capacity: self.dedup_capacity,
             shadow_concurrency: self.shadow_concurrency,
             shadow_timeout: Duration::from_millis(u64::from(self.shadow_timeout_ms)),
             events_timeout: Duration::from_millis(u64::from(self.events_timeout_ms)),

@@ -19,10 +19,11 @@ use reco_proto::{
 use tokio::sync::Semaphore;
 use tonic::{Code, Request, Status};
 
-use crate::api::{EventError, EventInput, Item, MAX_PAGE_SIZE, RecommendQuery, Recommendation};
+use crate::api::{EventError, EventInput, Item, MAX_PAGE_SIZE, RecommendQuery, Recommendation, Recorded};
 use crate::args::Settings;
 use crate::backends::VersionBackend;
 use crate::config::{ConfigError, Snapshot};
+use crate::dedup::{Claim, Dedup, event_key};
 use crate::metrics::{CacheLabels, EventLabels, Metrics, PipelineLabels, ReasonLabels, StageLabels, VersionLabels};
 
 /// User id of the fallback request: unknown to every store (`known: false`), so retrieval
@@ -148,6 +149,7 @@ struct Inner {
     cache: Option<PageCache>,
     fallback: RwLock<Arc<Vec<FallbackItem>>>,
     signer: TokenSigner,
+    dedup: Dedup,
     shadow_permits: Arc<Semaphore>,
     metrics: Metrics,
 }
@@ -166,6 +168,7 @@ impl Gateway {
         features: Arc<dyn Features>,
         events: Arc<dyn Events>,
         signer: TokenSigner,
+        dedup: Dedup,
         metrics: Metrics,
     ) -> Self {
         let cache = settings.cache_ttl.map(|ttl| PageCache::new(ttl, settings.cache_capacity));
@@ -179,6 +182,7 @@ impl Gateway {
                 cache,
                 fallback: RwLock::new(Arc::new(Vec::new())),
                 signer,
+                dedup,
                 shadow_permits,
                 metrics,
             }),
@@ -516,12 +520,23 @@ impl Gateway {
         Ok(kept)
     }
 
-    /// Verifies the token and that it covers the event (its user, an item of its page), forwards
-    /// the event and waits until the events service made it durable; then drops the user's cached
-    /// pages and counts a click for the token's version.
-    pub async fn record_event(&self, input: EventInput) -> Result<(), EventError> {
-        let settings = &self.inner.settings;
+    /// Verifies the token and that it covers the event (its user, an item of its page), skips an
+    /// event already recorded, forwards a new one and waits until the events service made it
+    /// durable; then drops the user's cached pages and counts a click for the token's version.
+    pub async fn record_event(&self, input: EventInput) -> Result<Recorded, EventError> {
         let claims = self.verify_token(&input)?;
+        let event_type = input.event_type.name().unwrap_or("unspecified");
+        let labels =
+            EventLabels { pipeline: claims.pipeline.clone(), model_version: claims.model_version.clone(), event_type };
+        let key = event_key(&claims.request_id, &input.item_id, input.event_type);
+        let claim = self.inner.dedup.claim(key).await.map_err(|error| {
+            tracing::warn!(%error, "cannot tell whether an event is new; refusing it");
+            EventError::DedupUnavailable(error.to_string())
+        })?;
+        if claim == Claim::Duplicate {
+            self.inner.metrics.duplicate_events.get_or_create(&labels).inc();
+            return Ok(Recorded::Duplicate);
+        }
         let event = Event {
             user_id: input.user_id.clone(),
             item_id: input.item_id,
@@ -532,10 +547,28 @@ impl Gateway {
             model_version: claims.model_version.clone(),
             request_id: claims.request_id,
         };
+        if let Err(error) = self.forward(event).await {
+            self.inner.dedup.release(key).await;
+            return Err(error);
+        }
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate_user(&input.user_id).await;
+        }
+        // A token from before any routing table loaded names no version: nothing to attribute.
+        if input.event_type == EventType::Click && !claims.model_version.is_empty() {
+            self.inner.metrics.clicks.get_or_create(&self.version_labels(&claims.model_version)).inc();
+        }
+        self.inner.metrics.events.get_or_create(&labels).inc();
+        Ok(Recorded::New)
+    }
+
+    /// Sends one event to the events service and waits until it is durable.
+    async fn forward(&self, event: Event) -> Result<(), EventError> {
+        let timeout = self.inner.settings.events_timeout;
         let request = Request::new(IngestRequest { events: vec![event] });
-        let response = tokio::time::timeout(settings.events_timeout, self.inner.events.ingest(request))
+        let response = tokio::time::timeout(timeout, self.inner.events.ingest(request))
             .await
-            .map_err(|_| EventError::Unavailable(format!("no answer within {:?}", settings.events_timeout)))?
+            .map_err(|_| EventError::Unavailable(format!("no answer within {timeout:?}")))?
             .map_err(|status| match status.code() {
                 Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::OutOfRange => {
                     EventError::Refused(status.message().to_owned())
@@ -546,17 +579,6 @@ impl Gateway {
         if response.accepted < 1 {
             return Err(EventError::Unavailable("the events service accepted none of the events".to_owned()));
         }
-        if let Some(cache) = &self.inner.cache {
-            cache.invalidate_user(&input.user_id).await;
-        }
-        let labels = self.version_labels(&claims.model_version);
-        // A token from before any routing table loaded names no version: nothing to attribute.
-        if input.event_type == EventType::Click && !claims.model_version.is_empty() {
-            self.inner.metrics.clicks.get_or_create(&labels).inc();
-        }
-        let event_type = input.event_type.name().unwrap_or("unspecified");
-        let labels = EventLabels { pipeline: labels.pipeline, model_version: labels.model_version, event_type };
-        self.inner.metrics.events.get_or_create(&labels).inc();
         Ok(())
     }
 

@@ -31,7 +31,7 @@ impl GatewayRpc for GrpcGateway {
                 Status::invalid_argument(error.to_string())
             }
             EventError::NotCovered { .. } => Status::permission_denied(error.to_string()),
-            EventError::Unavailable(_) => Status::unavailable(error.to_string()),
+            EventError::Unavailable(_) | EventError::DedupUnavailable(_) => Status::unavailable(error.to_string()),
         })?;
         Ok(Response::new(RecordEventResponse {}))
     }

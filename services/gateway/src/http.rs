@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{EventBody, EventError, InputError, RecommendBody};
+use crate::api::{EventBody, EventError, InputError, RecommendBody, Recorded};
 use crate::gateway::Gateway;
 
 /// An error answer: status, a stable machine-readable code and a message naming the problem.
@@ -62,6 +62,9 @@ impl From<EventError> for ApiError {
             EventError::Refused(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_event", message),
             EventError::Unavailable(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "events_unavailable", error.to_string())
+            }
+            EventError::DedupUnavailable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "dedup_unavailable", error.to_string())
             }
         }
     }
@@ -127,6 +130,8 @@ async fn recommend(State(gateway): State<Gateway>, JsonBody(body): JsonBody<Reco
 #[derive(Serialize)]
 struct Accepted {
     accepted: bool,
+    /// The event was already recorded: accepted again, not counted again.
+    duplicate: bool,
 }
 
 async fn events(State(gateway): State<Gateway>, JsonBody(body): JsonBody<EventBody>) -> Response {
@@ -135,7 +140,10 @@ async fn events(State(gateway): State<Gateway>, JsonBody(body): JsonBody<EventBo
         Err(error) => Err(error.into()),
     };
     match result {
-        Ok(()) => (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response(),
+        Ok(recorded) => {
+            let body = Accepted { accepted: true, duplicate: recorded == Recorded::Duplicate };
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
         Err(error) => ApiError::from(error).into_response(),
     }
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod args;
 pub mod backends;
 pub mod config;
+pub mod dedup;
 pub mod error;
 pub mod gateway;
 pub mod grpc;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub fallbacks: Family<ReasonLabels, Counter>,
     pub token_rejects: Family<ReasonLabels, Counter>,
     pub events: Family<EventLabels, Counter>,
+    pub duplicate_events: Family<EventLabels, Counter>,
+    pub dedup_evictions: Family<PipelineLabels, Counter>,
     pub shadow_requests: Family<VersionLabels, Counter>,
     pub shadow_errors: Family<VersionLabels, Counter>,
     pub shadow_dropped: Family<VersionLabels, Counter>,
@@ -93,6 +95,8 @@ impl Metrics {
             fallbacks: Family::default(),
             token_rejects: Family::default(),
             events: Family::default(),
+            duplicate_events: Family::default(),
+            dedup_evictions: Family::default(),
             shadow_requests: Family::default(),
             shadow_errors: Family::default(),
             shadow_dropped: Family::default(),
@@ -111,6 +115,16 @@ impl Metrics {
         registry.register("reco_fallbacks", "Recommendations answered with fallback items", m.fallbacks.clone());
         registry.register("reco_token_rejects", "Events refused for their token", m.token_rejects.clone());
         registry.register("reco_events", "Events accepted, by type", m.events.clone());
+        registry.register(
+            "reco_duplicate_events",
+            "Events accepted again for a request and item already recorded, not counted",
+            m.duplicate_events.clone(),
+        );
+        registry.register(
+            "reco_dedup_evictions",
+            "In-memory deduplication entries evicted before their token expired (such an event can count again)",
+            m.dedup_evictions.clone(),
+        );
         registry.register(counter_name(signals::SHADOW_REQUESTS), "Mirrored requests", m.shadow_requests.clone());
         registry.register(counter_name(signals::SHADOW_ERRORS), "Mirrored requests failed", m.shadow_errors.clone());
         registry.register("reco_shadow_dropped", "Mirrored requests dropped (saturated)", m.shadow_dropped.clone());

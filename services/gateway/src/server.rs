@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::args::GatewayArgs;
 use crate::backends::{Backends, VersionSource};
 use crate::config::Loader;
+use crate::dedup::Dedup;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::grpc::GrpcGateway;
@@ -75,7 +76,8 @@ pub async fn serve_on(
     let settings = args.settings()?;
     let signer = args.token_signer()?;
     let mut loader = Loader::new(&settings.pipeline, args.routing_file.clone(), backends.versions.clone())?;
-    let gateway = Gateway::new(settings, backends.features, backends.events, signer, metrics);
+    let dedup = Dedup::new(args.dedup_redis_url.as_deref(), &settings, &metrics)?;
+    let gateway = Gateway::new(settings, backends.features, backends.events, signer, dedup, metrics);
     if let Some(result) = loader.poll().await {
         gateway.apply_config(result);
     }

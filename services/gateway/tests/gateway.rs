@@ -234,6 +234,64 @@ async fn a_click_on_an_item_not_on_the_page_is_refused() {
     assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 10.0);
 }
 
+fn duplicates(event_type: &str) -> String {
+    series(
+        "reco_duplicate_events_total",
+        &[("pipeline", PIPELINE), ("model_version", "v1"), ("event_type", event_type)],
+    )
+}
+
+fn accepted(duplicate: bool) -> (u16, Value) {
+    (202, json!({"accepted": true, "duplicate": duplicate}))
+}
+
+#[tokio::test]
+async fn the_same_click_sent_twice_counts_once() {
+    let gateway = start(Options::default()).await;
+    let token = gateway.recommend("u").await["token"].as_str().expect("token").to_owned();
+    assert_eq!(gateway.event(&token, "u", &item_id(3), "click").await, accepted(false));
+    assert_eq!(gateway.event(&token, "u", &item_id(3), "click").await, accepted(true));
+    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(gateway.metric(&duplicates("click")).await, 1.0);
+    assert_eq!(gateway.events.received.lock().expect("lock").len(), 1, "the duplicate is not forwarded");
+    // Another item, or another type of event on the same item, is a new event.
+    assert_eq!(gateway.event(&token, "u", &item_id(4), "click").await, accepted(false));
+    assert_eq!(gateway.event(&token, "u", &item_id(3), "like").await, accepted(false));
+    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 2.0);
+    assert_eq!(gateway.metric(&duplicates("like")).await, 0.0);
+    assert_eq!(gateway.events.received.lock().expect("lock").len(), 3);
+}
+
+/// Two replicas sharing one Redis: a click replayed on the other replica is not counted again,
+/// and without Redis events are refused rather than risk a double count.
+#[tokio::test]
+async fn two_gateways_sharing_redis_count_a_replayed_click_once() {
+    let Some(redis) = common::redis_server::start_redis().await else { return };
+    let options = || Options {
+        flags: vec![format!("--dedup-redis-url={}", redis.url), "--events-timeout-ms=500".into()],
+        ..Default::default()
+    };
+    let (a, b) = (start(options()).await, start(options()).await);
+    let token = a.recommend("u").await["token"].as_str().expect("token").to_owned();
+    assert_eq!(a.event(&token, "u", &item_id(3), "click").await, accepted(false));
+    assert_eq!(b.event(&token, "u", &item_id(3), "click").await, accepted(true));
+    assert_eq!(a.event(&token, "u", &item_id(3), "click").await, accepted(true));
+    assert_eq!(a.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(b.metric(&version_series("reco_clicks_total", "v1")).await, 0.0);
+    assert_eq!(b.metric(&duplicates("click")).await, 1.0);
+    assert!(b.events.received.lock().expect("lock").is_empty(), "the replay is not forwarded");
+    // Another item of the page counts, on either replica.
+    assert_eq!(b.event(&token, "u", &item_id(4), "click").await, accepted(false));
+    assert_eq!(b.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+
+    drop(redis);
+    let (status, body) = a.event(&token, "u", &item_id(5), "click").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "dedup_unavailable", "{body}");
+    assert_eq!(a.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(a.events.received.lock().expect("lock").len(), 1, "the refused event is not forwarded");
+}
+
 async fn degraded_within_deadline(plan: VersionPlan, reason: &str) {
     let gateway = start(Options { versions: vec![("v1", plan)], ..Default::default() }).await;
     gateway.wait_ready().await;

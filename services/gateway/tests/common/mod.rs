@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod redis_server;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
