@@ -24,7 +24,9 @@ use crate::args::Settings;
 use crate::backends::VersionBackend;
 use crate::config::{ConfigError, Snapshot};
 use crate::dedup::{Claim, Dedup, event_key};
-use crate::metrics::{CacheLabels, EventLabels, Metrics, PipelineLabels, ReasonLabels, StageLabels, VersionLabels};
+use crate::metrics::{
+    CacheLabels, EventLabels, GroupLabels, Metrics, PipelineLabels, ReasonLabels, StageLabels, VersionLabels,
+};
 
 /// User id of the fallback request: unknown to every store (`known: false`), so retrieval
 /// answers with its cold-start mix (popular, fresh, no personal history).
@@ -90,13 +92,14 @@ struct PageKey {
     context: String,
 }
 
-/// Recommendation pages by user, invalidated per user by bumping the user's generation.
+/// Recommendation pages by user, invalidated per user by bumping the user's generation. A page is
+/// kept whole, request id and token included, so serving it again is the same page.
 ///
 /// A generation entry lives as long as a page does (same TTL), so when it expires every page of
 /// the older generation has expired too. With several replicas only the replica that accepted
 /// the event drops its pages; the others serve theirs until the TTL ends, which bounds staleness.
 struct PageCache {
-    pages: Cache<PageKey, Arc<Vec<Item>>>,
+    pages: Cache<PageKey, Arc<Recommendation>>,
     generations: Cache<String, u64>,
     next_generation: AtomicU64,
 }
@@ -251,7 +254,6 @@ impl Gateway {
             return self.respond(&query.user_id, 0, String::new(), self.fallback_items(&query), true);
         };
         let labels = self.version_labels(&version);
-        let group = serving_group(&snapshot.routing.salt, &query.user_id);
         let key = match &self.inner.cache {
             Some(cache) => Some(cache.key(&query, &version).await),
             None => None,
@@ -264,41 +266,53 @@ impl Gateway {
             }
             _ => None,
         };
-        let (items, user, degraded) = match cached {
-            Some(items) => (items.as_ref().clone(), None, false),
-            None => {
-                let budget = self.inner.settings.deadline.saturating_sub(started.elapsed());
-                match tokio::time::timeout(budget, self.run(&backend, &query, &version, None)).await {
-                    Ok(Ok((items, user))) => {
-                        if let (Some(cache), Some(key)) = (&self.inner.cache, key) {
-                            cache.pages.insert(key, Arc::new(items.clone())).await;
-                        }
-                        (items, Some(user), false)
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, version, "recommend stage failed; serving fallback items");
-                        self.count_fallback(error.reason());
-                        if !error.is_shared() {
-                            self.inner.metrics.errors.get_or_create(&labels).inc();
-                        }
-                        (self.fallback_items(&query), None, true)
-                    }
-                    Err(_) => {
-                        tracing::warn!(version, deadline = ?self.inner.settings.deadline, "recommend ran past its deadline; serving fallback items");
-                        self.count_fallback("deadline");
-                        self.inner.metrics.errors.get_or_create(&labels).inc();
-                        (self.fallback_items(&query), None, true)
-                    }
+        let metrics = &self.inner.metrics;
+        let shadow = snapshot.routing.shadow.as_deref().filter(|shadow| *shadow != version);
+        if let Some(page) = cached {
+            // The page already served, with its request id and token: its events dedupe against
+            // the first serving, and showing it again is no new impression.
+            metrics.requests.get_or_create(&labels).inc();
+            metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+            if let Some(shadow) = shadow {
+                let served = page.items.iter().map(|item| item.item_id.clone()).collect();
+                self.mirror(shadow, &snapshot, query, None, Some(served));
+            }
+            return page.as_ref().clone();
+        }
+        let budget = self.inner.settings.deadline.saturating_sub(started.elapsed());
+        let (items, user, degraded) = match tokio::time::timeout(budget, self.run(&backend, &query, &version, None))
+            .await
+        {
+            Ok(Ok((items, user))) => (items, Some(user), false),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, version, "recommend stage failed; serving fallback items");
+                self.count_fallback(error.reason());
+                if !error.is_shared() {
+                    metrics.errors.get_or_create(&labels).inc();
                 }
+                (self.fallback_items(&query), None, true)
+            }
+            Err(_) => {
+                tracing::warn!(version, deadline = ?self.inner.settings.deadline, "recommend ran past its deadline; serving fallback items");
+                self.count_fallback("deadline");
+                metrics.errors.get_or_create(&labels).inc();
+                (self.fallback_items(&query), None, true)
             }
         };
-        let metrics = &self.inner.metrics;
-        metrics.requests.get_or_create(&labels).inc();
-        metrics.impressions.get_or_create(&labels).inc_by(items.len() as u64);
-        metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        let shadow = snapshot.routing.shadow.as_deref().filter(|shadow| *shadow != version);
         let served = shadow.filter(|_| !degraded).map(|_| items.iter().map(|item| item.item_id.clone()).collect());
+        let group = serving_group(&snapshot.routing.salt, &query.user_id);
         let answer = self.respond(&query.user_id, group, version, items, degraded);
+        if let (false, Some(cache), Some(key)) = (degraded, &self.inner.cache, key) {
+            cache.pages.insert(key, Arc::new(answer.clone())).await;
+        }
+        metrics.requests.get_or_create(&labels).inc();
+        let impressions = GroupLabels {
+            pipeline: labels.pipeline.clone(),
+            model_version: labels.model_version.clone(),
+            user_group: group,
+        };
+        metrics.impressions.get_or_create(&impressions).inc_by(answer.items.len() as u64);
+        metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
         if let Some(shadow) = shadow {
             self.mirror(shadow, &snapshot, query, user, served);
         }
@@ -556,7 +570,13 @@ impl Gateway {
         }
         // A token from before any routing table loaded names no version: nothing to attribute.
         if input.event_type == EventType::Click && !claims.model_version.is_empty() {
-            self.inner.metrics.clicks.get_or_create(&self.version_labels(&claims.model_version)).inc();
+            // The group the page was served in, even if the routing salt changed since.
+            let labels = GroupLabels {
+                pipeline: labels.pipeline.clone(),
+                model_version: labels.model_version.clone(),
+                user_group: claims.user_group,
+            };
+            self.inner.metrics.clicks.get_or_create(&labels).inc();
         }
         self.inner.metrics.events.get_or_create(&labels).inc();
         Ok(Recorded::New)

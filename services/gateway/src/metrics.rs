@@ -17,6 +17,15 @@ pub struct VersionLabels {
     pub model_version: String,
 }
 
+/// Labels of impressions and clicks: the version's, and the user group
+/// ([`signals::USER_GROUP_LABEL`]) that the analysis measures CTR variance across.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub pipeline: String,
+    pub model_version: String,
+    pub user_group: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub pipeline: String,
@@ -57,8 +66,8 @@ fn overlap_histogram() -> Histogram {
 /// Every series the gateway exports. Cheap to clone (families are shared handles).
 #[derive(Clone)]
 pub struct Metrics {
-    pub impressions: Family<VersionLabels, Counter>,
-    pub clicks: Family<VersionLabels, Counter>,
+    pub impressions: Family<GroupLabels, Counter>,
+    pub clicks: Family<GroupLabels, Counter>,
     pub requests: Family<VersionLabels, Counter>,
     pub errors: Family<VersionLabels, Counter>,
     pub latency: HistogramFamily<VersionLabels>,
@@ -106,8 +115,16 @@ impl Metrics {
             cache_requests: Family::default(),
         };
         let m = &metrics;
-        registry.register(counter_name(signals::IMPRESSIONS), "Items shown to users", m.impressions.clone());
-        registry.register(counter_name(signals::CLICKS), "Clicks attributed through the token", m.clicks.clone());
+        registry.register(
+            counter_name(signals::IMPRESSIONS),
+            "Items shown to users, once per page",
+            m.impressions.clone(),
+        );
+        registry.register(
+            counter_name(signals::CLICKS),
+            "Clicks on an item of the token's page, once per request and item",
+            m.clicks.clone(),
+        );
         registry.register(counter_name(signals::REQUESTS), "Recommend requests answered", m.requests.clone());
         registry.register(counter_name(signals::ERRORS), "Recommend requests degraded", m.errors.clone());
         registry.register(signals::LATENCY, "Recommend latency, whole call", m.latency.clone());
@@ -151,8 +168,12 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let labels = VersionLabels { pipeline: "explore".into(), model_version: "v1".into() };
-        for family in [&metrics.impressions, &metrics.clicks, &metrics.requests, &metrics.errors] {
+        for family in [&metrics.requests, &metrics.errors] {
             family.get_or_create(&labels).inc();
+        }
+        let grouped = GroupLabels { pipeline: "explore".into(), model_version: "v1".into(), user_group: 417 };
+        for family in [&metrics.impressions, &metrics.clicks] {
+            family.get_or_create(&grouped).inc();
         }
         metrics.latency.get_or_create(&labels).observe(0.05);
         metrics.shadow_requests.get_or_create(&labels).inc();
@@ -160,14 +181,12 @@ mod tests {
         metrics.shadow_latency.get_or_create(&labels).observe(0.05);
         let mut text = String::new();
         encode(&mut text, &registry).expect("encodes");
-        for name in [
-            signals::IMPRESSIONS,
-            signals::CLICKS,
-            signals::REQUESTS,
-            signals::ERRORS,
-            signals::SHADOW_REQUESTS,
-            signals::SHADOW_ERRORS,
-        ] {
+        for name in [signals::IMPRESSIONS, signals::CLICKS] {
+            let line =
+                format!("{name}{{pipeline=\"explore\",model_version=\"v1\",{}=\"417\"}} 1", signals::USER_GROUP_LABEL);
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        for name in [signals::REQUESTS, signals::ERRORS, signals::SHADOW_REQUESTS, signals::SHADOW_ERRORS] {
             let line = format!("{name}{{pipeline=\"explore\",model_version=\"v1\"}} 1");
             assert!(text.contains(&line), "{line} missing from\n{text}");
         }

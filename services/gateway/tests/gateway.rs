@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Behaviour, Options, PIPELINE, VersionPlan, item_id, routing, series, start, version_series};
+use reco_contracts::routing::{user_bucket, user_group};
 use reco_contracts::{RoutedVersion, RoutingTable, route_for_user};
 use reco_core::token::{Claims, ItemDigest, TokenSigner, UserDigest};
 use serde_json::{Value, json};
@@ -128,8 +129,8 @@ async fn tokens_round_trip_and_clicks_count_for_the_tokens_version() {
         .await;
     let (status, body) = gateway.event(&token, "u1", &item_id(3), "click").await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v2")).await, 0.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 1.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v2").await, 0.0);
     let received = gateway.events.received.lock().expect("lock").clone();
     assert_eq!(received.len(), 1);
     assert_eq!(
@@ -138,7 +139,7 @@ async fn tokens_round_trip_and_clicks_count_for_the_tokens_version() {
     );
     // A like is accepted but is not a click.
     assert_eq!(gateway.event(&token, "u1", &item_id(4), "like").await.0, 202);
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 1.0);
 }
 
 #[tokio::test]
@@ -180,7 +181,7 @@ async fn forged_expired_and_garbled_tokens_are_400_and_counted() {
     for reason in ["expired", "wrong_pipeline", "not_base64", "too_long"] {
         assert_eq!(gateway.metric(&rejects(reason)).await, 1.0, "{reason}");
     }
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 0.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 0.0);
     assert!(gateway.events.received.lock().expect("lock").is_empty(), "nothing forwarded");
 }
 
@@ -208,7 +209,7 @@ async fn a_token_replayed_under_200_user_ids_counts_one_click() {
         }
     }
     assert_eq!(accepted, 1);
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 1.0);
     assert_eq!(gateway.metric(&rejects("wrong_user")).await, 199.0);
     assert_eq!(gateway.events.received.lock().expect("lock").len(), 1, "only the owner's click was forwarded");
 }
@@ -225,13 +226,13 @@ async fn a_click_on_an_item_not_on_the_page_is_refused() {
     assert_eq!(body["error"]["code"], "item_not_on_page");
     assert!(body["error"]["message"].as_str().expect("message").contains(&off_page), "{body}");
     assert_eq!(gateway.metric(&rejects("item_not_on_page")).await, 1.0);
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 0.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 0.0);
     assert!(gateway.events.received.lock().expect("lock").is_empty(), "nothing forwarded");
     // Every item of the page is covered.
     for item in ids(&page) {
         assert_eq!(gateway.event(&token, "u", &item, "click").await.0, 202, "{item}");
     }
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 10.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 10.0);
 }
 
 fn duplicates(event_type: &str) -> String {
@@ -251,13 +252,13 @@ async fn the_same_click_sent_twice_counts_once() {
     let token = gateway.recommend("u").await["token"].as_str().expect("token").to_owned();
     assert_eq!(gateway.event(&token, "u", &item_id(3), "click").await, accepted(false));
     assert_eq!(gateway.event(&token, "u", &item_id(3), "click").await, accepted(true));
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 1.0);
     assert_eq!(gateway.metric(&duplicates("click")).await, 1.0);
     assert_eq!(gateway.events.received.lock().expect("lock").len(), 1, "the duplicate is not forwarded");
     // Another item, or another type of event on the same item, is a new event.
     assert_eq!(gateway.event(&token, "u", &item_id(4), "click").await, accepted(false));
     assert_eq!(gateway.event(&token, "u", &item_id(3), "like").await, accepted(false));
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 2.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 2.0);
     assert_eq!(gateway.metric(&duplicates("like")).await, 0.0);
     assert_eq!(gateway.events.received.lock().expect("lock").len(), 3);
 }
@@ -276,20 +277,79 @@ async fn two_gateways_sharing_redis_count_a_replayed_click_once() {
     assert_eq!(a.event(&token, "u", &item_id(3), "click").await, accepted(false));
     assert_eq!(b.event(&token, "u", &item_id(3), "click").await, accepted(true));
     assert_eq!(a.event(&token, "u", &item_id(3), "click").await, accepted(true));
-    assert_eq!(a.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
-    assert_eq!(b.metric(&version_series("reco_clicks_total", "v1")).await, 0.0);
+    assert_eq!(a.version_total("reco_clicks_total", "v1").await, 1.0);
+    assert_eq!(b.version_total("reco_clicks_total", "v1").await, 0.0);
     assert_eq!(b.metric(&duplicates("click")).await, 1.0);
     assert!(b.events.received.lock().expect("lock").is_empty(), "the replay is not forwarded");
     // Another item of the page counts, on either replica.
     assert_eq!(b.event(&token, "u", &item_id(4), "click").await, accepted(false));
-    assert_eq!(b.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(b.version_total("reco_clicks_total", "v1").await, 1.0);
 
     drop(redis);
     let (status, body) = a.event(&token, "u", &item_id(5), "click").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "dedup_unavailable", "{body}");
-    assert_eq!(a.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(a.version_total("reco_clicks_total", "v1").await, 1.0);
     assert_eq!(a.events.received.lock().expect("lock").len(), 1, "the refused event is not forwarded");
+}
+
+/// A cache hit is the page already served: same request id and token, no new impressions, and
+/// a click through either answer is the same event.
+#[tokio::test]
+async fn a_cache_hit_serves_the_same_token_and_adds_no_impressions() {
+    let gateway = start(Options::default()).await;
+    let first = gateway.recommend("fan").await;
+    let again = gateway.recommend("fan").await;
+    let hits = series("reco_cache_requests_total", &[("cache", "recommendations"), ("result", "hit")]);
+    assert_eq!(gateway.metric(&hits).await, 1.0);
+    assert_eq!(again, first, "the cached page is served whole");
+    assert_eq!(gateway.version_total("reco_impressions_total", "v1").await, 10.0);
+    assert_eq!(gateway.metric(&version_series("reco_recommend_requests_total", "v1")).await, 2.0);
+    let (token, again_token) = (first["token"].as_str().expect("token"), again["token"].as_str().expect("token"));
+    assert_eq!(gateway.event(token, "fan", &item_id(3), "click").await, accepted(false));
+    assert_eq!(gateway.event(again_token, "fan", &item_id(3), "click").await, accepted(true));
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 1.0);
+    // The click invalidated the cache: the next page is new, with its own token and impressions.
+    let next = gateway.recommend("fan").await;
+    assert_ne!(next["request_id"], first["request_id"]);
+    assert_eq!(gateway.version_total("reco_impressions_total", "v1").await, 20.0);
+}
+
+fn group_of(salt: &str, user: &str) -> String {
+    user_group(user_bucket(salt, user)).to_string()
+}
+
+fn grouped_series(name: &str, version: &str, group: &str) -> String {
+    series(name, &[("pipeline", PIPELINE), ("model_version", version), ("user_group", group)])
+}
+
+/// Impressions and clicks carry the user's group; a click keeps the group its page was served
+/// in, even after the routing salt (and so the user's group) changed.
+#[tokio::test]
+async fn clicks_carry_the_user_group_of_the_serving_user() {
+    let gateway = start(Options::default()).await;
+    let new_salt = "reshuffled";
+    let user = (0..100)
+        .map(|i| format!("u{i}"))
+        .find(|user| group_of(PIPELINE, user) != group_of(new_salt, user))
+        .expect("a user whose group the new salt changes");
+    let (served_group, later_group) = (group_of(PIPELINE, &user), group_of(new_salt, &user));
+    let token = gateway.recommend(&user).await["token"].as_str().expect("token").to_owned();
+    assert_eq!(gateway.metric(&grouped_series("reco_impressions_total", "v1", &served_group)).await, 10.0);
+
+    let reshuffled = routing(&[("v2", 100)], None).replace(&format!("salt: {PIPELINE}"), &format!("salt: {new_salt}"));
+    gateway.write_routing(&reshuffled);
+    gateway
+        .eventually(Duration::from_secs(3), "the new table", || async {
+            gateway.recommend("probe").await["model_version"] == "v2"
+        })
+        .await;
+    assert_eq!(gateway.event(&token, &user, &item_id(3), "click").await, accepted(false));
+    assert_eq!(gateway.metric(&grouped_series("reco_clicks_total", "v1", &served_group)).await, 1.0);
+    assert_eq!(gateway.metric(&grouped_series("reco_clicks_total", "v1", &later_group)).await, 0.0);
+    // A page served under the new salt is in the user's new group.
+    gateway.recommend(&user).await;
+    assert_eq!(gateway.metric(&grouped_series("reco_impressions_total", "v2", &later_group)).await, 10.0);
 }
 
 async fn degraded_within_deadline(plan: VersionPlan, reason: &str) {
@@ -390,8 +450,8 @@ async fn shadow_never_delays_the_response_and_records_overlap() {
     assert!(gateway.metric(&latency_sum).await >= 1.0, "two shadow calls of 500 ms");
     assert_eq!(gateway.metric(&version_series("reco_shadow_requests_total", "v2")).await, 2.0);
     assert_eq!(gateway.metric(&version_series("reco_shadow_errors_total", "v2")).await, 0.0);
-    assert_eq!(gateway.metric(&version_series("reco_impressions_total", "v2")).await, 0.0);
-    assert_eq!(gateway.metric(&version_series("reco_impressions_total", "v1")).await, 20.0);
+    assert_eq!(gateway.version_total("reco_impressions_total", "v2").await, 0.0);
+    assert_eq!(gateway.version_total("reco_impressions_total", "v1").await, 20.0);
 }
 
 #[tokio::test]
@@ -449,14 +509,14 @@ async fn unknown_items_are_refused_with_the_events_services_message() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "invalid_event");
     assert_eq!(body["error"]["message"], "unknown item id \"no-such-item\"");
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 0.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 0.0);
 }
 
 #[tokio::test]
 async fn metrics_count_impressions_requests_latency_and_stages() {
     let gateway = start(Options::default()).await;
     gateway.recommend("m").await;
-    assert_eq!(gateway.metric(&version_series("reco_impressions_total", "v1")).await, 10.0);
+    assert_eq!(gateway.version_total("reco_impressions_total", "v1").await, 10.0);
     assert_eq!(gateway.metric(&version_series("reco_recommend_requests_total", "v1")).await, 1.0);
     assert_eq!(gateway.metric(&version_series("reco_recommend_duration_seconds_count", "v1")).await, 1.0);
     for stage in ["features", "retrieval", "ranking", "rerank"] {
@@ -684,7 +744,7 @@ async fn grpc_face_serves_the_same_path_and_refuses_bad_input() {
         dwell_ms: 0,
     };
     client.record_event(event(&page.token, EventType::Click)).await.expect("click accepted");
-    assert_eq!(gateway.metric(&version_series("reco_clicks_total", "v1")).await, 1.0);
+    assert_eq!(gateway.version_total("reco_clicks_total", "v1").await, 1.0);
     let error = client.record_event(event("forged", EventType::Click)).await.expect_err("forged");
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
     let another_user = RecordEventRequest { user_id: "h".into(), ..event(&page.token, EventType::Like) };

@@ -338,6 +338,18 @@ impl TestGateway {
             .unwrap_or(0.0)
     }
 
+    /// The sum of a per-version series over its other labels (`user_group`), 0 when absent.
+    pub async fn version_total(&self, name: &str, version: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        let prefix = format!("{name}{{pipeline=\"{PIPELINE}\",model_version=\"{version}\"");
+        text.lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .filter(|rest| rest.starts_with(['}', ',']))
+            .filter_map(|rest| rest.rsplit_once(' '))
+            .map(|(_, value)| value.trim().parse::<f64>().expect("number"))
+            .sum()
+    }
+
     pub fn write_routing(&self, text: &str) {
         // Through a rename, like a ConfigMap update (never a half-written file).
         let tmp = self.routing_path.with_extension("tmp");
