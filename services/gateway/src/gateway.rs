@@ -37,15 +37,38 @@ const FALLBACK_ITEMS: u32 = 4 * MAX_PAGE_SIZE as u32;
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
 const CACHE_NAME: &str = "recommendations";
 
-/// A stage that failed, named for `reco_fallbacks_total{reason}`.
+/// A remote stage of [`Gateway::run`], in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Features,
+    Retrieval,
+    Ranking,
+}
+
+impl Stage {
+    /// The `stage` label of `reco_stage_duration_seconds`, and the fallback reason of a failure.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Features => "features",
+            Self::Retrieval => "retrieval",
+            Self::Ranking => "ranking",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why [`Gateway::run`] gave no page, named for `reco_fallbacks_total{reason}`.
 #[derive(Debug, thiserror::Error)]
 enum StageError {
-    #[error("features: {0}")]
-    Features(Status),
-    #[error("retrieval: {0}")]
-    Retrieval(Status),
-    #[error("ranking: {0}")]
-    Ranking(Status),
+    #[error("{stage}: {status}")]
+    Failed { stage: Stage, status: Status },
+    #[error("{stage} was still running at the deadline")]
+    Late { stage: Stage },
     #[error("rerank: {0}")]
     Rerank(RerankError),
 }
@@ -53,18 +76,18 @@ enum StageError {
 impl StageError {
     fn reason(&self) -> &'static str {
         match self {
-            Self::Features(_) => "features",
-            Self::Retrieval(_) => "retrieval",
-            Self::Ranking(_) => "ranking",
+            Self::Failed { stage, .. } => stage.name(),
+            Self::Late { .. } => "deadline",
             Self::Rerank(_) => "rerank",
         }
     }
 
-    /// Whether the failure is of a dependency every version shares (the
-    /// feature store): it is not the version's fault, and charging it to the
-    /// routed version alone would let a shared outage roll a good model back.
+    /// Whether the failure or lateness is of a dependency every version
+    /// shares (the feature store): it is not the version's fault, and
+    /// charging it to the routed version alone would let a shared outage (or
+    /// slowdown) roll a good model back.
     fn is_shared(&self) -> bool {
-        matches!(self, Self::Features(_))
+        matches!(self, Self::Failed { stage: Stage::Features, .. } | Self::Late { stage: Stage::Features })
     }
 }
 
@@ -279,23 +302,15 @@ impl Gateway {
             }
             return page.as_ref().clone();
         }
-        let budget = self.inner.settings.deadline.saturating_sub(started.elapsed());
-        let (items, user, degraded) = match tokio::time::timeout(budget, self.run(&backend, &query, &version, None))
-            .await
-        {
-            Ok(Ok((items, user))) => (items, Some(user), false),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, version, "recommend stage failed; serving fallback items");
+        let deadline = started + self.inner.settings.deadline;
+        let (items, user, degraded) = match self.run(&backend, &query, &version, None, deadline).await {
+            Ok((items, user)) => (items, Some(user), false),
+            Err(error) => {
+                tracing::warn!(%error, version, "recommend failed or ran late; serving fallback items");
                 self.count_fallback(error.reason());
                 if !error.is_shared() {
                     metrics.errors.get_or_create(&labels).inc();
                 }
-                (self.fallback_items(&query), None, true)
-            }
-            Err(_) => {
-                tracing::warn!(version, deadline = ?self.inner.settings.deadline, "recommend ran past its deadline; serving fallback items");
-                self.count_fallback("deadline");
-                metrics.errors.get_or_create(&labels).inc();
                 (self.fallback_items(&query), None, true)
             }
         };
@@ -348,12 +363,15 @@ impl Gateway {
     }
 
     /// features -> retrieval -> ranking -> rerank for one version; `user` skips the features call.
+    /// Each remote stage must answer by `deadline`, so that lateness is charged to the stage
+    /// that was running (the shared features call is no version's fault).
     async fn run(
         &self,
         backend: &VersionBackend,
         query: &RecommendQuery,
         version: &str,
         user: Option<UserFeatures>,
+        deadline: Instant,
     ) -> Result<(Vec<Item>, UserFeatures), StageError> {
         let settings = &self.inner.settings;
         let mut context = query.context.clone();
@@ -364,9 +382,8 @@ impl Gateway {
             Some(user) => user,
             None => {
                 let request = Request::new(GetUserRequest { user_id: query.user_id.clone() });
-                self.timed(version, "features", self.inner.features.get_user(request))
-                    .await
-                    .map_err(StageError::Features)?
+                self.timed(version, Stage::Features, deadline, self.inner.features.get_user(request))
+                    .await?
                     .into_inner()
             }
         };
@@ -378,9 +395,8 @@ impl Gateway {
             exclude_item_ids: excluded.iter().map(|id| (*id).to_owned()).collect(),
         };
         let retrieved = self
-            .timed(version, "retrieval", backend.retrieval.retrieve(Request::new(request)))
-            .await
-            .map_err(StageError::Retrieval)?
+            .timed(version, Stage::Retrieval, deadline, backend.retrieval.retrieve(Request::new(request)))
+            .await?
             .into_inner();
         let request = RankRequest {
             user: Some(user.clone()),
@@ -389,9 +405,8 @@ impl Gateway {
             context: Some(context.clone()),
         };
         let ranked = self
-            .timed(version, "ranking", backend.ranking.rank(Request::new(request)))
-            .await
-            .map_err(StageError::Ranking)?
+            .timed(version, Stage::Ranking, deadline, backend.ranking.rank(Request::new(request)))
+            .await?
             .into_inner();
         let started = Instant::now();
         let now_seconds = context.now_ms as f64 / 1000.0;
@@ -419,16 +434,18 @@ impl Gateway {
         Ok((items, user))
     }
 
+    /// Runs one remote stage until `deadline`, observing its latency when it answers.
     async fn timed<T>(
         &self,
         version: &str,
-        stage: &'static str,
+        stage: Stage,
+        deadline: Instant,
         call: impl Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
+    ) -> Result<T, StageError> {
         let started = Instant::now();
-        let result = call.await;
-        self.observe_stage(version, stage, started);
-        result
+        let result = tokio::time::timeout_at(deadline.into(), call).await.map_err(|_| StageError::Late { stage })?;
+        self.observe_stage(version, stage.name(), started);
+        result.map_err(|status| StageError::Failed { stage, status })
     }
 
     fn observe_stage(&self, version: &str, stage: &'static str, started: Instant) {
@@ -465,24 +482,20 @@ impl Gateway {
             let metrics = &gateway.inner.metrics;
             metrics.shadow_requests.get_or_create(&labels).inc();
             let started = Instant::now();
-            let timeout = gateway.inner.settings.shadow_timeout;
-            let result = tokio::time::timeout(timeout, gateway.run(&backend, &query, &shadow, user)).await;
+            let deadline = started + gateway.inner.settings.shadow_timeout;
+            let result = gateway.run(&backend, &query, &shadow, user, deadline).await;
             metrics.shadow_latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
             match result {
-                Ok(Ok((items, _))) => {
+                Ok((items, _)) => {
                     if let Some(overlap) = served.and_then(|served| overlap_at_k(&served, &items, query.page_size)) {
                         metrics.shadow_overlap.get_or_create(&labels).observe(overlap);
                     }
                 }
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, shadow, "shadow request failed");
+                Err(error) => {
+                    tracing::debug!(%error, shadow, "shadow request failed or ran late");
                     if !error.is_shared() {
                         metrics.shadow_errors.get_or_create(&labels).inc();
                     }
-                }
-                Err(_) => {
-                    tracing::debug!(shadow, ?timeout, "shadow request timed out");
-                    metrics.shadow_errors.get_or_create(&labels).inc();
                 }
             }
         });

@@ -419,6 +419,44 @@ async fn a_shared_feature_store_outage_is_charged_to_no_version() {
     assert_eq!(gateway.metric(&version_series("reco_shadow_errors_total", "v2")).await, 0.0);
 }
 
+/// A feature store slow past the deadline is lateness of a dependency every version shares: the
+/// page degrades, but neither the served version nor the shadow is charged an error.
+#[tokio::test]
+async fn features_slow_past_the_deadline_charges_no_version() {
+    let options = Options {
+        routing: Some(routing(&[("v1", 100)], Some("v2"))),
+        flags: vec!["--shadow-timeout-ms=300".into()],
+        ..Default::default()
+    };
+    let gateway = start(options).await;
+    gateway.wait_ready().await;
+    gateway.features.delay_ms.store(1_000, std::sync::atomic::Ordering::Relaxed);
+    gateway
+        .eventually(Duration::from_secs(5), "fallback items", || async {
+            !ids(&gateway.recommend("warmup").await).is_empty()
+        })
+        .await;
+    for user in ["s1", "s2", "s3"] {
+        let started = Instant::now();
+        let body = gateway.recommend(user).await;
+        assert!(started.elapsed() < Duration::from_millis(250), "answered after {:?}", started.elapsed());
+        assert_eq!((body["model_version"].as_str(), body["degraded"].as_bool()), (Some("v1"), Some(true)));
+    }
+    let late = series("reco_fallbacks_total", &[("pipeline", PIPELINE), ("reason", "deadline")]);
+    let requests = gateway.metric(&version_series("reco_recommend_requests_total", "v1")).await;
+    assert!(requests >= 3.0, "{requests} requests");
+    assert_eq!(gateway.metric(&late).await, requests, "every request ran late");
+    assert_eq!(gateway.metric(&version_series("reco_recommend_errors_total", "v1")).await, 0.0);
+    // The shadow read the features itself (the served page had none) and ran late there too.
+    gateway
+        .eventually(Duration::from_secs(5), "every shadow request done", || async {
+            let done = gateway.metric(&version_series("reco_shadow_duration_seconds_count", "v2")).await;
+            done == requests && gateway.metric(&version_series("reco_shadow_requests_total", "v2")).await == done
+        })
+        .await;
+    assert_eq!(gateway.metric(&version_series("reco_shadow_errors_total", "v2")).await, 0.0);
+}
+
 #[tokio::test]
 async fn shadow_never_delays_the_response_and_records_overlap() {
     let slow = VersionPlan { ranking: Behaviour::Sleep(Duration::from_millis(500)), ..Default::default() };

@@ -41,6 +41,8 @@ pub struct MemoryFeatures {
     pub users: Arc<Mutex<HashMap<String, UserFeatures>>>,
     /// While set, every user read fails as an unreachable store does.
     pub down: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds every user read waits before answering, as a slow store does.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -48,6 +50,10 @@ impl Features for MemoryFeatures {
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<UserFeatures>, Status> {
         if self.down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Status::unavailable("feature store unreachable"));
+        }
+        let delay = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         let user_id = request.into_inner().user_id;
         let users = self.users.lock().expect("lock");
