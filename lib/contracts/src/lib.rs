@@ -14,4 +14,7 @@ pub mod metrics;
 pub mod names;
 pub mod routing;
 
-pub use routing::{RoutedVersion, RoutingError, RoutingTable, VersionEndpoints, groups_of_weight, route_for_user, user_bucket, user_group};
+pub use routing::{
+    RoutedVersion, RoutingError, RoutingTable, VersionEndpoints, groups_of_weight, route_for_user, user_bucket,
+    user_group,
+};

@@ -21,7 +21,7 @@ pub mod status;
 pub use conditions::{ConditionType, set_condition};
 pub use model_version::{ModelVersion, ModelVersionSpec, ModelVersionStatus};
 pub use pipeline::*;
-pub use status::{PipelinePhase, RecommenderPipelineStatus, VersionPhase};
+pub use status::{CtrEstimate, PipelinePhase, RecommenderPipelineStatus, SideEstimate, VersionPhase};
 
 /// API group of the reco resources.
 pub const GROUP: &str = "reco.seed.dev";

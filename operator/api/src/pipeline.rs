@@ -32,6 +32,8 @@ pub const DEFAULT_SERVICES_IMAGE: &str = "ghcr.io/reco-seed/reco:0.1.0";
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.canaryWeight"),
     printcolumn(name = "Canary CTR", type_ = "number", json_path = ".status.lastAnalysis.canaryCtr"),
     printcolumn(name = "Stable CTR", type_ = "number", json_path = ".status.lastAnalysis.stableCtr"),
+    printcolumn(name = "Verdict", type_ = "string", json_path = ".status.lastAnalysis.verdict"),
+    printcolumn(name = "To Decide", type_ = "string", json_path = ".status.lastAnalysis.toDecide"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -402,7 +404,12 @@ pub enum TimeoutAction {
 /// `interval` and the stated error rates hold however often it looks. A step
 /// passes when the canary's CTR is shown, at `confidence`, to be at least
 /// `(1 - ctrMargin)` times stable's over the same window; it fails when the
-/// canary is shown to be worse. Guardrails fail a step at once.
+/// canary is shown to be worse. Its variance is measured across user groups
+/// (users, not impressions, are independent), reduced by what the same users
+/// did before the rollout (CUPED, `preRolloutWindow`). Guardrails compare the
+/// candidate's error rate and slow requests with stable's over the same
+/// window, each a sequential test; a canary that does not get the share of
+/// traffic its weight promises holds the rollout (`SampleRatioMismatch`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.source != 'Prometheus' || has(self.prometheusUrl)").message("prometheusUrl is required when source is Prometheus"))]
@@ -412,6 +419,18 @@ pub struct AnalysisSpec {
     /// Prometheus base URL, e.g. `http://prometheus.monitoring.svc:9090`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_url: Option<String>,
+    /// The `job` label of the scrape job that reads this pipeline's gateways
+    /// in Prometheus. Default: the gateway Service's name, which is the job
+    /// of a ServiceMonitor selecting it. Queries are always scoped to the
+    /// pipeline's namespace too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_job: Option<String>,
+    /// How far before the canary's start users' clicks are read, per user
+    /// group, to take out of the CTR's noise what the users did anyway
+    /// (CUPED). `0s` turns it off. Default `24h`.
+    #[serde(default = "default_pre_rollout_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub pre_rollout_window: String,
     /// How often metrics are read, as a duration like `30s`.
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
@@ -426,12 +445,16 @@ pub struct AnalysisSpec {
     #[serde(default = "default_confidence")]
     #[x_kube(validation = Rule::new("self > 0.0 && self < 1.0").message("confidence must be strictly between 0 and 1"))]
     pub confidence: f64,
-    /// Guardrail: the canary fails when its p99 latency exceeds this many
-    /// milliseconds (judged once it has served 100 requests). Default 500.
+    /// Guardrail: the candidate fails when its p99 latency is shown to exceed
+    /// this many milliseconds where stable's does not (its share of requests
+    /// over it exceeds stable's by more than one percentage point; judged
+    /// from 100 requests). Default 500.
     #[serde(default = "default_max_p99_latency_ms", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 60000))]
     pub max_p99_latency_ms: Option<u32>,
-    /// Guardrail: the canary fails when its error rate exceeds this fraction.
+    /// Guardrail: the candidate fails when its error rate is shown to exceed
+    /// stable's over the same window by more than this fraction (0.01: one
+    /// percentage point). A shared outage raises both and fails neither.
     #[serde(default = "default_max_error_rate")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: f64,
@@ -444,6 +467,8 @@ impl Default for AnalysisSpec {
         Self {
             source: MetricSourceKind::default(),
             prometheus_url: None,
+            prometheus_job: None,
+            pre_rollout_window: default_pre_rollout_window(),
             interval: default_interval(),
             ctr_margin: default_ctr_margin(),
             confidence: default_confidence(),
@@ -452,6 +477,10 @@ impl Default for AnalysisSpec {
             on_timeout: TimeoutAction::default(),
         }
     }
+}
+
+fn default_pre_rollout_window() -> String {
+    "24h".to_owned()
 }
 
 fn default_interval() -> String {

@@ -92,16 +92,46 @@ pub struct RolloutStatus {
     /// current step's test combines it with its own window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passed_canary_steps: Vec<StepEvidence>,
+    /// When the candidate first served users: the pre-rollout window for
+    /// CUPED ends here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_started_at: Option<Time>,
 }
 
-/// Impressions and clicks of both sides over one canary step.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Impressions and clicks of both sides over one canary step, with the
+/// CTR estimates the test combines.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StepEvidence {
     pub stable_impressions: u64,
     pub stable_clicks: u64,
     pub canary_impressions: u64,
     pub canary_clicks: u64,
+    /// Absent for a step judged before user groups were measured: it adds
+    /// no evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<CtrEstimate>,
+}
+
+/// Both sides' CTR estimates over one step, with their variance across
+/// user groups.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CtrEstimate {
+    pub stable: SideEstimate,
+    pub canary: SideEstimate,
+    /// Share of the variance CUPED removed, 0 to 1.
+    pub variance_reduction: f64,
+}
+
+/// One side's CTR (CUPED-adjusted) and its variance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SideEstimate {
+    pub ctr: f64,
+    pub variance: f64,
+    /// User groups with impressions.
+    pub groups: u32,
 }
 
 /// The outcome of one look at the metrics.
@@ -113,6 +143,9 @@ pub enum Verdict {
     Fail,
     /// Not enough evidence yet, or the metrics could not be read.
     Inconclusive,
+    /// The canary does not get the share of traffic its weight promises:
+    /// the rollout holds (Degraded) until a human promotes or aborts it.
+    SampleRatioMismatch,
 }
 
 /// One look at the live metrics of a rollout step, with its evidence.
@@ -137,6 +170,18 @@ pub struct AnalysisStatus {
     pub verdict: Verdict,
     /// Why: the statistic and threshold, the guardrail, or what was missing.
     pub message: String,
+    /// This step's CTR estimates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<CtrEstimate>,
+    /// While undecided: about how many more canary impressions the test needs
+    /// if the effect seen so far holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impressions_to_decide: Option<u64>,
+    /// The same, in words with the time it takes at the canary's rate so
+    /// far, e.g. `~120000 impressions (~2h at 1000/min)`: what `kubectl get`
+    /// shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_decide: Option<String>,
 }
 
 /// A version whose rollout ended.

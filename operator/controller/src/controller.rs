@@ -375,7 +375,7 @@ async fn look_at_metrics(
     now: Timestamp,
 ) -> Option<AnalysisReport> {
     let candidate = state.candidate.as_ref()?;
-    let query = WindowQuery::for_candidate(&p.name_any(), policy, state, now)?;
+    let query = WindowQuery::for_candidate(&p.name_any(), &p.namespace().unwrap_or_default(), policy, state, now)?;
     let window = match ctx.sources.for_pipeline(p).await {
         Ok(source) => source.window(&query).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),

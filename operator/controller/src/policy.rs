@@ -37,6 +37,12 @@ pub fn parse_duration(field: &str, value: &str) -> Result<Duration, InvalidSpec>
     Ok(duration)
 }
 
+/// A duration, where zero (`0s`) turns CUPED off.
+fn pre_rollout_window(field: &str, value: &str) -> Result<Option<Duration>, InvalidSpec> {
+    let zero = kube::core::Duration::from_str(value).is_ok_and(|d| Duration::from(d).is_zero());
+    if zero { Ok(None) } else { parse_duration(field, value).map(Some) }
+}
+
 fn open_unit_interval(field: &str, value: f64) -> Result<f64, InvalidSpec> {
     if value > 0.0 && value < 1.0 {
         Ok(value)
@@ -138,6 +144,7 @@ fn convert_analysis(spec: &AnalysisSpec) -> Result<AnalysisPolicy, InvalidSpec> 
             TimeoutAction::Rollback => OnTimeout::Rollback,
             TimeoutAction::Proceed => OnTimeout::Proceed,
         },
+        pre_rollout_window: pre_rollout_window(&format!("{FIELD}.preRolloutWindow"), &spec.pre_rollout_window)?,
     })
 }
 
@@ -239,6 +246,9 @@ mod tests {
     fn durations_follow_kubernetes_syntax() {
         assert_eq!(parse_duration("f", "1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("f", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(pre_rollout_window("f", "24h").unwrap(), Some(Duration::from_secs(86_400)));
+        assert_eq!(pre_rollout_window("f", "0s").unwrap(), None, "0s turns CUPED off");
+        assert!(pre_rollout_window("f", "soon").is_err());
         for bad in ["", "5", "-5m", "0s", "5 minutes", "1d"] {
             assert!(parse_duration("f", bad).is_err(), "{bad:?} should be rejected");
         }

@@ -414,7 +414,13 @@ pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: 
 }
 
 pub fn gateway_service(p: &RecommenderPipeline) -> Service {
-    service(p, object_name(&[&p.name_unchecked(), "gateway"]), Component::Gateway, None)
+    service(p, gateway_service_name(p), Component::Gateway, None)
+}
+
+/// The name of a pipeline's gateway Service (and so the `job` of a
+/// ServiceMonitor selecting it).
+pub fn gateway_service_name(p: &RecommenderPipeline) -> String {
+    object_name(&[&p.name_any(), "gateway"])
 }
 
 pub fn features_service(p: &RecommenderPipeline) -> Service {

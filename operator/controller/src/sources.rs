@@ -10,10 +10,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use reco_api::{MetricSourceKind, RecommenderPipeline};
-use reco_contracts::names::object_name;
 use reco_metric_source::{MetricSource, PrometheusSource, ScrapeSource, Url};
 
-use crate::resources::HTTP_PORT;
+use crate::resources::{HTTP_PORT, gateway_service_name};
 
 /// Gives each pipeline the source its spec asks for.
 pub trait MetricSources: Send + Sync {
@@ -39,7 +38,7 @@ impl ClusterMetricSources {
 
     async fn gateway_targets(&self, p: &RecommenderPipeline) -> Result<Vec<Url>, String> {
         let namespace = p.namespace().unwrap_or_default();
-        let service = object_name(&[&p.name_any(), "gateway"]);
+        let service = gateway_service_name(p);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &namespace);
         let list = slices
             .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
@@ -71,7 +70,9 @@ impl MetricSources for ClusterMetricSources {
                 MetricSourceKind::Prometheus => {
                     let url = analysis.prometheus_url.as_deref().unwrap_or_default();
                     let url = Url::parse(url).map_err(|e| format!("prometheusUrl {url:?}: {e}"))?;
-                    let source = PrometheusSource::new(url).map_err(|e| e.to_string())?;
+                    // The job of a ServiceMonitor selecting the gateway Service is the Service's name.
+                    let job = analysis.prometheus_job.clone().unwrap_or_else(|| gateway_service_name(p));
+                    let source = PrometheusSource::new(url).map_err(|e| e.to_string())?.with_job(job);
                     Ok(Arc::new(source) as Arc<dyn MetricSource>)
                 }
                 MetricSourceKind::Scrape => {

@@ -85,6 +85,7 @@ fn stored_state(status: &RecommenderPipelineStatus) -> RolloutState {
             step_started_at: rollout.step_started_at.0,
             last_analysis,
             completed_windows: rollout.passed_canary_steps.iter().map(counts_of).collect(),
+            canary_started_at: rollout.canary_started_at.as_ref().map(|time| time.0),
         }
     });
     RolloutState {
@@ -137,7 +138,7 @@ pub fn pipeline_status(
     let Observed { status: previous, generation, policy, paused, versions } = observed;
     let state = &decision.state;
     let last_analysis = match (look, &previous.candidate) {
-        (Some(look), Some(rollout)) => Some(analysis_status(look, &rollout.version, rollout.step)),
+        (Some(look), Some(rollout)) => Some(analysis_status(look, rollout)),
         _ => previous.last_analysis.clone(),
     };
     let mut status = RecommenderPipelineStatus {
@@ -255,15 +256,18 @@ fn rollout_status(policy: &RolloutPolicy, candidate: &CandidateState) -> Rollout
         steps: u32::try_from(policy.steps.len()).unwrap_or(u32::MAX),
         step_started_at: Time(candidate.step_started_at),
         passed_canary_steps: candidate.completed_windows.iter().map(evidence_of).collect(),
+        canary_started_at: candidate.canary_started_at.map(Time),
     }
 }
 
-fn analysis_status(look: &Look, version: &str, step: u32) -> AnalysisStatus {
+/// The status of a look at the step `rollout` was at when it was taken.
+fn analysis_status(look: &Look, rollout: &RolloutStatus) -> AnalysisStatus {
     let report = &look.report;
+    let elapsed = look.time.duration_since(rollout.step_started_at.0);
     AnalysisStatus {
         time: Some(Time(look.time)),
-        version: version.to_owned(),
-        step,
+        version: rollout.version.clone(),
+        step: rollout.step,
         stable_impressions: report.stable_impressions,
         stable_clicks: report.stable_clicks,
         stable_ctr: report.stable_ctr,
@@ -274,9 +278,29 @@ fn analysis_status(look: &Look, version: &str, step: u32) -> AnalysisStatus {
             AnalysisVerdict::Pass => Verdict::Pass,
             AnalysisVerdict::Fail => Verdict::Fail,
             AnalysisVerdict::Inconclusive => Verdict::Inconclusive,
+            AnalysisVerdict::SampleRatioMismatch => Verdict::SampleRatioMismatch,
         },
         message: report.message.clone(),
+        estimate: report.estimate.map(api_estimate),
+        impressions_to_decide: report.impressions_to_decide,
+        to_decide: report.impressions_to_decide.map(|needed| to_decide(needed, report.canary_impressions, elapsed)),
     }
+}
+
+/// "~120000 impressions (~2h at 1000/min)": the impressions still needed and
+/// how long they take at the canary's rate over `elapsed`.
+fn to_decide(needed: u64, canary_impressions: u64, elapsed: jiff::SignedDuration) -> String {
+    let minutes = elapsed.as_secs_f64() / 60.0;
+    if canary_impressions == 0 || minutes <= 0.0 {
+        return format!("~{needed} impressions");
+    }
+    let per_minute = canary_impressions as f64 / minutes;
+    let wait = std::time::Duration::from_secs_f64((needed as f64 / per_minute * 60.0).min(1e9));
+    format!("~{needed} impressions (~{} at {per_minute:.0}/min)", engine::human(round_to_minutes(wait)))
+}
+
+fn round_to_minutes(duration: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(duration.as_secs().div_ceil(60) * 60)
 }
 
 fn report_of(analysis: &AnalysisStatus) -> AnalysisReport {
@@ -291,8 +315,11 @@ fn report_of(analysis: &AnalysisStatus) -> AnalysisReport {
             Verdict::Pass => AnalysisVerdict::Pass,
             Verdict::Fail => AnalysisVerdict::Fail,
             Verdict::Inconclusive => AnalysisVerdict::Inconclusive,
+            Verdict::SampleRatioMismatch => AnalysisVerdict::SampleRatioMismatch,
         },
         message: analysis.message.clone(),
+        estimate: analysis.estimate.map(engine_estimate),
+        impressions_to_decide: analysis.impressions_to_decide,
     }
 }
 
@@ -302,6 +329,7 @@ fn counts_of(evidence: &StepEvidence) -> CtrCounts {
         stable_clicks: evidence.stable_clicks,
         canary_impressions: evidence.canary_impressions,
         canary_clicks: evidence.canary_clicks,
+        estimate: evidence.estimate.map(engine_estimate),
     }
 }
 
@@ -311,6 +339,33 @@ fn evidence_of(counts: &CtrCounts) -> StepEvidence {
         stable_clicks: counts.stable_clicks,
         canary_impressions: counts.canary_impressions,
         canary_clicks: counts.canary_clicks,
+        estimate: counts.estimate.map(api_estimate),
+    }
+}
+
+fn api_estimate(estimate: reco_rollout::CtrEstimate) -> reco_api::CtrEstimate {
+    let side = |side: reco_rollout::SideEstimate| reco_api::SideEstimate {
+        ctr: side.ctr,
+        variance: side.variance,
+        groups: side.groups,
+    };
+    reco_api::CtrEstimate {
+        stable: side(estimate.stable),
+        canary: side(estimate.canary),
+        variance_reduction: estimate.variance_reduction,
+    }
+}
+
+fn engine_estimate(estimate: reco_api::CtrEstimate) -> reco_rollout::CtrEstimate {
+    let side = |side: reco_api::SideEstimate| reco_rollout::SideEstimate {
+        ctr: side.ctr,
+        variance: side.variance,
+        groups: side.groups,
+    };
+    reco_rollout::CtrEstimate {
+        stable: side(estimate.stable),
+        canary: side(estimate.canary),
+        variance_reduction: estimate.variance_reduction,
     }
 }
 
@@ -386,11 +441,29 @@ fn pipeline_conditions(
                 decision.routing.versions.iter().map(|v| format!("{} {}%", v.name, v.weight)).collect();
             let serving = format!("serving {}", routes.join(", "));
             set_condition(conditions, ConditionType::Ready, true, "Serving", serving, generation, now);
-            match versions.iter().find(|v| &v.name == stable).and_then(|v| v.broken.clone()) {
-                Some(reason) => {
+            let mismatch = decision
+                .state
+                .candidate
+                .as_ref()
+                .and_then(|candidate| candidate.last_analysis.as_ref())
+                .filter(|report| report.verdict == AnalysisVerdict::SampleRatioMismatch);
+            match (versions.iter().find(|v| &v.name == stable).and_then(|v| v.broken.clone()), mismatch) {
+                (Some(reason), _) => {
                     set_condition(conditions, ConditionType::Degraded, true, "StableUnhealthy", reason, generation, now)
                 }
-                None => degraded_from_history(conditions, generation, decision, now),
+                (None, Some(report)) => {
+                    let message = format!("rollout held, promote or abort it by annotation: {}", report.message);
+                    set_condition(
+                        conditions,
+                        ConditionType::Degraded,
+                        true,
+                        "SampleRatioMismatch",
+                        message,
+                        generation,
+                        now,
+                    )
+                }
+                (None, None) => degraded_from_history(conditions, generation, decision, now),
             }
         }
         None => {
@@ -438,10 +511,27 @@ mod tests {
         }
     }
 
-    fn window(impressions: u64, clicks: u64) -> WindowMetrics {
-        let side =
-            SideMetrics { impressions, clicks, requests: impressions / 10, errors: 0, p99_latency_seconds: None };
-        WindowMetrics { stable: side.clone(), candidate: side }
+    /// `per_group` impressions in each user group, the canary owning those
+    /// of its `weight`, clicks at 5% give or take one (so the CTR has a
+    /// variance and its estimates, f64s, go through the status).
+    fn window(per_group: u64, weight: u8) -> WindowMetrics {
+        let side = |groups: std::ops::Range<u64>| {
+            let groups: reco_rollout::Groups = groups
+                .map(|group| {
+                    let clicks = per_group / 20 + group % 3;
+                    (group as u16, reco_rollout::GroupCounts { impressions: per_group, clicks })
+                })
+                .collect();
+            let impressions = groups.values().map(|g| g.impressions).sum::<u64>();
+            let clicks = groups.values().map(|g| g.clicks).sum();
+            SideMetrics { impressions, clicks, requests: impressions / 10, groups, ..SideMetrics::default() }
+        };
+        let split = reco_contracts::routing::groups_of_weight(weight);
+        WindowMetrics {
+            stable: side(split..reco_contracts::routing::USER_GROUPS),
+            candidate: side(0..split),
+            before: Default::default(),
+        }
     }
 
     /// Runs the operator's loop for `looks` looks, each one converting the
@@ -456,8 +546,13 @@ mod tests {
         for look in 0..400 {
             let now = at(60 * look);
             let state = engine_state(&status, &[]);
-            let report =
-                state.candidate.as_ref().map(|c| c.analyse(&policy, &window(2_000 * (look as u64 % 7 + 1), 100)));
+            let report = state.candidate.as_ref().map(|c| {
+                let weight = match policy.steps.get(c.step as usize) {
+                    Some(reco_rollout::Step::Canary { weight, .. }) => *weight,
+                    _ => 0,
+                };
+                c.analyse(&policy, &window(20 * (look as u64 % 7 + 1), weight))
+            });
             let observation = Observation {
                 pipeline: "explore",
                 salt: "explore",
@@ -531,6 +626,7 @@ mod tests {
                 steps: 4,
                 step_started_at: Time(at(0)),
                 passed_canary_steps: Vec::new(),
+                canary_started_at: None,
             }),
             ..Default::default()
         };

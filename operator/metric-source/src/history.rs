@@ -20,8 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use jiff::{SignedDuration, Timestamp};
-use reco_contracts::metrics::{self as signals, PIPELINE_LABEL, VERSION_LABEL};
-use reco_rollout::{SideMetrics, p99_from_histogram};
+use reco_contracts::metrics::{self as signals, PIPELINE_LABEL, USER_GROUP_LABEL, VERSION_LABEL};
+use reco_contracts::routing::USER_GROUPS;
+use reco_rollout::{GroupCounts, Groups, SideMetrics};
 
 use crate::SideSeries;
 use crate::exposition::{ParseError, Sample, parse_float};
@@ -153,12 +154,15 @@ impl SeriesHistory {
 
     /// Increase from the last point at or before `start` to the latest.
     fn increase_since(&self, start: Timestamp) -> f64 {
-        let after = self.points.partition_point(|&(at, _)| at <= start);
-        let base = match after {
+        self.total() - self.total_at(start)
+    }
+
+    /// The total at the last point at or before `at` (0 before the first).
+    fn total_at(&self, at: Timestamp) -> f64 {
+        match self.points.partition_point(|&(time, _)| time <= at) {
             0 => 0.0,
             n => self.points[n - 1].1,
-        };
-        self.total() - base
+        }
     }
 }
 
@@ -197,6 +201,11 @@ impl TargetHistory {
     pub(crate) fn increases(&self, start: Timestamp) -> impl Iterator<Item = (&SeriesKey, f64)> {
         self.series.iter().map(move |(key, series)| (key, series.increase_since(start)))
     }
+
+    /// The reset-aware increase of every series between `from` and `to`.
+    pub(crate) fn increases_between(&self, from: Timestamp, to: Timestamp) -> impl Iterator<Item = (&SeriesKey, f64)> {
+        self.series.iter().map(move |(key, series)| (key, series.total_at(to) - series.total_at(from)))
+    }
 }
 
 /// Sums the increases of one side's series (across gateways and any other
@@ -208,6 +217,7 @@ pub(crate) fn side_metrics<'a>(
 ) -> SideMetrics {
     let bucket_name = format!("{}_bucket", side.latency);
     let (mut impressions, mut clicks, mut requests, mut errors) = (0.0, 0.0, 0.0, 0.0);
+    let mut groups: BTreeMap<u16, (f64, f64)> = BTreeMap::new();
     // `sum by (le)`: one bucket per bound, across gateways and other labels.
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for (key, increase) in increases {
@@ -218,8 +228,14 @@ pub(crate) fn side_metrics<'a>(
         let name = Some(key.name.as_str());
         if name == side.impressions {
             impressions += increase;
+            if let Some(group) = user_group(key) {
+                groups.entry(group).or_default().0 += increase;
+            }
         } else if name == side.clicks {
             clicks += increase;
+            if let Some(group) = user_group(key) {
+                groups.entry(group).or_default().1 += increase;
+            }
         } else if key.name == side.requests {
             requests += increase;
         } else if key.name == side.errors {
@@ -234,13 +250,52 @@ pub(crate) fn side_metrics<'a>(
             }
         }
     }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // No observation in the window: no histogram, as for a side without series.
+    if buckets.iter().all(|(_, n)| count(*n) == 0) {
+        buckets.clear();
+    }
     SideMetrics {
         impressions: count(impressions),
         clicks: count(clicks),
         requests: count(requests),
         errors: count(errors),
-        p99_latency_seconds: p99_from_histogram(&buckets.into_iter().map(|(le, n)| (le, count(n))).collect::<Vec<_>>()),
+        latency: buckets.into_iter().filter(|(le, _)| le.is_finite()).map(|(le, n)| (le, count(n))).collect(),
+        groups: to_groups(groups),
     }
+}
+
+/// Impressions and clicks per user group of every version of `pipeline`:
+/// the pre-rollout counts CUPED reads.
+pub(crate) fn group_counts<'a>(increases: impl IntoIterator<Item = (&'a SeriesKey, f64)>, pipeline: &str) -> Groups {
+    let mut groups: BTreeMap<u16, (f64, f64)> = BTreeMap::new();
+    for (key, increase) in increases {
+        if key.labels.get(PIPELINE_LABEL).map(String::as_str) != Some(pipeline) {
+            continue;
+        }
+        let Some(group) = user_group(key) else { continue };
+        if key.name == signals::IMPRESSIONS {
+            groups.entry(group).or_default().0 += increase;
+        } else if key.name == signals::CLICKS {
+            groups.entry(group).or_default().1 += increase;
+        }
+    }
+    to_groups(groups)
+}
+
+/// The series' user group, when it has a valid one.
+fn user_group(key: &SeriesKey) -> Option<u16> {
+    let group = key.labels.get(USER_GROUP_LABEL)?.parse::<u16>().ok()?;
+    (u64::from(group) < USER_GROUPS).then_some(group)
+}
+
+fn to_groups(sums: BTreeMap<u16, (f64, f64)>) -> Groups {
+    sums.into_iter()
+        .map(|(group, (impressions, clicks))| {
+            (group, GroupCounts { impressions: count(impressions), clicks: count(clicks) })
+        })
+        .filter(|(_, counts)| counts.impressions > 0 || counts.clicks > 0)
+        .collect()
 }
 
 /// Increases of counters whose raw values are whole are whole too; rounding
@@ -371,6 +426,35 @@ mod tests {
     }
 
     #[test]
+    fn user_groups_are_counted_per_side_and_before_the_rollout_across_versions() {
+        let mut h = TargetHistory::default();
+        let grouped = |name: &str, version: &str, group: &str| key(name, version, &[(USER_GROUP_LABEL, group)]);
+        let series = [
+            grouped(signals::IMPRESSIONS, "v1", "7"),
+            grouped(signals::CLICKS, "v1", "7"),
+            grouped(signals::IMPRESSIONS, "v2", "3"),
+            grouped(signals::IMPRESSIONS, "v1", "bogus"),
+        ];
+        // Each series counts 10 a second from t = 0 to t = 100.
+        for t in (0..=100).step_by(10) {
+            let values: Vec<(SeriesKey, f64)> = series.iter().map(|s| (s.clone(), t as f64)).collect();
+            scrape(&mut h, t, &values);
+        }
+        let metrics = side_metrics(h.increases(at(50)), "home", &SideSeries::served("v1"));
+        assert_eq!(metrics.groups, Groups::from([(7, GroupCounts { impressions: 50, clicks: 50 })]));
+        assert_eq!(metrics.impressions, 100, "the total counts a series without a valid group too");
+        let before = group_counts(h.increases_between(at(10), at(30)), "home");
+        assert_eq!(
+            before,
+            Groups::from([
+                (3, GroupCounts { impressions: 20, clicks: 0 }),
+                (7, GroupCounts { impressions: 20, clicks: 20 })
+            ])
+        );
+        assert_eq!(group_counts(h.increases_between(at(10), at(30)), "other"), Groups::new());
+    }
+
+    #[test]
     fn series_gone_for_the_retention_are_forgotten() {
         let mut h = TargetHistory::default();
         let (v1, v2) = (clicks("v1"), clicks("v2"));
@@ -444,11 +528,18 @@ mod tests {
         let metrics = side_metrics(increases.iter().map(|(k, v)| (k, *v)), "home", &SideSeries::served("v1"));
         // Buckets summed by bound over both instances: rank 99 of 100 lies
         // in (0.1, 0.5] at 19 of its 20.
-        let p99 = metrics.p99_latency_seconds.expect("observations");
+        let p99 = metrics.p99_latency_seconds().expect("observations");
         assert!((p99 - (0.1 + 0.4 * 19.0 / 20.0)).abs() < 1e-9, "{p99}");
         assert_eq!(
             metrics,
-            SideMetrics { impressions: 100, clicks: 10, requests: 50, errors: 1, p99_latency_seconds: Some(p99) }
+            SideMetrics {
+                impressions: 100,
+                clicks: 10,
+                requests: 50,
+                errors: 1,
+                latency: vec![(0.1, 80), (0.5, 100)],
+                groups: Groups::new()
+            }
         );
         let shadow = side_metrics(increases.iter().map(|(k, v)| (k, *v)), "home", &SideSeries::shadow("v1"));
         assert_eq!(shadow, SideMetrics { requests: 1000, ..SideMetrics::default() });

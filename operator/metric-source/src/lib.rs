@@ -57,6 +57,10 @@ pub trait MetricSource: Send + Sync {
 pub struct WindowQuery {
     /// The RecommenderPipeline (label `pipeline`).
     pub pipeline: String,
+    /// Its namespace (label `namespace`, which Prometheus' Kubernetes
+    /// discovery sets on every target): two pipelines of one name in two
+    /// namespaces never mix.
+    pub namespace: String,
     /// The stable model version (label `model_version`).
     pub stable: String,
     /// The version under analysis (label `model_version`).
@@ -68,21 +72,41 @@ pub struct WindowQuery {
     pub start: Timestamp,
     /// End of the window: the moment of the look.
     pub now: Timestamp,
+    /// `[from, to]` before the candidate served anyone: every version's
+    /// impressions and clicks per user group there are CUPED's covariate.
+    /// `None`: not read.
+    pub before: Option<(Timestamp, Timestamp)>,
 }
 
 impl WindowQuery {
     /// The window of the candidate's current step, from its start to `now`,
     /// as the operator and the local runner both look at it; `None` without
     /// a candidate or a stable to compare it with.
-    pub fn for_candidate(pipeline: &str, policy: &RolloutPolicy, state: &RolloutState, now: Timestamp) -> Option<Self> {
+    pub fn for_candidate(
+        pipeline: &str,
+        namespace: &str,
+        policy: &RolloutPolicy,
+        state: &RolloutState,
+        now: Timestamp,
+    ) -> Option<Self> {
         let candidate = state.candidate.as_ref()?;
+        let candidate_is_shadow = engine::candidate_phase(policy, candidate) == VersionPhase::Shadow;
+        let before = match (policy.analysis.pre_rollout_window, candidate.canary_started_at) {
+            (Some(length), Some(canary_start)) if !candidate_is_shadow => {
+                let from = canary_start.checked_sub(length).unwrap_or(Timestamp::MIN);
+                Some((from, canary_start))
+            }
+            _ => None,
+        };
         Some(WindowQuery {
             pipeline: pipeline.to_owned(),
+            namespace: namespace.to_owned(),
             stable: state.stable.clone()?,
             candidate: candidate.version.clone(),
-            candidate_is_shadow: engine::candidate_phase(policy, candidate) == VersionPhase::Shadow,
+            candidate_is_shadow,
             start: candidate.step_started_at,
             now: now.max(candidate.step_started_at),
+            before,
         })
     }
 
@@ -91,6 +115,11 @@ impl WindowQuery {
     fn check(&self) -> Result<(), SourceError> {
         if self.now < self.start {
             return Err(SourceError::InvalidWindow { start: self.start, now: self.now });
+        }
+        if let Some((from, to)) = self.before
+            && to < from
+        {
+            return Err(SourceError::InvalidWindow { start: from, now: to });
         }
         Ok(())
     }

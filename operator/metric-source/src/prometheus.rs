@@ -1,7 +1,7 @@
 //! The Prometheus source: reads a window with PromQL instant queries
 //! (`GET <base>/api/v1/query?query=…&time=<now>`).
 //!
-//! For a window `[start, now]` of pipeline `P`, every query is evaluated at
+//! For a window `[start, now]` of pipeline `P` in namespace `N`, every query is evaluated at
 //! `now` over a range `R` = `now − start` rounded up to whole seconds, and at
 //! least the source's minimum range (default 2 minutes,
 //! [`DEFAULT_MIN_RANGE`]): `increase()` needs two samples inside its range,
@@ -9,25 +9,34 @@
 //! side served by version `V`:
 //!
 //! ```promql
-//! sum(increase(reco_impressions_total{pipeline="P",model_version="V"}[Rs]))
-//! sum(increase(reco_clicks_total{pipeline="P",model_version="V"}[Rs]))
-//! sum(increase(reco_recommend_requests_total{pipeline="P",model_version="V"}[Rs]))
-//! sum(increase(reco_recommend_errors_total{pipeline="P",model_version="V"}[Rs]))
-//! histogram_quantile(0.99, sum by (le) (increase(reco_recommend_duration_seconds_bucket{pipeline="P",model_version="V"}[Rs])))
+//! sum by (user_group) (increase(reco_impressions_total{pipeline="P",namespace="N",model_version="V"}[Rs]))
+//! sum by (user_group) (increase(reco_clicks_total{pipeline="P",namespace="N",model_version="V"}[Rs]))
+//! sum(increase(reco_recommend_requests_total{pipeline="P",namespace="N",model_version="V"}[Rs]))
+//! sum(increase(reco_recommend_errors_total{pipeline="P",namespace="N",model_version="V"}[Rs]))
+//! sum by (le) (increase(reco_recommend_duration_seconds_bucket{pipeline="P",namespace="N",model_version="V"}[Rs]))
+//! ```
+//!
+//! With a job set ([`PrometheusSource::with_job`]) every selector also has
+//! `job="J"`. For CUPED, the counts per user group of every version over
+//! the pre-rollout window `[from, to]` (the `@` modifier, Prometheus ≥ 2.33):
+//!
+//! ```promql
+//! sum by (user_group) (increase(reco_impressions_total{pipeline="P",namespace="N"}[Fs] @ to))
 //! ```
 //!
 //! A shadow candidate `S` (only mirrored traffic) has no impressions or
 //! clicks; its side reads:
 //!
 //! ```promql
-//! sum(increase(reco_shadow_requests_total{pipeline="P",model_version="S"}[Rs]))
-//! sum(increase(reco_shadow_errors_total{pipeline="P",model_version="S"}[Rs]))
-//! histogram_quantile(0.99, sum by (le) (increase(reco_shadow_duration_seconds_bucket{pipeline="P",model_version="S"}[Rs])))
+//! sum(increase(reco_shadow_requests_total{pipeline="P",namespace="N",model_version="S"}[Rs]))
+//! sum(increase(reco_shadow_errors_total{pipeline="P",namespace="N",model_version="S"}[Rs]))
+//! sum by (le) (increase(reco_shadow_duration_seconds_bucket{pipeline="P",namespace="N",model_version="S"}[Rs]))
 //! ```
 //!
 //! `P` and `V` are written as escaped PromQL strings, so any name is matched
 //! literally. Reading the answers: counts are rounded to whole numbers;
-//! an empty vector is 0 (no series yet: no traffic); a NaN or empty quantile is "no latency" (`None`). A failed request, a
+//! an empty vector is 0 (no series yet: no traffic); the p99 is computed from
+//! the buckets like `histogram_quantile` ([`reco_rollout::p99_from_histogram`]). A failed request, a
 //! timeout ([`crate::DEFAULT_TIMEOUT`] unless set), a non-2xx answer, a
 //! `status: error` answer or a malformed one fails the whole window with an
 //! error naming the query.
@@ -49,11 +58,13 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use reco_rollout::{SideMetrics, WindowMetrics};
+use std::collections::BTreeMap;
+
+use reco_rollout::{Groups, SideMetrics, WindowMetrics};
 use reqwest::Url;
 
 use crate::error::QueryFailure;
-use crate::promql::{self, SideQueries};
+use crate::promql::{self, BeforeQueries, SideQueries};
 use crate::{MetricSource, SourceError, WindowQuery};
 
 /// Default floor of the query range: twice Prometheus' default 1 minute
@@ -70,6 +81,8 @@ pub struct PrometheusSource {
     query_url: Url,
     min_range: Duration,
     timeout: Duration,
+    /// The `job` label of the gateways' scrape job, when queries are scoped to it.
+    job: Option<String>,
 }
 
 impl PrometheusSource {
@@ -82,6 +95,7 @@ impl PrometheusSource {
             query_url: query_url(base_url),
             min_range: DEFAULT_MIN_RANGE,
             timeout: crate::DEFAULT_TIMEOUT,
+            job: None,
         })
     }
 
@@ -89,6 +103,14 @@ impl PrometheusSource {
     /// the gateways' job (two intervals is safer).
     pub fn with_min_range(mut self, min_range: Duration) -> Self {
         self.min_range = min_range;
+        self
+    }
+
+    /// Scopes every query to the scrape job `job` (the `job` label of the
+    /// gateways' targets), so that another job scraping the same pods (or
+    /// exporting the same series) is never counted twice.
+    pub fn with_job(mut self, job: impl Into<String>) -> Self {
+        self.job = Some(job.into());
         self
     }
 
@@ -100,32 +122,50 @@ impl PrometheusSource {
 
     async fn read(&self, q: &WindowQuery) -> Result<WindowMetrics, SourceError> {
         q.check()?;
-        let queries = promql::window_queries(q, self.min_range);
-        let (stable, candidate) = futures::try_join!(
+        let queries = promql::window_queries(q, self.min_range, self.job.as_deref());
+        let (stable, candidate, before) = futures::try_join!(
             self.side(&queries.stable, &queries.time),
             self.side(&queries.candidate, &queries.time),
+            self.before(queries.before.as_ref(), &queries.time),
         )?;
-        Ok(WindowMetrics { stable, candidate })
+        Ok(WindowMetrics { stable, candidate, before })
     }
 
     async fn side(&self, queries: &SideQueries, time: &str) -> Result<SideMetrics, SourceError> {
-        let optional_count = |query: &Option<String>| {
-            let query = query.clone();
-            async move {
-                match query {
-                    Some(query) => self.count(&query, time).await,
-                    None => Ok(0),
-                }
-            }
-        };
-        let (impressions, clicks, requests, errors, p99_latency_seconds) = futures::try_join!(
-            optional_count(&queries.impressions),
-            optional_count(&queries.clicks),
+        let (impressions, clicks, requests, errors, (latency, _)) = futures::try_join!(
+            self.optional_groups(queries.impressions.as_deref(), time),
+            self.optional_groups(queries.clicks.as_deref(), time),
             self.count(&queries.requests, time),
             self.count(&queries.errors, time),
-            self.quantile(&queries.p99_latency, time),
+            self.histogram(&queries.latency, time),
         )?;
-        Ok(SideMetrics { impressions, clicks, requests, errors, p99_latency_seconds })
+        Ok(SideMetrics {
+            impressions: impressions.values().sum(),
+            clicks: clicks.values().sum(),
+            requests,
+            errors,
+            latency,
+            groups: promql::zip_groups(&impressions, &clicks),
+        })
+    }
+
+    async fn before(&self, queries: Option<&BeforeQueries>, time: &str) -> Result<Groups, SourceError> {
+        let Some(queries) = queries else { return Ok(Groups::new()) };
+        let (impressions, clicks) =
+            futures::try_join!(self.groups(&queries.impressions, time), self.groups(&queries.clicks, time))?;
+        Ok(promql::zip_groups(&impressions, &clicks))
+    }
+
+    async fn optional_groups(&self, query: Option<&str>, time: &str) -> Result<BTreeMap<u16, u64>, SourceError> {
+        match query {
+            Some(query) => self.groups(query, time).await,
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    async fn groups(&self, query: &str, time: &str) -> Result<BTreeMap<u16, u64>, SourceError> {
+        let (status, body) = self.get(query, time).await?;
+        promql::parse_groups(status, &body).map_err(|failure| self.error(query, failure))
     }
 
     async fn count(&self, query: &str, time: &str) -> Result<u64, SourceError> {
@@ -133,9 +173,9 @@ impl PrometheusSource {
         promql::parse_count(status, &body).map_err(|failure| self.error(query, failure))
     }
 
-    async fn quantile(&self, query: &str, time: &str) -> Result<Option<f64>, SourceError> {
+    async fn histogram(&self, query: &str, time: &str) -> Result<(Vec<(f64, u64)>, u64), SourceError> {
         let (status, body) = self.get(query, time).await?;
-        promql::parse_quantile(status, &body).map_err(|failure| self.error(query, failure))
+        promql::parse_histogram(status, &body).map_err(|failure| self.error(query, failure))
     }
 
     /// Runs one instant query; the status and body are judged by the caller.

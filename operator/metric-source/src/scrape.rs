@@ -7,9 +7,13 @@
 //! counts are the reset-aware increase since `start` (positive deltas
 //! summed, a drop counted as a restart from 0, like Prometheus'
 //! `increase()`, without its extrapolation), summed over all targets and
-//! filtered by the labels `pipeline` and `model_version`; the p99 comes from
-//! the bucket increases with `histogram_quantile` semantics. The window ends
-//! at this look's scrape (the query's `now` is the moment of the call).
+//! filtered by the labels `pipeline` and `model_version`, per user group for
+//! impressions and clicks; the latency histogram is the bucket increases.
+//! The window ends at this look's scrape (the query's `now` is the moment
+//! of the call). The pre-rollout counts for CUPED cover what the history
+//! holds of `before` (at most [`RETENTION`]; from the first scrape after a
+//! restart of the source). It scrapes only the pipeline's own gateways, so
+//! needs no namespace or job label.
 //!
 //! What it cannot know, and how it says so:
 //! - **The source itself restarted** (or a target is new to it): what a
@@ -107,13 +111,23 @@ impl ScrapeSource {
         q.check()?;
         let mut histories = self.histories.lock().await;
         // Before this look's scrape, which may thin: the step's base point must stay.
-        histories.values_mut().for_each(|history| history.pin(q.start));
+        let pins = [Some(q.start), q.before.map(|(from, _)| from), q.before.map(|(_, to)| to)];
+        for history in histories.values_mut() {
+            pins.iter().flatten().for_each(|&pin| history.pin(pin));
+        }
         self.scrape_into(&mut histories).await?;
         let increases: Vec<(&SeriesKey, f64)> =
             histories.values().flat_map(|history| history.increases(q.start)).collect();
         let [stable, candidate] =
             q.sides().map(|side| history::side_metrics(increases.iter().copied(), &q.pipeline, &side));
-        Ok(WindowMetrics { stable, candidate })
+        let before = match q.before {
+            Some((from, to)) => history::group_counts(
+                histories.values().flat_map(|history| history.increases_between(from, to)),
+                &q.pipeline,
+            ),
+            None => Default::default(),
+        };
+        Ok(WindowMetrics { stable, candidate, before })
     }
 
     async fn scrape_into(&self, histories: &mut HashMap<Url, TargetHistory>) -> Result<(), SourceError> {

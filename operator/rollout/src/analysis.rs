@@ -1,17 +1,26 @@
-//! CTR analysis of a canary against stable over the same window, with
-//! latency and error-rate guardrails.
+//! CTR analysis of a canary against stable over the same window: guardrails,
+//! the sample ratio, then two sequential CTR tests.
 //!
-//! # Guardrails
+//! # Guardrails ([`guardrails`])
 //!
-//! Checked first, on the candidate side only (for a shadow, on its mirrored
-//! requests). A guardrail break is a `Fail` at once:
-//! - error rate: `errors > max_error_rate × max(requests, 100)`, i.e. the
-//!   rate counts only from [`MIN_GUARDRAIL_REQUESTS`] requests on, but
-//!   enough errors fail even a small sample;
-//! - p99 latency above `max_p99_latency`, once the window holds at least
-//!   [`MIN_GUARDRAIL_REQUESTS`] requests (a p99 of fewer is mostly noise).
+//! The candidate's error rate and its share of requests over
+//! `max_p99_latency`, each compared with stable's over the same window by a
+//! one-sided sequential test (for a shadow: its mirrored requests against
+//! what stable served). Holm's step-down controls the two; their budget is
+//! `α` per rollout, spent evenly over its steps. A breach is a `Fail`.
+//!
+//! # Sample ratio ([`srm`])
+//!
+//! The canary's share of impressions must match its weight; a mismatch
+//! (two-sided sequential test at [`SRM_ALPHA`]) is a `SampleRatioMismatch`:
+//! the engine holds the step and never promotes on it.
 //!
 //! # CTR: two one-sided sequential tests
+//!
+//! Each side's CTR and its variance come from user groups ([`groups`]):
+//! users, not impressions, are independent, and a few heavy users make the
+//! binomial variance far too small. With pre-rollout counts per group, CUPED
+//! removes the part of the noise that is which users landed on which side.
 //!
 //! With `p_c`, `p_s` the canary and stable click-through rates, `m` the
 //! policy's `ctr_margin` and `α = 1 − confidence`:
@@ -33,54 +42,63 @@
 //! crosses `1/α` with probability at most `α`, *however often one looks*:
 //! the controller may analyse the growing window at every reconcile.
 //!
-//! - Effects: Pass `θ̂ = p̂_c − (1 − m) p̂_s` with unpooled variance; Fail
-//!   `θ̂ = p̂_s − p̂_c` with the variance pooled under `p_c = p_s` (which also
-//!   copes with a canary that gets no clicks at all).
+//! - Effects: Pass `θ̂ = p̂_c − (1 − m) p̂_s`, Fail `θ̂ = p̂_s − p̂_c`, each
+//!   with the sides' variances across user groups.
 //! - Mixture scales, relative to the pooled CTR `p̄`: Pass `τ = m p̄` (the
 //!   distance of an A/A canary from the Pass boundary), Fail
 //!   `τ = `[`FAIL_SCALE_IN_MARGINS`]` × m p̄` (a drop of twice the margin,
 //!   10% at the default 5% margin, is the one rollback is tuned for).
-//! - Normal approximation: `Inconclusive` until stable has
-//!   [`MIN_CLICKS`] clicks and the canary's impressions would earn as many
-//!   at the pooled CTR.
+//! - Normal approximation: `Inconclusive` until stable has [`MIN_CLICKS`]
+//!   clicks, the canary's impressions would earn as many at the pooled CTR,
+//!   and each side has [`MIN_GROUPS`] user groups with impressions.
 //! - Strata: each canary step analyses its own window (constant weights), and
-//!   the windows of the steps already passed ([`CtrCounts`], kept in the
-//!   rollout state and passed on by `CandidateState::analyse`) are combined with it by inverse-variance weighting. The
-//!   whole canary phase is thus one test that spends `α` once, and a CTR that
-//!   drifts while the weight grows cannot masquerade as a difference
-//!   (Simpson's paradox of pooling windows of unequal weights).
+//!   the estimates of the steps already passed ([`CtrCounts`], kept in the
+//!   rollout state and passed on by `CandidateState::analyse`) are combined
+//!   with it by inverse-variance weighting. The whole canary phase is thus
+//!   one test that spends `α` once, and a CTR that drifts while the weight
+//!   grows cannot masquerade as a difference (Simpson's paradox).
+//! - While undecided, the report estimates the canary impressions still
+//!   needed if the effect seen so far holds ([`AnalysisReport::impressions_to_decide`]).
 //!
 //! Error rates (asymptotic: normal approximation, plug-in variances and
-//! scales): a canary worse than the
-//! margin is promoted with probability ≤ `α`; an A/A canary is rolled back
-//! by the CTR test with probability ≤ `α`, over all looks of all canary
-//! steps. `tests/simulation.rs` checks the A/A rate, and the power against
-//! a 10% drop, under the recommended policy; `cargo run --release -p reco-rollout --example sample_size` measures
-//! them, with the impressions the test needs against a fixed-sample test.
+//! scales): a canary worse than the margin is promoted with probability
+//! ≤ `α`; an A/A canary is rolled back by the CTR test with probability
+//! ≤ `α`, over all looks of all canary steps. `tests/simulation.rs` checks
+//! both on users who differ in how much they see and click;
+//! `cargo run --release -p reco-rollout --example sample_size` measures them
+//! against the independent-impression test, with the impressions to a
+//! decision with and without CUPED against a fixed-sample test.
 
 use std::iter;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::AnalysisPolicy;
+use crate::policy::{AnalysisPolicy, RolloutPolicy, Step};
 
+mod groups;
+mod guardrails;
 mod histogram;
 mod sequential;
+mod srm;
 
+pub use groups::{CtrEstimate, GroupCounts, Groups, MIN_GROUPS, SideEstimate};
+pub use guardrails::{MIN_GUARDRAIL_REQUESTS, SLOW_SHARE_TOLERANCE};
 pub use histogram::{p99_from_histogram, quantile_from_histogram};
 use sequential::Estimate;
+pub use srm::SRM_ALPHA;
 
 /// Below this many stable clicks (and expected canary clicks) the normal
 /// approximation is not trusted: the verdict stays `Inconclusive`.
 pub const MIN_CLICKS: u64 = 30;
 
-/// Requests a window needs before its error rate and p99 are judged.
-pub const MIN_GUARDRAIL_REQUESTS: u64 = 100;
-
 /// The Fail test's mixture scale in margins: it is tuned to detect a drop of
 /// this many margins fastest.
 pub const FAIL_SCALE_IN_MARGINS: f64 = 2.0;
+
+/// How much more data [`AnalysisReport::impressions_to_decide`] looks
+/// ahead, in multiples of what the test has: beyond, it says nothing.
+const LOOKAHEAD: f64 = 1_000.0;
 
 /// What one side (stable, canary or shadow) did during the analysis window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -90,15 +108,44 @@ pub struct SideMetrics {
     /// Recommend requests served by this side (shadow: mirrored requests).
     pub requests: u64,
     pub errors: u64,
-    /// p99 latency in seconds over the window, when there were requests.
-    pub p99_latency_seconds: Option<f64>,
+    /// Latency histogram over the window: `(upper bound in seconds, requests
+    /// at or under it)` for the finite bounds, ascending; `requests` is the
+    /// `+Inf` count.
+    #[serde(default)]
+    pub latency: Vec<(f64, u64)>,
+    /// Impressions and clicks per user group: the CTR's variance comes from
+    /// their spread.
+    #[serde(default)]
+    pub groups: Groups,
+}
+
+impl SideMetrics {
+    /// p99 latency over the window, `histogram_quantile` style; `None`
+    /// without requests or buckets.
+    pub fn p99_latency_seconds(&self) -> Option<f64> {
+        let mut buckets = self.latency.clone();
+        buckets.push((f64::INFINITY, self.requests));
+        p99_from_histogram(&buckets)
+    }
+
+    /// Requests slower than `limit` seconds, counted from the smallest
+    /// bucket bound at or over it (so those between the limit and that bound
+    /// count as fast); `None` when no bound is that high.
+    pub fn requests_slower_than(&self, limit: f64) -> Option<u64> {
+        let (_, within) = self.latency.iter().find(|(bound, _)| *bound >= limit)?;
+        Some(self.requests.saturating_sub(*within))
+    }
 }
 
 /// Metrics of stable and candidate over the same window.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowMetrics {
     pub stable: SideMetrics,
     pub candidate: SideMetrics,
+    /// Impressions and clicks per user group, of every version, before the
+    /// candidate served anyone: CUPED's covariate. Empty when not read.
+    #[serde(default)]
+    pub before: Groups,
 }
 
 /// The verdict of one look at the metrics.
@@ -110,6 +157,9 @@ pub enum AnalysisVerdict {
     Fail,
     /// Not enough evidence yet, or metrics missing.
     Inconclusive,
+    /// The canary does not get the share of traffic its weight promises:
+    /// its numbers cannot be trusted, so the rollout holds for a human.
+    SampleRatioMismatch,
 }
 
 /// One look at the metrics, as stored in status and shown to users.
@@ -125,17 +175,28 @@ pub struct AnalysisReport {
     pub verdict: AnalysisVerdict,
     /// Why: the statistic and threshold, the guardrail, or what was missing.
     pub message: String,
+    /// This step's CTR estimates with their variance across user groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<CtrEstimate>,
+    /// While undecided: about how many more canary impressions the test
+    /// needs to decide, if the effect seen so far holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impressions_to_decide: Option<u64>,
 }
 
-/// Impressions and clicks of both sides over one canary step's window: one
-/// stratum of the sequential test.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Impressions, clicks and CTR estimates of both sides over one canary
+/// step's window: one stratum of the sequential test.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CtrCounts {
     pub stable_impressions: u64,
     pub stable_clicks: u64,
     pub canary_impressions: u64,
     pub canary_clicks: u64,
+    /// `None` for a step judged before user groups were measured: it then
+    /// adds no evidence (its variance is unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<CtrEstimate>,
 }
 
 impl CtrCounts {
@@ -146,16 +207,18 @@ impl CtrCounts {
             stable_clicks: window.stable.clicks,
             canary_impressions: window.candidate.impressions,
             canary_clicks: window.candidate.clicks,
+            estimate: None,
         }
     }
 
-    /// The counts a report was computed from.
+    /// The counts and estimate a report was computed from.
     pub fn of_report(report: &AnalysisReport) -> Self {
         CtrCounts {
             stable_impressions: report.stable_impressions,
             stable_clicks: report.stable_clicks,
             canary_impressions: report.canary_impressions,
             canary_clicks: report.canary_clicks,
+            estimate: report.estimate,
         }
     }
 
@@ -169,33 +232,57 @@ impl CtrCounts {
             canary_ctr: ratio(self.canary_clicks, self.canary_impressions),
             verdict,
             message,
+            estimate: self.estimate,
+            impressions_to_decide: None,
         }
     }
 }
 
-/// Judges a canary window. Repeated looks over a growing window keep their
-/// stated error rates (sequential test).
-pub fn analyse_canary(policy: &AnalysisPolicy, window: &WindowMetrics) -> AnalysisReport {
-    analyse_canary_steps(policy, &[], window)
-}
-
-/// Judges the current canary step's window together with the windows of
-/// the canary steps already passed (`CandidateState::completed_windows`),
-/// as one sequential test. The report's counts are the current window's.
-pub fn analyse_canary_steps(policy: &AnalysisPolicy, earlier: &[CtrCounts], window: &WindowMetrics) -> AnalysisReport {
-    let current = CtrCounts::of_window(window);
-    if let Some(breach) = guardrail_breach(policy, &window.candidate) {
+/// Judges the window of canary step `step` (an index into the policy's
+/// steps) together with the windows of the canary steps already passed
+/// (`CandidateState::completed_windows`), as one sequential test:
+/// guardrails first, then the sample ratio, then CTR. The report's counts
+/// are the current window's.
+pub fn analyse_canary_steps(
+    policy: &RolloutPolicy,
+    step: usize,
+    earlier: &[CtrCounts],
+    window: &WindowMetrics,
+) -> AnalysisReport {
+    let mut current = CtrCounts::of_window(window);
+    let analysis = &policy.analysis;
+    if let Some(breach) = guardrails::breach(analysis, &window.stable, &window.candidate, guardrail_alpha(policy)) {
         return current.report(AnalysisVerdict::Fail, breach);
     }
-    let (verdict, message) = judge_ctr(policy, earlier, &current);
-    current.report(verdict, message)
+    let weight = match policy.steps.get(step) {
+        Some(Step::Canary { weight, .. }) => *weight,
+        _ => 100,
+    };
+    if let Some(mismatch) = srm::mismatch(&window.stable.groups, &window.candidate.groups, weight) {
+        return current.report(AnalysisVerdict::SampleRatioMismatch, mismatch);
+    }
+    match groups::estimate(&window.stable.groups, &window.candidate.groups, &window.before) {
+        Ok(estimate) => current.estimate = Some(estimate),
+        Err(few) => {
+            let message = format!(
+                "not enough users: the CTR's variance needs {MIN_GROUPS} user groups with impressions on each side, stable has {}, canary {}",
+                few.stable, few.canary
+            );
+            return current.report(AnalysisVerdict::Inconclusive, message);
+        }
+    }
+    let judged = judge_ctr(analysis, earlier, &current);
+    let mut report = current.report(judged.verdict, judged.message);
+    report.impressions_to_decide = judged.impressions_to_decide;
+    report
 }
 
-/// Judges a shadow window on guardrails only.
-pub fn analyse_shadow(policy: &AnalysisPolicy, window: &WindowMetrics) -> AnalysisReport {
+/// Judges a shadow window on guardrails only, its mirrored requests against
+/// what stable served over the same window.
+pub fn analyse_shadow(policy: &RolloutPolicy, window: &WindowMetrics) -> AnalysisReport {
     let counts = CtrCounts::of_window(window);
     let shadow = &window.candidate;
-    if let Some(breach) = guardrail_breach(policy, shadow) {
+    if let Some(breach) = guardrails::breach(&policy.analysis, &window.stable, shadow, guardrail_alpha(policy)) {
         return counts.report(AnalysisVerdict::Fail, breach);
     }
     if shadow.requests < MIN_GUARDRAIL_REQUESTS {
@@ -203,61 +290,44 @@ pub fn analyse_shadow(policy: &AnalysisPolicy, window: &WindowMetrics) -> Analys
             format!("shadow got {} mirrored requests, guardrails need {MIN_GUARDRAIL_REQUESTS}", shadow.requests);
         return counts.report(AnalysisVerdict::Inconclusive, message);
     }
-    let latency = shadow.p99_latency_seconds.map_or_else(|| "unknown".to_owned(), seconds);
+    let latency = shadow.p99_latency_seconds().map_or_else(|| "unknown".to_owned(), seconds);
     let message = format!(
-        "guardrails hold on {} mirrored requests: error rate {}, p99 {latency}",
+        "guardrails hold on {} mirrored requests: error rate {} (stable {}), p99 {latency}",
         shadow.requests,
-        percent(ratio(shadow.errors, shadow.requests))
+        percent(ratio(shadow.errors, shadow.requests)),
+        percent(ratio(window.stable.errors, window.stable.requests)),
     );
     counts.report(AnalysisVerdict::Pass, message)
 }
 
 /// A report for a window whose metrics could not be read.
 pub fn metrics_unavailable(reason: &str) -> AnalysisReport {
-    AnalysisReport {
-        stable_impressions: 0,
-        stable_clicks: 0,
-        stable_ctr: 0.0,
-        canary_impressions: 0,
-        canary_clicks: 0,
-        canary_ctr: 0.0,
-        verdict: AnalysisVerdict::Inconclusive,
-        message: format!("metrics unavailable: {reason}"),
-    }
+    CtrCounts::default().report(AnalysisVerdict::Inconclusive, format!("metrics unavailable: {reason}"))
 }
 
-/// The first guardrail the candidate side breaks, described with its values.
-fn guardrail_breach(policy: &AnalysisPolicy, side: &SideMetrics) -> Option<String> {
-    let judged_requests = side.requests.max(MIN_GUARDRAIL_REQUESTS);
-    if side.errors as f64 > policy.max_error_rate * judged_requests as f64 {
-        return Some(format!(
-            "error-rate guardrail: {} errors in {} requests ({}) exceed the maximum {}",
-            side.errors,
-            side.requests,
-            percent(ratio(side.errors, side.requests)),
-            percent(policy.max_error_rate)
-        ));
-    }
-    let max_p99 = policy.max_p99_latency?.as_secs_f64();
-    let p99 = side.p99_latency_seconds?;
-    (side.requests >= MIN_GUARDRAIL_REQUESTS && p99 > max_p99).then(|| {
-        format!(
-            "latency guardrail: p99 {} over {} requests exceeds the maximum {}",
-            seconds(p99),
-            side.requests,
-            seconds(max_p99)
-        )
-    })
+/// The guardrails' error budget at one step: `α` per rollout, spent evenly
+/// over the policy's steps (Bonferroni), so that an A/A rollout breaks a
+/// guardrail with probability at most `α` over all its steps.
+fn guardrail_alpha(policy: &RolloutPolicy) -> f64 {
+    (1.0 - policy.analysis.confidence) / policy.steps.len().max(1) as f64
+}
+
+/// A CTR verdict with the data it still needs.
+struct CtrJudgement {
+    verdict: AnalysisVerdict,
+    message: String,
+    impressions_to_decide: Option<u64>,
 }
 
 /// The CTR verdict over the strata of the earlier canary steps and the current one.
-fn judge_ctr(policy: &AnalysisPolicy, earlier: &[CtrCounts], current: &CtrCounts) -> (AnalysisVerdict, String) {
+fn judge_ctr(policy: &AnalysisPolicy, earlier: &[CtrCounts], current: &CtrCounts) -> CtrJudgement {
     let strata = || earlier.iter().chain(iter::once(current));
     let total = strata().fold(CtrCounts::default(), |sum, s| CtrCounts {
         stable_impressions: sum.stable_impressions + s.stable_impressions,
         stable_clicks: sum.stable_clicks + s.stable_clicks,
         canary_impressions: sum.canary_impressions + s.canary_impressions,
         canary_clicks: sum.canary_clicks + s.canary_clicks,
+        estimate: None,
     });
     let pooled_ctr =
         ratio(total.stable_clicks + total.canary_clicks, total.stable_impressions + total.canary_impressions);
@@ -267,30 +337,24 @@ fn judge_ctr(policy: &AnalysisPolicy, earlier: &[CtrCounts], current: &CtrCounts
             "not enough data: {} stable clicks and {expected_canary_clicks:.0} expected canary clicks, need {MIN_CLICKS} each",
             total.stable_clicks
         );
-        return (AnalysisVerdict::Inconclusive, message);
+        return CtrJudgement { verdict: AnalysisVerdict::Inconclusive, message, impressions_to_decide: None };
     }
 
     let margin = policy.ctr_margin;
     let mut non_inferiority = Estimate::default();
     let mut inferiority = Estimate::default();
-    for s in strata() {
-        if s.stable_impressions == 0 || s.canary_impressions == 0 {
-            continue;
-        }
-        let (n_s, n_c) = (s.stable_impressions as f64, s.canary_impressions as f64);
-        let (p_s, p_c) = (ratio(s.stable_clicks, s.stable_impressions), ratio(s.canary_clicks, s.canary_impressions));
-        non_inferiority.add(
-            p_c - (1.0 - margin) * p_s,
-            p_c * (1.0 - p_c) / n_c + (1.0 - margin).powi(2) * p_s * (1.0 - p_s) / n_s,
-        );
-        let p = ratio(s.stable_clicks + s.canary_clicks, s.stable_impressions + s.canary_impressions);
-        inferiority.add(p_s - p_c, p * (1.0 - p) * (1.0 / n_c + 1.0 / n_s));
+    for estimate in strata().filter_map(|s| s.estimate) {
+        let (stable, canary) = (estimate.stable, estimate.canary);
+        non_inferiority
+            .add(canary.ctr - (1.0 - margin) * stable.ctr, canary.variance + (1.0 - margin).powi(2) * stable.variance);
+        inferiority.add(stable.ctr - canary.ctr, canary.variance + stable.variance);
     }
 
     let alpha = 1.0 - policy.confidence;
     let threshold = 1.0 / alpha;
-    let fail_evidence = inferiority.log_evidence(FAIL_SCALE_IN_MARGINS * margin * pooled_ctr).exp();
-    let pass_evidence = non_inferiority.log_evidence(margin * pooled_ctr).exp();
+    let (fail_scale, pass_scale) = (FAIL_SCALE_IN_MARGINS * margin * pooled_ctr, margin * pooled_ctr);
+    let fail_evidence = inferiority.log_evidence(fail_scale).exp();
+    let pass_evidence = non_inferiority.log_evidence(pass_scale).exp();
     let stable_ctr = ratio(total.stable_clicks, total.stable_impressions);
     let relative_difference = if stable_ctr > 0.0 { -inferiority.effect() / stable_ctr } else { 0.0 };
     // Pooled CTRs of several steps would mislead (Simpson): show this step's.
@@ -307,9 +371,18 @@ fn judge_ctr(policy: &AnalysisPolicy, earlier: &[CtrCounts], current: &CtrCounts
     if !earlier.is_empty() {
         observed.push_str(&format!(" over {} canary steps", earlier.len() + 1));
     }
+    if let Some(estimate) = current.estimate {
+        observed.push_str(&format!(
+            "; variance across {} + {} user groups",
+            estimate.stable.groups, estimate.canary.groups
+        ));
+        if estimate.variance_reduction > 0.0 {
+            observed.push_str(&format!(", {:.0}% less with CUPED", 100.0 * estimate.variance_reduction));
+        }
+    }
     observed.push(')');
     let confidence = percent(policy.confidence);
-    if fail_evidence >= threshold {
+    let (verdict, message) = if fail_evidence >= threshold {
         let message = format!(
             "canary CTR is lower than stable's: {observed}; evidence {fail_evidence:.1} ≥ {threshold:.1} at {confidence} confidence"
         );
@@ -326,7 +399,26 @@ fn judge_ctr(policy: &AnalysisPolicy, earlier: &[CtrCounts], current: &CtrCounts
             percent(margin)
         );
         (AnalysisVerdict::Inconclusive, message)
-    }
+    };
+    let impressions_to_decide = (verdict == AnalysisVerdict::Inconclusive)
+        .then(|| {
+            let decides = |factor: f64| {
+                non_inferiority.scaled(factor).log_evidence(pass_scale) >= threshold.ln()
+                    || inferiority.scaled(factor).log_evidence(fail_scale) >= threshold.ln()
+            };
+            information_factor_to_decide(decides)
+        })
+        .flatten()
+        .map(|factor| ((factor - 1.0) * total.canary_impressions as f64).ceil() as u64);
+    CtrJudgement { verdict, message, impressions_to_decide }
+}
+
+/// The smallest factor (on a 5% grid, up to [`LOOKAHEAD`]) by which the
+/// test's information must grow for `decides` to hold.
+fn information_factor_to_decide(decides: impl Fn(f64) -> bool) -> Option<f64> {
+    iter::successors(Some(1.0_f64), |factor| Some(factor * 1.05))
+        .take_while(|factor| *factor <= LOOKAHEAD)
+        .find(|factor| decides(*factor))
 }
 
 /// `numerator / denominator`, 0 for an empty denominator.

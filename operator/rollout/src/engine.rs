@@ -114,6 +114,11 @@ pub struct CandidateState {
     /// analysis combines them with its own window (one sequential test).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed_windows: Vec<CtrCounts>,
+    /// When the candidate first served users (its first canary step began):
+    /// what users did before is untouched by it, CUPED's covariate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub canary_started_at: Option<Timestamp>,
 }
 
 impl CandidateState {
@@ -123,8 +128,8 @@ impl CandidateState {
     /// a canary step.
     pub fn analyse(&self, policy: &RolloutPolicy, window: &WindowMetrics) -> AnalysisReport {
         match policy.steps.get(self.step as usize) {
-            Some(Step::Shadow { .. }) => analysis::analyse_shadow(&policy.analysis, window),
-            _ => analysis::analyse_canary_steps(&policy.analysis, &self.completed_windows, window),
+            Some(Step::Shadow { .. }) => analysis::analyse_shadow(policy, window),
+            _ => analysis::analyse_canary_steps(policy, self.step as usize, &self.completed_windows, window),
         }
     }
 }
@@ -324,6 +329,9 @@ impl Run<'_> {
                         let reason = format!("{label} failed: {message}");
                         self.finish(&candidate.version, phase, VersionPhase::RolledBack, Cause::Analysis, reason);
                     }
+                    // Numbers from a skewed split cannot be trusted either way, and
+                    // running out the clock must not decide for them: hold for a human.
+                    Some(AnalysisVerdict::SampleRatioMismatch) => self.state.candidate = Some(candidate),
                     Some(AnalysisVerdict::Pass) if impressions >= *min_impressions => {
                         self.pass_step(candidate, phase, Cause::Analysis, format!("{label} passed: {message}"));
                     }
@@ -353,7 +361,7 @@ impl Run<'_> {
 
     /// Moves the candidate to its next step, or promotes it after the last.
     fn pass_step(&mut self, candidate: CandidateState, phase: VersionPhase, cause: Cause, reason: String) {
-        let CandidateState { version, step, last_analysis, mut completed_windows, .. } = candidate;
+        let CandidateState { version, step, last_analysis, mut completed_windows, canary_started_at, .. } = candidate;
         if let (Some(Step::Canary { .. }), Some(report)) = (self.policy.steps.get(step as usize), &last_analysis) {
             completed_windows.push(CtrCounts::of_report(report));
         }
@@ -365,12 +373,14 @@ impl Run<'_> {
         };
         let reason = format!("{reason}; now {}", step_label(self.policy, next));
         self.record(&version, phase, step_phase(next_step), cause, reason);
+        let canary_started_at = canary_started_at.or_else(|| canary_start(next_step, self.obs.now));
         self.state.candidate = Some(CandidateState {
             version,
             step: next,
             step_started_at: self.obs.now,
             last_analysis: None,
             completed_windows,
+            canary_started_at,
         });
     }
 
@@ -409,6 +419,7 @@ impl Run<'_> {
                 step_started_at: self.obs.now,
                 last_analysis: None,
                 completed_windows: Vec::new(),
+                canary_started_at: canary_start(first, self.obs.now),
             });
         }
     }
@@ -463,6 +474,11 @@ pub fn candidate_phase(policy: &RolloutPolicy, candidate: &CandidateState) -> Ve
     policy.steps.get(candidate.step as usize).map_or(VersionPhase::Canary, step_phase)
 }
 
+/// `now` when `step` is a canary step: the candidate serves users from now on.
+fn canary_start(step: &Step, now: Timestamp) -> Option<Timestamp> {
+    matches!(step, Step::Canary { .. }).then_some(now)
+}
+
 fn step_phase(step: &Step) -> VersionPhase {
     match step {
         Step::Shadow { .. } => VersionPhase::Shadow,
@@ -486,6 +502,6 @@ fn elapsed_since(start: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(start)).unwrap_or(Duration::ZERO)
 }
 
-fn human(duration: Duration) -> String {
+pub fn human(duration: Duration) -> String {
     jiff::SignedDuration::try_from(duration).map_or_else(|_| format!("{}s", duration.as_secs()), |d| format!("{d:#}"))
 }

@@ -11,8 +11,8 @@ pub mod engine;
 pub mod policy;
 
 pub use analysis::{
-    AnalysisReport, AnalysisVerdict, CtrCounts, SideMetrics, WindowMetrics, analyse_canary, analyse_canary_steps,
-    analyse_shadow, metrics_unavailable, p99_from_histogram,
+    AnalysisReport, AnalysisVerdict, CtrCounts, CtrEstimate, GroupCounts, Groups, SideEstimate, SideMetrics,
+    WindowMetrics, analyse_canary_steps, analyse_shadow, metrics_unavailable, p99_from_histogram,
 };
 pub use engine::{
     CandidateState, Cause, Command, Decision, Observation, RolloutState, VersionInfo, VersionPhase, VersionStatus,

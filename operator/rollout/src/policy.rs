@@ -38,12 +38,20 @@ pub struct AnalysisPolicy {
     pub ctr_margin: f64,
     /// Confidence in (0, 1) of each decision, e.g. 0.95.
     pub confidence: f64,
-    /// Guardrail: canary p99 latency may not exceed this.
+    /// Guardrail: the candidate's p99 latency may not exceed this where
+    /// stable's does not (its share of requests over it may exceed stable's
+    /// by at most one percentage point).
     pub max_p99_latency: Option<Duration>,
-    /// Guardrail: canary error rate (errors / requests) may not exceed this.
+    /// Guardrail: the candidate's error rate may exceed stable's over the
+    /// same window by at most this (absolute: 0.01 is one percentage point).
     pub max_error_rate: f64,
     /// What happens when a canary step's `max_duration` runs out undecided.
     pub on_timeout: OnTimeout,
+    /// How far before the canary's start users' clicks are read for CUPED
+    /// (`None`: not at all). The longer, the better each user group's CTR
+    /// is known and the less noise is left; `None` wastes most of the
+    /// traffic of heterogeneous users (see `examples/sample_size.rs`).
+    pub pre_rollout_window: Option<Duration>,
 }
 
 /// Outcome of a step whose maximum duration ran out without a decision.
@@ -107,6 +115,7 @@ impl AnalysisPolicy {
             max_p99_latency: Some(Duration::from_millis(500)),
             max_error_rate: 0.01,
             on_timeout: OnTimeout::Rollback,
+            pre_rollout_window: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }

@@ -100,6 +100,8 @@ fn report(verdict: AnalysisVerdict, canary_impressions: u64) -> AnalysisReport {
         canary_ctr: 1.0 / 3.0,
         verdict,
         message: format!("{verdict:?}"),
+        estimate: None,
+        impressions_to_decide: None,
     }
 }
 

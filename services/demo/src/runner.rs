@@ -223,7 +223,7 @@ pub fn step(policy: &DemoPolicy, file: &RunnerFile, analysis: Option<&AnalysisRe
 
 /// The query for the candidate's current step, as the operator builds it. Pure.
 pub fn window_query(policy: &DemoPolicy, file: &RunnerFile, now: Timestamp) -> Option<WindowQuery> {
-    WindowQuery::for_candidate(&file.pipeline, &policy.policy, &file.rollout, now)
+    WindowQuery::for_candidate(&file.pipeline, crate::stack::DEMO_NAMESPACE, &policy.policy, &file.rollout, now)
 }
 
 /// The phase of `version` after a decision, if the engine knows it.

@@ -203,7 +203,9 @@ impl Demo {
             Some(bin) => {
                 let prometheus = Prometheus::start(bin, &opts.out.join("prometheus"), gateway.addr()).await?;
                 println!("Prometheus (pid {}) ready at {}", prometheus.pid().unwrap_or(0), prometheus.base());
-                let source = PrometheusSource::new(prometheus.base())?.with_min_range(Duration::from_secs(3));
+                let source = PrometheusSource::new(prometheus.base())?
+                    .with_min_range(Duration::from_secs(3))
+                    .with_job(crate::stack::PROMETHEUS_JOB);
                 (Some(prometheus), Source::Prometheus(source))
             }
             None => (None, Source::Scrape(ScrapeSource::new(vec![gateway.url("metrics")])?)),

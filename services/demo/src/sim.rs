@@ -13,7 +13,7 @@
 //! (`model_version`); a transport error or a non-2xx answer is a failure
 //! (counted under [`UNKNOWN_VERSION`] when no answer names a version).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -96,9 +96,9 @@ pub struct VersionCounts {
     pub failed: u64,
     /// Answers flagged `degraded` by the gateway.
     pub degraded: u64,
-    /// Items shown.
+    /// Items shown, once per page (a cached page served again is not new).
     pub impressions: u64,
-    /// Click events sent.
+    /// Click events the gateway counted (not those it answered as duplicates).
     pub clicks: u64,
     /// Click events the gateway did not accept (transport error or non-2xx).
     pub events_failed: u64,
@@ -151,6 +151,7 @@ pub struct Simulator {
 /// The answer of `POST /v1/recommend`, the fields the simulator reads.
 #[derive(Debug, Deserialize)]
 struct RecommendAnswer {
+    request_id: String,
     model_version: String,
     token: String,
     items: Vec<AnsweredItem>,
@@ -161,6 +162,14 @@ struct RecommendAnswer {
 #[derive(Debug, Deserialize)]
 struct AnsweredItem {
     item_id: String,
+}
+
+/// The answer of `POST /v1/events`: a duplicate (the same click on the same
+/// page again) is accepted but not counted by the gateway, nor here.
+#[derive(Debug, Deserialize)]
+struct EventAnswer {
+    #[serde(default)]
+    duplicate: bool,
 }
 
 /// What request `i` does given the seed: which user, and a generator for its
@@ -246,17 +255,25 @@ async fn drive(
     let period = Duration::from_secs_f64(1.0 / config.rate);
     let mut in_flight = Vec::new();
     let mut index: u64 = 0;
+    // Pages already counted: the gateway re-serves a cached page (same
+    // request id) without counting its impressions again, and so do we.
+    let pages = Arc::new(Mutex::new(HashSet::<String>::new()));
     while !stop.load(Ordering::SeqCst) {
         let due = start + period.mul_f64(index as f64);
         tokio::time::sleep_until(due.into()).await;
         match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => {
-                let (config, data, client, stats) =
-                    (Arc::clone(&config), Arc::clone(&data), client.clone(), Arc::clone(&stats));
+                let (config, data, client, stats, pages) =
+                    (Arc::clone(&config), Arc::clone(&data), client.clone(), Arc::clone(&stats), Arc::clone(&pages));
                 in_flight.push(tokio::spawn(async move {
-                    let counts = one_request(&config, &data, &client, index).await;
+                    let (version, mut counts, page) = one_request(&config, &data, &client, index).await;
+                    let new_page =
+                        page.is_some_and(|id| pages.lock().unwrap_or_else(PoisonError::into_inner).insert(id));
+                    if !new_page {
+                        counts.impressions = 0;
+                    }
                     let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-                    stats.versions.entry(counts.0).or_default().add(&counts.1);
+                    stats.versions.entry(version).or_default().add(&counts);
                     drop(permit);
                 }));
             }
@@ -272,18 +289,18 @@ async fn drive(
     }
 }
 
-/// Request `index`: recommend, then the clicks. Returns the answering version and what happened.
+/// Request `index`: recommend, then the clicks. Returns the answering
+/// version, what happened (impressions counted whether or not the page is
+/// new) and the page's request id.
 async fn one_request(
     config: &SimConfig,
     data: &ReplayData,
     client: &reqwest::Client,
     index: u64,
-) -> (String, VersionCounts) {
+) -> (String, VersionCounts, Option<String>) {
     let (user_index, mut rng) = request_plan(config.seed, index, data.users.len());
-    let Some(user) = data.users.get(user_index) else {
-        return (UNKNOWN_VERSION.to_owned(), VersionCounts { requests: 1, failed: 1, ..Default::default() });
-    };
-    let failed = || (UNKNOWN_VERSION.to_owned(), VersionCounts { requests: 1, failed: 1, ..Default::default() });
+    let failed = || (UNKNOWN_VERSION.to_owned(), VersionCounts { requests: 1, failed: 1, ..Default::default() }, None);
+    let Some(user) = data.users.get(user_index) else { return failed() };
     let Ok(url) = config.base.join("v1/recommend") else { return failed() };
     let body = serde_json::json!({"user_id": user.id, "page_size": config.page_size, "context": config.context});
     let response = match client.post(url).json(&body).send().await {
@@ -308,13 +325,16 @@ async fn one_request(
     let Ok(events) = config.base.join("v1/events") else { return failed() };
     for item in clicked(user, &items, config.noise, &mut rng) {
         let event = serde_json::json!({"token": answer.token, "user_id": user.id, "item_id": item, "type": "click"});
-        counts.clicks += 1;
         match client.post(events.clone()).json(&event).send().await {
-            Ok(response) if response.status().is_success() => {}
+            Ok(response) if response.status().is_success() => match response.json::<EventAnswer>().await {
+                Ok(EventAnswer { duplicate: false }) => counts.clicks += 1,
+                Ok(EventAnswer { duplicate: true }) => {}
+                Err(_) => counts.events_failed += 1,
+            },
             _ => counts.events_failed += 1,
         }
     }
-    (answer.model_version, counts)
+    (answer.model_version, counts, Some(answer.request_id))
 }
 
 #[cfg(test)]

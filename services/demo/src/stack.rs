@@ -241,6 +241,10 @@ pub struct Prometheus {
 
 /// The scrape job name in the demo's Prometheus config.
 pub const PROMETHEUS_JOB: &str = "reco-standalone";
+/// The namespace label the demo's Prometheus puts on its target, as
+/// Kubernetes discovery would on a cluster: the analysis scopes its queries
+/// by namespace and job.
+pub const DEMO_NAMESPACE: &str = "reco-demo";
 
 impl Prometheus {
     /// Writes its config under `dir`, starts it on a free port and waits for `/-/ready`.
@@ -256,7 +260,7 @@ impl Prometheus {
         let config = dir.join("prometheus.yml");
         let text = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: {PROMETHEUS_JOB}\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n  - job_name: {PROMETHEUS_JOB}\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          namespace: {DEMO_NAMESPACE}\n"
         );
         std::fs::write(&config, text).map_err(|source| StackError::Io {
             what: "Prometheus config",

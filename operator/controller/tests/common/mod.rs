@@ -19,12 +19,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use prometheus_client::registry::Registry;
 use reco_api::{ModelVersion, RecommenderPipeline, VersionPhase};
 use reco_contracts::RoutingTable;
+use reco_contracts::routing::{USER_GROUPS, groups_of_weight};
 use reco_kube_testserver::TestApiServer;
 use reco_metric_source::{MetricSource, SourceError, WindowQuery};
 use reco_operator::controller::{self, WatchScope};
 use reco_operator::sources::MetricSources;
 use reco_operator::telemetry::OperatorMetrics;
-use reco_rollout::{SideMetrics, WindowMetrics};
+use reco_rollout::{GroupCounts, SideMetrics, WindowMetrics};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -221,15 +222,16 @@ impl Operator {
     }
 }
 
-/// Metrics as if every version served `RATE` impressions per second per
-/// side with the CTR the test set, and a record of the routing it saw.
+/// Metrics as if the pipeline served `RATE` impressions a second, split by
+/// the canary's weight, each version at the CTR the test set.
 #[derive(Default)]
 pub struct ScriptedMetrics {
     ctr: Mutex<HashMap<String, f64>>,
     unavailable: Mutex<Option<String>>,
 }
 
-const RATE: f64 = 40_000.0;
+/// Impressions a second over all user groups: a 10% canary sees 40,000.
+const RATE: f64 = 400_000.0;
 
 impl ScriptedMetrics {
     pub fn set_ctr(&self, version: &str, ctr: f64) {
@@ -247,7 +249,12 @@ impl MetricSources for ScriptedMetrics {
         Box::pin(async move {
             match self.unavailable.lock().unwrap().clone() {
                 Some(reason) => Err(reason),
-                None => Ok(Arc::new(ScriptedSource { ctr: self.ctr.lock().unwrap().clone() }) as Arc<dyn MetricSource>),
+                None => {
+                    // The weight of the step being judged: the routing the status last recorded.
+                    let canary_weight = _p.status.as_ref().map_or(0, |status| status.canary_weight);
+                    let ctr = self.ctr.lock().unwrap().clone();
+                    Ok(Arc::new(ScriptedSource { ctr, canary_weight }) as Arc<dyn MetricSource>)
+                }
             }
         })
     }
@@ -256,19 +263,32 @@ impl MetricSources for ScriptedMetrics {
 /// One look's worth of [`ScriptedMetrics`].
 struct ScriptedSource {
     ctr: HashMap<String, f64>,
+    canary_weight: u8,
 }
 
 impl ScriptedSource {
-    fn side(&self, version: &str, seconds: f64, shadow: bool) -> SideMetrics {
+    /// `RATE` impressions a second spread evenly over all user groups (so the
+    /// split matches the weight); a side owns the groups of its share, each
+    /// clicking at the version's CTR plus or minus one binomial standard
+    /// deviation, alternately, so that the CTR has a variance across groups
+    /// that shrinks as the window grows.
+    fn side(&self, version: &str, seconds: f64, groups: std::ops::Range<u64>, shadow: bool) -> SideMetrics {
         let ctr = self.ctr.get(version).copied().unwrap_or(0.05);
-        let impressions = (seconds * RATE) as u64;
-        SideMetrics {
-            impressions: if shadow { 0 } else { impressions },
-            clicks: if shadow { 0 } else { (impressions as f64 * ctr).round() as u64 },
-            requests: impressions / 20,
-            errors: 0,
-            p99_latency_seconds: Some(0.02),
+        let per_group = (seconds * RATE / USER_GROUPS as f64) as u64;
+        let spread = (ctr * (1.0 - ctr) * per_group as f64).sqrt();
+        let mut side = SideMetrics::default();
+        for group in groups {
+            let sign = if group % 2 == 0 { 1.0 } else { -1.0 };
+            let clicks = (ctr * per_group as f64 + sign * spread).round().max(0.0) as u64;
+            side.requests += per_group / 20;
+            if !shadow && per_group > 0 {
+                side.impressions += per_group;
+                side.clicks += clicks;
+                side.groups.insert(group as u16, GroupCounts { impressions: per_group, clicks });
+            }
         }
+        side.latency = vec![(0.025, side.requests)];
+        side
     }
 }
 
@@ -276,9 +296,12 @@ impl MetricSource for ScriptedSource {
     fn window<'a>(&'a self, q: &'a WindowQuery) -> BoxFuture<'a, Result<WindowMetrics, SourceError>> {
         Box::pin(async move {
             let seconds = q.now.duration_since(q.start).as_secs_f64().max(0.0);
+            let split = groups_of_weight(self.canary_weight);
+            let candidate = if q.candidate_is_shadow { 0..USER_GROUPS } else { 0..split };
             Ok(WindowMetrics {
-                stable: self.side(&q.stable, seconds, false),
-                candidate: self.side(&q.candidate, seconds, q.candidate_is_shadow),
+                stable: self.side(&q.stable, seconds, split..USER_GROUPS, false),
+                candidate: self.side(&q.candidate, seconds, candidate, q.candidate_is_shadow),
+                before: Default::default(),
             })
         })
     }

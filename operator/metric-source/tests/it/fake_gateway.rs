@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use reco_contracts::metrics::{self as signals, PIPELINE_LABEL, VERSION_LABEL};
+use reco_contracts::metrics::{self as signals, PIPELINE_LABEL, USER_GROUP_LABEL, VERSION_LABEL};
 use reco_metric_source::Url;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -155,12 +155,17 @@ impl FakeGateway {
     }
 
     /// Adds traffic served by `version` (creating its series, at zero for
-    /// an empty `traffic`).
+    /// an empty `traffic`): impressions and clicks split over
+    /// [`USER_GROUPS_SERVED`], the larger half in the first.
     pub fn serve(&self, pipeline: &str, version: &str, traffic: &Traffic) {
         let labels = labels(pipeline, version);
         let m = &self.metrics;
-        m.impressions.get_or_create(&labels).inc_by(traffic.impressions);
-        m.clicks.get_or_create(&labels).inc_by(traffic.clicks);
+        for (group, share) in USER_GROUPS_SERVED.iter().zip([half_up, half_down]) {
+            let mut grouped = labels.clone();
+            grouped.push((USER_GROUP_LABEL.into(), group.to_string()));
+            m.impressions.get_or_create(&grouped).inc_by(share(traffic.impressions));
+            m.clicks.get_or_create(&grouped).inc_by(share(traffic.clicks));
+        }
         m.requests.get_or_create(&labels).inc_by(traffic.requests);
         m.errors.get_or_create(&labels).inc_by(traffic.errors);
         let histogram = m.latency.get_or_create(&labels);
@@ -177,6 +182,17 @@ impl FakeGateway {
         let histogram = m.shadow_latency.get_or_create(&labels);
         traffic.latencies.iter().for_each(|&l| histogram.observe(l));
     }
+}
+
+/// The user groups [`FakeGateway::serve`] counts impressions and clicks in.
+pub const USER_GROUPS_SERVED: [u16; 2] = [1, 2];
+
+fn half_up(count: u64) -> u64 {
+    count.div_ceil(2)
+}
+
+fn half_down(count: u64) -> u64 {
+    count / 2
 }
 
 fn labels(pipeline: &str, version: &str) -> Labels {

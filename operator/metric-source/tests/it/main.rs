@@ -11,6 +11,10 @@ mod scrape;
 use jiff::Timestamp;
 use reco_metric_source::WindowQuery;
 
+/// The namespace of every pipeline in these tests (the test Prometheus
+/// labels its target with it, as Kubernetes discovery would).
+const NAMESPACE: &str = "shop";
+
 /// A canary (or, with `shadow`, a shadow) window of pipeline `pipeline`.
 fn window(
     pipeline: &str,
@@ -22,11 +26,13 @@ fn window(
 ) -> WindowQuery {
     WindowQuery {
         pipeline: pipeline.into(),
+        namespace: NAMESPACE.into(),
         stable: stable.into(),
         candidate: candidate.into(),
         candidate_is_shadow: shadow,
         start,
         now,
+        before: None,
     }
 }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use reco_metric_source::Url;
 use tempfile::TempDir;
 
+use crate::NAMESPACE;
+
 pub struct PrometheusServer {
     child: Child,
     base: Url,
@@ -52,7 +54,7 @@ impl PrometheusServer {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          namespace: {NAMESPACE}\n"
             ),
         )
         .expect("write the config");

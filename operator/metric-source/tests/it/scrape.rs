@@ -14,20 +14,23 @@ use tokio::net::TcpListener;
 use crate::fake_gateway::{FakeGateway, P99, Traffic};
 use crate::{assert_latency, window};
 
-/// The side metrics of [`Traffic::new`] without the latency.
+/// The side metrics of [`Traffic::new`] without the latency and the user groups.
 fn counts(impressions: u64, clicks: u64, requests: u64, errors: u64) -> SideMetrics {
-    SideMetrics { impressions, clicks, requests, errors, p99_latency_seconds: None }
+    SideMetrics { impressions, clicks, requests, errors, ..SideMetrics::default() }
 }
 
-/// Compares counts exactly and the p99 up to float error.
+/// Compares counts exactly, the p99 up to float error, and the user groups
+/// with the counts ([`FakeGateway::serve`] splits them over two groups).
 #[track_caller]
 fn assert_side(actual: &SideMetrics, expected: SideMetrics, p99: Option<f64>) {
-    let SideMetrics { p99_latency_seconds, .. } = actual.clone();
-    assert_eq!(SideMetrics { p99_latency_seconds: None, ..actual.clone() }, expected);
+    assert_eq!(SideMetrics { latency: Vec::new(), groups: Default::default(), ..actual.clone() }, expected);
     match p99 {
-        Some(p99) => assert_latency(p99_latency_seconds, p99),
-        None => assert_eq!(p99_latency_seconds, None),
+        Some(p99) => assert_latency(actual.p99_latency_seconds(), p99),
+        None => assert_eq!(actual.p99_latency_seconds(), None),
     }
+    let impressions: u64 = actual.groups.values().map(|g| g.impressions).sum();
+    let clicks: u64 = actual.groups.values().map(|g| g.clicks).sum();
+    assert_eq!((impressions, clicks), (actual.impressions, actual.clicks), "user groups {:?}", actual.groups);
 }
 
 async fn look(

@@ -47,6 +47,32 @@ impl Estimate {
         let z = z.max(0.0);
         LN_2 + 0.5 * (1.0 - rho).ln() + 0.5 * rho * z * z + standard_normal_cdf(z * rho.sqrt()).ln()
     }
+
+    /// Natural log of the likelihood ratio of "effect ≠ 0" (a normal mixture
+    /// of alternatives with scale `tau`, both signs) against "effect = 0":
+    /// `Λ = √(1 − rho) exp(rho z² / 2)`, a martingale under the null.
+    pub(super) fn log_evidence_two_sided(&self, tau: f64) -> f64 {
+        if self.information <= 0.0 || tau <= 0.0 || !tau.is_finite() {
+            return 0.0;
+        }
+        let variance = 1.0 / self.information;
+        let z = self.weighted_sum / self.information.sqrt();
+        let rho = tau * tau / (variance + tau * tau);
+        0.5 * (1.0 - rho).ln() + 0.5 * rho * z * z
+    }
+
+    /// The evidence this estimate would have with `factor` times its
+    /// information and the same effect: how far more data would take it.
+    pub(super) fn scaled(&self, factor: f64) -> Self {
+        Estimate { weighted_sum: self.weighted_sum * factor, information: self.information * factor }
+    }
+}
+
+/// The one estimate of a single effect with its variance.
+pub(super) fn single(effect: f64, variance: f64) -> Estimate {
+    let mut estimate = Estimate::default();
+    estimate.add(effect, variance);
+    estimate
 }
 
 fn standard_normal_cdf(x: f64) -> f64 {
@@ -91,6 +117,23 @@ mod tests {
         estimate.add(3.0, 1.0);
         let expected = (2.0 * 0.5_f64.sqrt() * (0.25 * 9.0_f64).exp() * standard_normal_cdf(3.0 * 0.5_f64.sqrt())).ln();
         assert!((estimate.log_evidence(1.0) - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn two_sided_evidence_is_symmetric_and_matches_the_closed_form() {
+        let evidence = |effect: f64| single(effect, 1.0).log_evidence_two_sided(1.0);
+        assert!((evidence(2.0) - evidence(-2.0)).abs() < 1e-12);
+        // rho = 1/2: ln √(1/2) + z²/4.
+        assert!((evidence(2.0) - (0.5 * 0.5_f64.ln() + 1.0)).abs() < 1e-12);
+        assert!(evidence(0.0) < 0.0);
+    }
+
+    #[test]
+    fn scaling_the_information_keeps_the_effect_and_shrinks_its_variance() {
+        let estimate = single(2.0, 1.0);
+        let scaled = estimate.scaled(4.0);
+        assert!((scaled.effect() - 2.0).abs() < 1e-12);
+        assert!(scaled.log_evidence(1.0) > estimate.log_evidence(1.0));
     }
 
     #[test]

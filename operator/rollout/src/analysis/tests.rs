@@ -1,97 +1,116 @@
 //! Table-driven tests of the verdicts.
 
+use std::ops::Range;
 use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Binomial, Distribution};
 
 use super::*;
 use crate::policy::OnTimeout;
 
-fn policy() -> AnalysisPolicy {
-    AnalysisPolicy {
+/// Index of the recommended policy's 10% canary step: the canary owns user
+/// groups 0–99, stable 100–999.
+const CANARY_10: usize = 1;
+
+fn policy() -> RolloutPolicy {
+    let mut policy = RolloutPolicy::recommended();
+    policy.analysis = AnalysisPolicy {
         ctr_margin: 0.05,
         confidence: 0.95,
         max_p99_latency: Some(Duration::from_millis(300)),
         max_error_rate: 0.01,
         on_timeout: OnTimeout::Rollback,
-    }
+        pre_rollout_window: None,
+    };
+    policy
 }
 
-fn side(impressions: u64, clicks: u64) -> SideMetrics {
-    SideMetrics { impressions, clicks, requests: impressions / 10, errors: 0, p99_latency_seconds: Some(0.1) }
+/// A side over `groups`, `per_group` impressions each, clicks binomial at
+/// the CTR `ctr(group)`; a request per 10 impressions, all under 100 ms.
+fn side_with(groups: Range<u16>, per_group: u64, ctr: impl Fn(u16) -> f64) -> SideMetrics {
+    let mut rng = StdRng::seed_from_u64(u64::from(groups.start) * 7919 + per_group);
+    let mut side = SideMetrics::default();
+    for group in groups {
+        let clicks = Binomial::new(per_group, ctr(group)).map_or(0, |b| b.sample(&mut rng));
+        side.groups.insert(group, GroupCounts { impressions: per_group, clicks });
+        side.impressions += per_group;
+        side.clicks += clicks;
+    }
+    side.requests = side.impressions / 10;
+    side.latency = vec![(0.1, side.requests), (0.3, side.requests), (1.0, side.requests)];
+    side
+}
+
+fn stable(per_group: u64, ctr: f64) -> SideMetrics {
+    side_with(100..1000, per_group, |_| ctr)
+}
+
+fn canary(per_group: u64, ctr: f64) -> SideMetrics {
+    side_with(0..100, per_group, |_| ctr)
 }
 
 fn window(stable: SideMetrics, candidate: SideMetrics) -> WindowMetrics {
-    WindowMetrics { stable, candidate }
+    WindowMetrics { stable, candidate, before: Groups::new() }
 }
 
-fn with_errors(mut side: SideMetrics, requests: u64, errors: u64) -> SideMetrics {
-    side.requests = requests;
+fn with_errors(mut side: SideMetrics, errors: u64) -> SideMetrics {
     side.errors = errors;
     side
 }
 
-fn with_p99(mut side: SideMetrics, p99: Option<f64>) -> SideMetrics {
-    side.p99_latency_seconds = p99;
+/// `slow` of the side's requests took between 300 ms and 1 s.
+fn with_slow(mut side: SideMetrics, slow: u64) -> SideMetrics {
+    side.latency = vec![(0.1, side.requests - slow), (0.3, side.requests - slow), (1.0, side.requests)];
     side
+}
+
+fn analyse(window: &WindowMetrics) -> AnalysisReport {
+    analyse_canary_steps(&policy(), CANARY_10, &[], window)
 }
 
 #[test]
 fn canary_verdicts() {
-    use AnalysisVerdict::{Fail, Inconclusive, Pass};
+    use AnalysisVerdict::{Fail, Inconclusive, Pass, SampleRatioMismatch};
     let cases = [
-        ("no data", window(side(0, 0), side(0, 0)), Inconclusive, "not enough data"),
-        ("too few stable clicks", window(side(500, 25), side(500, 25)), Inconclusive, "25 stable clicks"),
-        ("too few canary impressions", window(side(100_000, 5_000), side(500, 25)), Inconclusive, "need 30 each"),
-        ("equal but short", window(side(20_000, 1_000), side(2_000, 100)), Inconclusive, "undecided"),
-        ("equal and long", window(side(2_000_000, 100_000), side(400_000, 20_000)), Pass, "within the 5.00% margin"),
-        ("better and long", window(side(2_000_000, 100_000), side(400_000, 22_000)), Pass, "(+10.0%)"),
-        ("20% drop", window(side(400_000, 20_000), side(40_000, 1_600)), Fail, "lower than stable's"),
-        ("no canary clicks", window(side(100_000, 5_000), side(2_000, 0)), Fail, "canary CTR 0.00%"),
+        ("no data", window(SideMetrics::default(), SideMetrics::default()), Inconclusive, "not enough users"),
+        ("too few clicks", window(stable(10, 0.002), canary(10, 0.002)), Inconclusive, "not enough data"),
+        ("equal but short", window(stable(20, 0.05), canary(20, 0.05)), Inconclusive, "undecided"),
+        ("equal and long", window(stable(2_000, 0.05), canary(2_000, 0.05)), Pass, "within the 5.00% margin"),
+        ("better and long", window(stable(2_000, 0.05), canary(2_000, 0.055)), Pass, "canary CTR"),
+        ("20% drop", window(stable(500, 0.05), canary(500, 0.04)), Fail, "lower than stable's"),
+        ("no canary clicks", window(stable(200, 0.05), canary(20, 0.0)), Fail, "canary CTR 0.00%"),
         (
-            "3% drop, long: worse, though within margin",
-            window(side(4_000_000, 200_000), side(2_000_000, 97_000)),
-            Fail,
-            "(-3.0%)",
+            // Binomial variance would call this 10% drop certain; across
+            // users (groups of 9% and 0%) it is noise.
+            "a drop carried by a few users",
+            window(stable(1_000, 0.05), side_with(0..100, 1_000, |g| if g % 2 == 0 { 0.09 } else { 0.0 })),
+            Inconclusive,
+            "variance across 900 + 100 user groups",
         ),
         (
-            "error-rate guardrail",
-            window(side(100_000, 5_000), with_errors(side(100_000, 5_000), 1_000, 11)),
+            "errors far over stable's",
+            window(with_errors(stable(200, 0.05), 10), with_errors(canary(200, 0.05), 100)),
             Fail,
-            "error-rate guardrail: 11 errors in 1000 requests (1.10%) exceed the maximum 1.00%",
+            "error-rate guardrail: 100 errors in 2000 requests (5.00%) against stable's 0.06%",
         ),
         (
-            "errors within the limit",
-            window(side(20_000, 1_000), with_errors(side(2_000, 100), 1_000, 10)),
+            "a shared outage",
+            window(with_errors(stable(200, 0.05), 3_600), with_errors(canary(200, 0.05), 420)),
             Inconclusive,
             "undecided",
         ),
+        ("slow canary", window(stable(200, 0.05), with_slow(canary(200, 0.05), 200)), Fail, "latency guardrail"),
         (
-            "few requests, few errors",
-            window(side(0, 0), with_errors(side(0, 0), 10, 1)),
-            Inconclusive,
-            "not enough data",
+            "canary short of its share",
+            window(stable(200, 0.05), side_with(0..50, 200, |_| 0.05)),
+            SampleRatioMismatch,
+            "sample ratio mismatch: the canary got 5.26% of impressions at weight 10%",
         ),
-        (
-            "few requests, all failing",
-            window(side(0, 0), with_errors(side(0, 0), 10, 10)),
-            Fail,
-            "10 errors in 10 requests (100.00%)",
-        ),
-        (
-            "latency guardrail",
-            window(side(100_000, 5_000), with_p99(side(100_000, 5_000), Some(0.45))),
-            Fail,
-            "latency guardrail: p99 450 ms over 10000 requests exceeds the maximum 300 ms",
-        ),
-        (
-            "latency of too few requests",
-            window(side(100, 5), with_p99(side(100, 5), Some(0.45))),
-            Inconclusive,
-            "not enough data",
-        ),
-        ("unknown latency", window(side(100, 5), with_p99(side(100, 5), None)), Inconclusive, "not enough data"),
     ];
     for (name, window, verdict, fragment) in cases {
-        let report = analyse_canary(&policy(), &window);
+        let report = analyse(&window);
         assert_eq!(report.verdict, verdict, "{name}: {}", report.message);
         assert!(report.message.contains(fragment), "{name}: {:?} lacks {fragment:?}", report.message);
         assert_eq!(report.canary_impressions, window.candidate.impressions, "{name}");
@@ -99,62 +118,110 @@ fn canary_verdicts() {
     }
 }
 
+/// Both sides at 5%, groups alternately two binomial standard deviations
+/// over and under it: no randomness, and a variance that shrinks as `1/n`.
+fn steady(groups: Range<u16>, per_group: u64) -> SideMetrics {
+    let spread = 2.0 * (0.05 * 0.95 * per_group as f64).sqrt();
+    let mut side = side_with(groups.clone(), per_group, |_| 0.0);
+    for (group, counts) in &mut side.groups {
+        let sign = if group % 2 == 0 { 1.0 } else { -1.0 };
+        counts.clicks = (0.05 * per_group as f64 + sign * spread).round() as u64;
+    }
+    side.clicks = side.groups.values().map(|g| g.clicks).sum();
+    side
+}
+
+#[test]
+fn an_undecided_report_estimates_the_impressions_still_needed() {
+    let report = analyse(&window(steady(100..1000, 1_000), steady(0..100, 1_000)));
+    assert_eq!(report.verdict, AnalysisVerdict::Inconclusive, "{}", report.message);
+    let needed = report.impressions_to_decide.expect("an estimate");
+    // With the data it said (and 10% more), the same CTRs decide.
+    let per_group = 1_000 + (needed + needed / 10) / 100;
+    let later = analyse(&window(steady(100..1000, per_group), steady(0..100, per_group)));
+    assert_eq!(later.verdict, AnalysisVerdict::Pass, "needed {needed}: {}", later.message);
+    assert_eq!(later.impressions_to_decide, None);
+    // With half of it, not yet.
+    let per_group = 1_000 + needed / 200;
+    let sooner = analyse(&window(steady(100..1000, per_group), steady(0..100, per_group)));
+    assert_eq!(sooner.verdict, AnalysisVerdict::Inconclusive, "needed {needed}: {}", sooner.message);
+}
+
+#[test]
+fn cuped_shrinks_the_variance_with_what_users_did_before() {
+    // Groups differ a lot in CTR, and keep their CTR from before the rollout.
+    let ctr = |group: u16| 0.01 + 0.08 * f64::from(group % 10) / 10.0;
+    let before: Groups = side_with(0..1000, 5_000, ctr).groups;
+    let mut with_history = window(side_with(100..1000, 300, ctr), side_with(0..100, 300, ctr));
+    let plain = analyse(&with_history);
+    with_history.before = before;
+    let adjusted = analyse(&with_history);
+    let variance = |report: &AnalysisReport| report.estimate.map(|e| e.canary.variance).expect("an estimate");
+    assert!(variance(&adjusted) < 0.5 * variance(&plain), "{adjusted:?} vs {plain:?}");
+    assert!(adjusted.message.contains("less with CUPED"), "{}", adjusted.message);
+}
+
 #[test]
 fn report_ctrs_are_finite() {
-    let report = analyse_canary(&policy(), &window(side(0, 0), side(0, 0)));
+    let report = analyse(&window(SideMetrics::default(), SideMetrics::default()));
     assert_eq!((report.stable_ctr, report.canary_ctr), (0.0, 0.0));
-    let report = analyse_canary(&policy(), &window(side(1_000, 50), side(200, 20)));
-    assert_eq!((report.stable_ctr, report.canary_ctr), (0.05, 0.1));
+    let report = analyse(&window(side_with(100..1000, 1, |_| 1.0), side_with(0..100, 2, |_| 1.0)));
+    assert_eq!((report.stable_ctr, report.canary_ctr), (1.0, 1.0));
 }
 
 #[test]
 fn earlier_steps_add_their_evidence() {
-    let current = window(side(20_000, 1_000), side(20_000, 900));
-    assert_eq!(analyse_canary(&policy(), &current).verdict, AnalysisVerdict::Inconclusive);
-    let earlier = [CtrCounts::of_window(&current); 3];
-    let report = analyse_canary_steps(&policy(), &earlier, &current);
+    let current = window(stable(200, 0.05), canary(200, 0.045));
+    let first = analyse(&current);
+    assert_eq!(first.verdict, AnalysisVerdict::Inconclusive, "{}", first.message);
+    let earlier = [CtrCounts::of_report(&first); 4];
+    let report = analyse_canary_steps(&policy(), CANARY_10, &earlier, &current);
     assert_eq!(report.verdict, AnalysisVerdict::Fail, "{}", report.message);
     // The report shows the current window's counts.
     assert_eq!(report.canary_impressions, 20_000);
+    // A step recorded before user groups were measured adds nothing.
+    let unmeasured = [CtrCounts { estimate: None, ..earlier[0] }; 4];
+    let report = analyse_canary_steps(&policy(), CANARY_10, &unmeasured, &current);
+    assert_eq!(report.verdict, AnalysisVerdict::Inconclusive, "{}", report.message);
 }
 
 #[test]
 fn strata_do_not_mix_a_ctr_shift_into_the_difference() {
-    // Equal CTRs in each step, but CTR doubles when the weight goes from 5%
-    // to 50%: pooling the windows would show the canary 40% better.
-    let earlier = [CtrCounts {
-        stable_impressions: 950_000,
-        stable_clicks: 19_000,
-        canary_impressions: 50_000,
-        canary_clicks: 1_000,
-    }];
-    let current = window(side(500_000, 20_000), side(500_000, 20_000));
-    let report = analyse_canary_steps(&policy(), &earlier, &current);
-    assert!(report.message.contains("(+0.0% over 2 canary steps)"), "{}", report.message);
-    let worse = window(side(500_000, 20_000), side(500_000, 19_000));
-    let earlier_worse = [CtrCounts { canary_clicks: 950, ..earlier[0] }];
-    let report = analyse_canary_steps(&policy(), &earlier_worse, &worse);
+    // Equal CTRs in each step, but CTR doubles when the weight goes from 10%
+    // to 50%: pooling the windows would show the canary far better.
+    let step_10 = analyse(&window(stable(1_000, 0.02), canary(1_000, 0.02)));
+    let half = |stable_ctr: f64, canary_ctr: f64| {
+        window(side_with(500..1000, 1_000, |_| stable_ctr), side_with(0..500, 1_000, |_| canary_ctr))
+    };
+    let report = analyse_canary_steps(&policy(), 3, &[CtrCounts::of_report(&step_10)], &half(0.04, 0.04));
+    assert!(report.message.contains("over 2 canary steps"), "{}", report.message);
+    // Pooled, the canary would look 35% better; per step, it is within noise.
+    let shown = report.message.split_once(" (").and_then(|(_, rest)| rest.split_once('%')).map(|(number, _)| number);
+    let relative: f64 = shown.and_then(|number| number.parse().ok()).expect("a relative difference");
+    assert!(relative.abs() < 3.0, "{}", report.message);
+    let report = analyse_canary_steps(&policy(), 3, &[CtrCounts::of_report(&step_10)], &half(0.04, 0.036));
     assert_eq!(report.verdict, AnalysisVerdict::Fail, "{}", report.message);
 }
 
 #[test]
 fn shadow_verdicts() {
     use AnalysisVerdict::{Fail, Inconclusive, Pass};
-    let mirrored = |requests: u64, errors: u64, p99: Option<f64>| SideMetrics {
+    let mirrored = |requests: u64, errors: u64, slow: u64| SideMetrics {
         requests,
         errors,
-        p99_latency_seconds: p99,
+        latency: vec![(0.1, requests - slow), (0.3, requests - slow), (1.0, requests)],
         ..SideMetrics::default()
     };
+    let served = mirrored(1_000, 2, 0);
     let cases = [
-        ("healthy", mirrored(1_000, 2, Some(0.1)), Pass, "guardrails hold on 1000 mirrored requests"),
-        ("too few requests", mirrored(50, 0, Some(0.1)), Inconclusive, "shadow got 50 mirrored requests"),
-        ("errors", mirrored(1_000, 20, Some(0.1)), Fail, "error-rate guardrail"),
-        ("slow", mirrored(1_000, 0, Some(0.5)), Fail, "latency guardrail: p99 500 ms"),
-        ("latency unknown", mirrored(1_000, 0, None), Pass, "p99 unknown"),
+        ("healthy", mirrored(1_000, 2, 0), Pass, "guardrails hold on 1000 mirrored requests"),
+        ("too few requests", mirrored(50, 0, 0), Inconclusive, "shadow got 50 mirrored requests"),
+        ("errors", mirrored(1_000, 60, 0), Fail, "error-rate guardrail"),
+        ("slow", mirrored(1_000, 0, 100), Fail, "latency guardrail: p99"),
+        ("latency unknown", SideMetrics { requests: 1_000, ..SideMetrics::default() }, Pass, "p99 unknown"),
     ];
     for (name, shadow, verdict, fragment) in cases {
-        let report = analyse_shadow(&policy(), &window(side(10_000, 500), shadow));
+        let report = analyse_shadow(&policy(), &window(served.clone(), shadow));
         assert_eq!(report.verdict, verdict, "{name}: {}", report.message);
         assert!(report.message.contains(fragment), "{name}: {:?} lacks {fragment:?}", report.message);
     }
@@ -162,9 +229,10 @@ fn shadow_verdicts() {
 
 #[test]
 fn without_a_latency_guardrail_latency_is_ignored() {
-    let policy = AnalysisPolicy { max_p99_latency: None, ..policy() };
-    let slow = window(side(100, 5), with_p99(side(100_000, 5_000), Some(10.0)));
-    assert_ne!(analyse_canary(&policy, &slow).verdict, AnalysisVerdict::Fail);
+    let mut policy = policy();
+    policy.analysis.max_p99_latency = None;
+    let slow = window(stable(200, 0.05), with_slow(canary(200, 0.05), 2_000));
+    assert_ne!(analyse_canary_steps(&policy, CANARY_10, &[], &slow).verdict, AnalysisVerdict::Fail);
 }
 
 #[test]
@@ -172,4 +240,13 @@ fn unavailable_metrics_are_inconclusive() {
     let report = metrics_unavailable("timeout");
     assert_eq!(report.verdict, AnalysisVerdict::Inconclusive);
     assert_eq!(report.message, "metrics unavailable: timeout");
+}
+
+#[test]
+fn slow_requests_count_from_the_bucket_at_or_over_the_limit() {
+    let side = SideMetrics { requests: 100, latency: vec![(0.1, 80), (0.25, 90), (0.5, 99)], ..SideMetrics::default() };
+    assert_eq!(side.requests_slower_than(0.25), Some(10));
+    assert_eq!(side.requests_slower_than(0.3), Some(1));
+    assert_eq!(side.requests_slower_than(2.0), None);
+    assert!(side.p99_latency_seconds().is_some_and(|p99| (0.25..=0.5).contains(&p99)));
 }

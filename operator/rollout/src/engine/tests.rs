@@ -57,6 +57,8 @@ fn report(verdict: AnalysisVerdict, canary_impressions: u64) -> AnalysisReport {
         canary_ctr: 0.05,
         verdict,
         message: format!("verdict {verdict:?}"),
+        estimate: None,
+        impressions_to_decide: None,
     }
 }
 
@@ -72,6 +74,7 @@ fn rolling(stable_name: &str, candidate: &str, step: u32, started_minute: i64) -
             step_started_at: at(started_minute),
             last_analysis: None,
             completed_windows: Vec::new(),
+            canary_started_at: None,
         }),
         ..stable(stable_name)
     }
@@ -125,7 +128,7 @@ fn with_metric(mut version: VersionInfo, value: Option<f64>) -> VersionInfo {
 }
 
 fn cases() -> Vec<Case> {
-    use AnalysisVerdict::{Fail, Inconclusive, Pass};
+    use AnalysisVerdict::{Fail, Inconclusive, Pass, SampleRatioMismatch};
     let on_timeout_proceed = RolloutPolicy {
         analysis: AnalysisPolicy { on_timeout: OnTimeout::Proceed, ..AnalysisPolicy::recommended() },
         ..policy()
@@ -322,6 +325,18 @@ fn cases() -> Vec<Case> {
             phases: vec![("v2", RolledBack)],
             routing: vec![("v1", 100)],
             reason: Some(("v2", "undecided after 1h")),
+            ..Case::default()
+        },
+        Case {
+            name: "a sample ratio mismatch holds the canary past its max duration, never deciding",
+            policy: on_timeout_proceed.clone(),
+            state: rolling("v1", "v2", 1, 40),
+            versions: vec![version("v1", 1), version("v2", 2)],
+            analysis: Some(report(SampleRatioMismatch, 50_000)),
+            stable: Some("v1"),
+            candidate: Some(("v2", 1)),
+            phases: vec![("v2", Canary)],
+            routing: vec![("v2", 10), ("v1", 90)],
             ..Case::default()
         },
         Case {
@@ -610,6 +625,30 @@ fn passing_a_canary_step_keeps_its_counts_for_the_next() {
 }
 
 #[test]
+fn the_canary_start_is_recorded_once_for_cuped() {
+    let versions = [version("v1", 1), version("v2", 2)];
+    let passed = report(AnalysisVerdict::Pass, 2_000);
+    let mut state = rolling("v1", "v2", 0, 0);
+    let mut starts = Vec::new();
+    for minute in [20, 40] {
+        let obs = Observation {
+            pipeline: "home",
+            salt: "salt",
+            versions: &versions,
+            analysis: Some(&passed),
+            paused: false,
+            now: at(minute),
+        };
+        state = decide(&policy(), &state, &obs).state;
+        let candidate = state.candidate.as_ref().expect("still rolling");
+        starts.push((candidate.step, candidate.canary_started_at));
+    }
+    // Shadow (step 0) ends at minute 20: the canary started then, and stays
+    // started then when its second step begins.
+    assert_eq!(starts, [(1, Some(at(20))), (2, Some(at(20)))]);
+}
+
+#[test]
 fn timers_run_while_paused_and_fire_on_resume() {
     let versions = [version("v1", 1), version("v2", 2)];
     let mut state = rolling("v1", "v2", 1, 0);
@@ -686,6 +725,7 @@ fn candidate_analysis_matches_its_step() {
     let window = WindowMetrics {
         stable: crate::analysis::SideMetrics::default(),
         candidate: crate::analysis::SideMetrics { requests: 1_000, ..Default::default() },
+        before: Default::default(),
     };
     let shadow = rolling("v1", "v2", 0, 0).candidate.expect("candidate");
     let canary = rolling("v1", "v2", 1, 0).candidate.expect("candidate");

@@ -2,7 +2,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use reco_metric_source::SourceError;
-use reco_rollout::{AnalysisVerdict, SideMetrics, WindowMetrics};
+use reco_rollout::{AnalysisVerdict, GroupCounts, Groups, SideMetrics, WindowMetrics};
 
 use super::*;
 use crate::policy::demo_policy;
@@ -25,23 +25,59 @@ impl MetricSource for FakeSource {
     }
 }
 
-fn side(impressions: u64, clicks: u64, requests: u64) -> SideMetrics {
-    SideMetrics { impressions, clicks, requests, errors: 0, p99_latency_seconds: Some(0.01) }
+/// A side owning user groups `groups` (the canary at 10%: 0–99, stable
+/// 100–999), impressions and clicks spread evenly, every other group one
+/// click over, so the CTR has a small variance across groups.
+fn side(groups: std::ops::Range<u16>, impressions: u64, clicks: u64, requests: u64) -> SideMetrics {
+    let count = u64::from(groups.end - groups.start);
+    let groups = groups
+        .enumerate()
+        .map(|(index, group)| {
+            let extra = u64::from(index % 2 == 0 && clicks > 0);
+            let clicks = (clicks / count).saturating_sub(1 - extra) + extra;
+            (group, GroupCounts { impressions: impressions / count, clicks })
+        })
+        .filter(|(_, counts)| counts.impressions > 0)
+        .collect::<Groups>();
+    SideMetrics {
+        impressions: groups.values().map(|g| g.impressions).sum(),
+        clicks: groups.values().map(|g| g.clicks).sum(),
+        requests,
+        errors: 0,
+        latency: vec![(0.01, requests)],
+        groups,
+    }
 }
 
-/// A canary clearly better than stable, with plenty of data.
+fn stable() -> SideMetrics {
+    side(100..1000, 90_000, 9_000, 9_000)
+}
+
+/// A canary clearly better than stable at its first step (10%).
 fn better() -> WindowMetrics {
-    WindowMetrics { stable: side(90_000, 9_000, 9_000), candidate: side(10_000, 1_500, 1_000) }
+    better_at(10)
+}
+
+/// A canary clearly better than stable at `weight` percent, 100 impressions
+/// per user group on both sides.
+fn better_at(weight: u16) -> WindowMetrics {
+    let split = weight * 10;
+    let (canary, stable) = (u64::from(split) * 100, u64::from(1000 - split) * 100);
+    WindowMetrics {
+        stable: side(split..1000, stable, stable / 10, stable / 10),
+        candidate: side(0..split, canary, canary * 15 / 100, canary / 10),
+        before: Groups::new(),
+    }
 }
 
 /// A canary far worse than stable.
 fn worse() -> WindowMetrics {
-    WindowMetrics { stable: side(90_000, 9_000, 9_000), candidate: side(10_000, 100, 1_000) }
+    WindowMetrics { stable: stable(), candidate: side(0..100, 10_000, 100, 1_000), before: Groups::new() }
 }
 
 /// Healthy mirrored traffic for a shadow step.
 fn shadow_ok() -> WindowMetrics {
-    WindowMetrics { stable: side(90_000, 9_000, 9_000), candidate: side(0, 0, 1_000) }
+    WindowMetrics { stable: stable(), candidate: side(0..100, 0, 0, 1_000), before: Groups::new() }
 }
 
 fn config(dir: &Path) -> RunnerConfig {
@@ -89,8 +125,8 @@ async fn rolls_a_better_version_through_every_step_and_writes_routing() {
     assert_eq!(tick.decision.canary_weight(), 10);
 
     let mut weights = vec![10];
-    source.set(Some(better()));
     for t in 0..10 {
+        source.set(Some(better_at(weights.last().copied().unwrap_or(10).into())));
         let tick = runner.tick(&source, None, at(20 + t)).await.unwrap();
         assert_eq!(tick.analysis.as_ref().map(|a| a.verdict), Some(AnalysisVerdict::Pass));
         if tick.decision.state.stable.as_deref() == Some("v2") {

@@ -16,25 +16,44 @@ fn config(base: Url) -> SimConfig {
     SimConfig { base, rate: 200.0, concurrency: 8, seed: 7, noise: 0.0, page_size: 3, context: serde_json::json!({}) }
 }
 
-/// A gateway double: user "bad" gets a 500, everyone else items a, b, c from "v1".
-async fn fake_gateway(events: Arc<AtomicU64>) -> SocketAddr {
-    let recommend = post(|Json(body): Json<serde_json::Value>| async move {
-        if body["user_id"] == "bad" {
-            return Err(StatusCode::INTERNAL_SERVER_ERROR);
+/// A gateway double: user "bad" gets a 500, everyone else items a, b, c
+/// from "v1". Every other answer re-serves the page before it (a cache hit:
+/// same request id and token), and a click on an item of a page already
+/// clicked is a duplicate, as with the real gateway.
+async fn fake_gateway(pages: Arc<AtomicU64>, events: Arc<AtomicU64>) -> SocketAddr {
+    let answers = Arc::new(AtomicU64::new(0));
+    let recommend = post(move |Json(body): Json<serde_json::Value>| {
+        let (answers, pages) = (Arc::clone(&answers), Arc::clone(&pages));
+        async move {
+            if body["user_id"] == "bad" {
+                return Err(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            let page = if answers.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                pages.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                pages.load(Ordering::SeqCst)
+            };
+            let items: Vec<_> = ["a", "b", "c"]
+                .iter()
+                .map(|id| serde_json::json!({"item_id": id, "score": 1.0, "source": "x"}))
+                .collect();
+            let id = format!("r{page}");
+            Ok(Json(
+                serde_json::json!({"request_id": id, "model_version": "v1", "token": id, "items": items, "degraded": false}),
+            ))
         }
-        let items: Vec<_> =
-            ["a", "b", "c"].iter().map(|id| serde_json::json!({"item_id": id, "score": 1.0, "source": "x"})).collect();
-        Ok(Json(
-            serde_json::json!({"request_id": "r", "model_version": "v1", "token": "t", "items": items, "degraded": false}),
-        ))
     });
+    let clicked = Arc::new(Mutex::new(BTreeSet::<(String, String)>::new()));
     let events_route = post(move |Json(body): Json<serde_json::Value>| {
-        let events = Arc::clone(&events);
+        let (events, clicked) = (Arc::clone(&events), Arc::clone(&clicked));
         async move {
             assert_eq!(body["type"], "click");
-            assert_eq!(body["token"], "t");
-            events.fetch_add(1, Ordering::SeqCst);
-            StatusCode::ACCEPTED
+            let key = (body["token"].as_str().unwrap_or_default().to_owned(), body["item_id"].to_string());
+            let duplicate = !clicked.lock().unwrap().insert(key);
+            if !duplicate {
+                events.fetch_add(1, Ordering::SeqCst);
+            }
+            (StatusCode::ACCEPTED, Json(serde_json::json!({"accepted": true, "duplicate": duplicate})))
         }
     });
     let app = axum::Router::new().route("/v1/recommend", recommend).route("/v1/events", events_route);
@@ -91,8 +110,8 @@ fn bad_configs_are_rejected() {
 
 #[tokio::test]
 async fn counts_requests_clicks_and_failures_per_version() {
-    let events = Arc::new(AtomicU64::new(0));
-    let addr = fake_gateway(Arc::clone(&events)).await;
+    let (pages, events) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let addr = fake_gateway(Arc::clone(&pages), Arc::clone(&events)).await;
     let data = Arc::new(ReplayData { users: vec![user("good", &["a", "c"]), user("bad", &["a"])] });
     let sim = Simulator::start(config(format!("http://{addr}/").parse().unwrap()), data).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -102,8 +121,11 @@ async fn counts_requests_clicks_and_failures_per_version() {
     assert!(v1.requests > 10 && unknown.requests > 10, "{stats:?}");
     assert_eq!(v1.failed, 0);
     assert_eq!(unknown.failed, unknown.requests);
-    assert_eq!(v1.impressions, 3 * v1.requests);
-    assert_eq!(v1.clicks, 2 * v1.requests);
+    // A re-served page is not shown anew, and its clicks are duplicates.
+    let pages = pages.load(Ordering::SeqCst);
+    assert!(pages < v1.requests, "{pages} pages for {} requests", v1.requests);
+    assert_eq!(v1.impressions, 3 * pages);
+    assert_eq!(v1.clicks, 2 * pages);
     assert_eq!(v1.events_failed, 0);
     assert_eq!(events.load(Ordering::SeqCst), v1.clicks);
     assert_eq!(stats.total().requests, v1.requests + unknown.requests);
