@@ -36,7 +36,7 @@ want() { [[ " $sections " == *" $1 "* ]]; }
 if want analysis; then
 echo "== rollout analysis: sample size and error rates" >&2
 cargo run -q --release -p reco-rollout --example sample_size | tee "$out/analysis.md"
-record analysis "Rollout analysis: impressions to decide, false rollbacks, power" "$out/analysis.md"
+record analysis "Rollout analysis: false rollbacks and power on heterogeneous users, impressions to decide, sample ratio mismatch" "$out/analysis.md"
 fi
 
 if want operator; then
