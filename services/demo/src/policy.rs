@@ -15,7 +15,9 @@ use reco_rollout::RolloutPolicy;
 /// use up their held-out future as they click (CTR falls as a run goes on,
 /// so decisions must come early): the shadow step lasts 10 s, the canary
 /// steps need 1,000 to 3,000 canary impressions and time out (rolling back)
-/// after three minutes for the first step, two for the others. The CTR
+/// after five minutes for the first step (its look must survive a killed
+/// Prometheus, and a page the gateway re-serves from its cache is not new
+/// evidence), two for the others. The CTR
 /// margin is 20% instead of 5%: the sequential test's mixture scales with the
 /// margin, and with a few thousand impressions a 5% margin cannot decide
 /// before the users' futures run out, while the demo's versions differ by far
@@ -27,7 +29,7 @@ pub const DEMO_PIPELINE_SPEC: &str = "\
 rollout:
   steps:
     - shadow: {duration: 10s}
-    - canary: {weight: 10, minImpressions: 1000, maxDuration: 3m}
+    - canary: {weight: 10, minImpressions: 1000, maxDuration: 5m}
     - canary: {weight: 25, minImpressions: 2000, maxDuration: 2m}
     - canary: {weight: 50, minImpressions: 3000, maxDuration: 2m}
   analysis:
