@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL};
+use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL, VectorStore};
 use reco_contracts::names::object_name;
 use reco_contracts::routing::{ENDPOINTS_FILE, ROUTING_FILE, RoutingTable, VersionEndpoints};
 use serde::Serialize;
@@ -29,6 +29,12 @@ const ROUTING_MOUNT: &str = "/etc/reco/routing";
 pub const TOKEN_KEY: &str = "token-key";
 /// Where gateways mount the token Secret.
 const TOKEN_MOUNT: &str = "/etc/reco/token";
+/// `--data-dir` of features (snapshot, event log) and of retrieval (embedded
+/// vector index): the only place besides `/tmp` a service writes, so the one
+/// writable volume on a read-only root filesystem.
+const DATA_DIR: &str = "/var/lib/reco";
+/// Group of the services image's user (65532): volumes are made writable to it.
+const SERVICES_GID: i64 = 65532;
 const MANAGED_BY: &str = "reco-operator";
 
 /// A deployed part of a pipeline.
@@ -155,13 +161,18 @@ struct PodPlan<'a> {
     extra_volumes: Vec<(Volume, VolumeMount)>,
 }
 
+/// An emptyDir named `name`, mounted writable at `mount_path`.
+fn scratch_volume(name: &str, mount_path: &str) -> (Volume, VolumeMount) {
+    (
+        Volume { name: name.to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        VolumeMount { name: name.to_owned(), mount_path: mount_path.to_owned(), ..Default::default() },
+    )
+}
+
 fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
     let pipeline = p.name_unchecked();
-    let tmp = (
-        Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-        VolumeMount { name: "tmp".to_owned(), mount_path: "/tmp".to_owned(), ..Default::default() },
-    );
-    let (volumes, mounts): (Vec<_>, Vec<_>) = std::iter::once(tmp).chain(plan.extra_volumes).unzip();
+    let (volumes, mounts): (Vec<_>, Vec<_>) =
+        std::iter::once(scratch_volume("tmp", "/tmp")).chain(plan.extra_volumes).unzip();
     let container = Container {
         name: plan.component.as_str().to_owned(),
         image: Some(plan.image),
@@ -195,6 +206,9 @@ fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
                     automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
+                        // A persistent volume is often root-owned: the group makes it writable.
+                        fs_group: Some(SERVICES_GID),
+                        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".to_owned(),
                             ..Default::default()
@@ -345,15 +359,12 @@ pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
         format!("--grpc=0.0.0.0:{GRPC_PORT}"),
         format!("--backend={}", serde_variant(&spec.backend)),
         format!("--event-sink={}", serde_variant(&p.spec.events.sink)),
-        "--data-dir=/var/lib/reco".to_owned(),
+        format!("--data-dir={DATA_DIR}"),
     ];
     args.extend(spec.redis_url.iter().map(|url| format!("--redis-url={url}")));
     args.extend(p.spec.events.kafka_brokers.iter().map(|b| format!("--kafka-brokers={b}")));
     args.extend(p.spec.events.kafka_topic.iter().map(|t| format!("--kafka-topic={t}")));
-    let data = (
-        Volume { name: "data".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-        VolumeMount { name: "data".to_owned(), mount_path: "/var/lib/reco".to_owned(), ..Default::default() },
-    );
+    let data = scratch_volume("data", DATA_DIR);
     deployment(
         p,
         PodPlan {
@@ -385,12 +396,18 @@ pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: 
         format!("--http=0.0.0.0:{HTTP_PORT}"),
         format!("--grpc=0.0.0.0:{GRPC_PORT}"),
     ];
+    let mut extra_volumes = Vec::new();
     match component {
         Component::Retrieval => {
             let r = &p.spec.retrieval;
             args.push(format!("--candidates={}", r.candidates));
             args.push(format!("--vector-store={}", serde_variant(&r.vector_store)));
             args.extend(r.qdrant_url.iter().map(|url| format!("--qdrant-url={url}")));
+            if r.vector_store == VectorStore::Embedded {
+                // The index is rebuilt from the artifacts at start: scratch space is enough.
+                args.push(format!("--data-dir={DATA_DIR}"));
+                extra_volumes.push(scratch_volume("data", DATA_DIR));
+            }
         }
         _ => {
             args.push(format!("--batch-size={}", p.spec.ranking.batch_size));
@@ -408,7 +425,7 @@ pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: 
             settings,
             image,
             args,
-            extra_volumes: Vec::new(),
+            extra_volumes,
         },
     )
 }
@@ -571,6 +588,43 @@ mod tests {
         assert_eq!(container(&gateway).image.as_deref(), Some("registry.example/reco:1.2.3"));
         assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(2));
         assert_eq!(container(&gateway).resources, Some(Component::Gateway.default_resources()));
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    /// Writable mount paths of a pod's container, and whether its root filesystem is read-only.
+    fn writable_paths(d: &Deployment) -> (Vec<String>, Option<bool>) {
+        let c = container(d);
+        let paths = c.volume_mounts.iter().flatten().filter(|m| m.read_only != Some(true));
+        let root = c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem);
+        (paths.map(|m| m.mount_path.clone()).collect(), root)
+    }
+
+    #[test]
+    fn each_service_can_write_exactly_where_it_writes() {
+        let p = pipeline(serde_json::json!({}));
+        let v = version("v1", None);
+        let tmp_and_data = (vec!["/tmp".to_owned(), "/var/lib/reco".to_owned()], Some(true));
+        let tmp_only = (vec!["/tmp".to_owned()], Some(true));
+        let retrieval = version_deployment(&p, &v, Component::Retrieval);
+        assert_eq!(writable_paths(&retrieval), tmp_and_data, "the embedded vector index");
+        assert!(container(&retrieval).args.as_ref().unwrap().contains(&"--data-dir=/var/lib/reco".to_owned()));
+        assert_eq!(writable_paths(&features_deployment(&p)), tmp_and_data, "snapshot and event log");
+        assert_eq!(writable_paths(&gateway_deployment(&p)), tmp_only);
+        assert_eq!(writable_paths(&version_deployment(&p, &v, Component::Ranking)), tmp_only);
+        let qdrant = pipeline(serde_json::json!({"retrieval": {"vectorStore": "Qdrant", "qdrantUrl": "http://q:6334"}}));
+        let remote = version_deployment(&qdrant, &v, Component::Retrieval);
+        assert_eq!(writable_paths(&remote), tmp_only, "the index lives in the Qdrant server");
+        assert!(!container(&remote).args.as_ref().unwrap().iter().any(|a| a.starts_with("--data-dir")));
+        // Every volume a container mounts is declared once in its pod.
+        for d in [retrieval, features_deployment(&p), gateway_deployment(&p)] {
+            let declared: Vec<String> = pod(&d).volumes.iter().flatten().map(|v| v.name.clone()).collect();
+            let mounted: Vec<String> = container(&d).volume_mounts.iter().flatten().map(|m| m.name.clone()).collect();
+            assert_eq!(declared, mounted);
+            assert_eq!(pod(&d).security_context.as_ref().unwrap().fs_group, Some(SERVICES_GID));
+        }
     }
 
     #[test]
