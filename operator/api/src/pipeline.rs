@@ -80,6 +80,12 @@ pub struct ComponentSpec {
     /// CPU and memory requests and limits. Defaults are set per component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// How long a pod may take to start answering, in seconds, before it is
+    /// restarted; liveness is checked only after. Loading and indexing a
+    /// large catalogue takes minutes. Default 1800 (300 for the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub startup_timeout_seconds: Option<u32>,
 }
 
 /// The gateway: the HTTP/JSON entry point of clients.

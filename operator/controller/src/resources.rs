@@ -56,6 +56,15 @@ impl Component {
         }
     }
 
+    /// The gateway only reads small files; the others load model artifacts,
+    /// build a vector index or replay a snapshot.
+    fn default_startup_timeout_seconds(self) -> u32 {
+        match self {
+            Self::Gateway => 300,
+            Self::Features | Self::Retrieval | Self::Ranking => 1800,
+        }
+    }
+
     fn default_replicas(self) -> i32 {
         match self {
             Self::Gateway => 2,
@@ -150,6 +159,21 @@ fn http_probe(path: &str, period_seconds: i32) -> Probe {
     }
 }
 
+/// How often the startup probe looks.
+const STARTUP_PERIOD_SECONDS: i32 = 10;
+
+/// Holds liveness and readiness off until `/healthz` answers, for up to the
+/// component's startup timeout: the services bind their HTTP port only once
+/// their model and index are loaded, which liveness alone (30 s) would not wait for.
+fn startup_probe(component: Component, settings: &ComponentSpec) -> Probe {
+    let timeout = settings.startup_timeout_seconds.unwrap_or(component.default_startup_timeout_seconds());
+    let periods = timeout.div_ceil(STARTUP_PERIOD_SECONDS.unsigned_abs()).max(1);
+    Probe {
+        failure_threshold: Some(i32::try_from(periods).unwrap_or(i32::MAX)),
+        ..http_probe("/healthz", STARTUP_PERIOD_SECONDS)
+    }
+}
+
 /// What differs between the components' Deployments.
 struct PodPlan<'a> {
     name: String,
@@ -183,6 +207,7 @@ fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
         ]),
         env: Some(vec![EnvVar { name: "RUST_LOG".to_owned(), value: Some("info".to_owned()), ..Default::default() }]),
         resources: Some(plan.settings.resources.clone().unwrap_or_else(|| plan.component.default_resources())),
+        startup_probe: Some(startup_probe(plan.component, plan.settings)),
         liveness_probe: Some(http_probe("/healthz", 10)),
         readiness_probe: Some(http_probe("/readyz", 5)),
         security_context: Some(restricted_security_context()),
@@ -625,6 +650,25 @@ mod tests {
             assert_eq!(declared, mounted);
             assert_eq!(pod(&d).security_context.as_ref().unwrap().fs_group, Some(SERVICES_GID));
         }
+    }
+
+    #[test]
+    fn liveness_waits_for_a_startup_long_enough_to_index_a_large_catalogue() {
+        let p = pipeline(serde_json::json!({"ranking": {"startupTimeoutSeconds": 95}}));
+        let startup_window = |d: &Deployment| {
+            let probe = container(d).startup_probe.clone().expect("a startup probe");
+            assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/healthz"));
+            probe.period_seconds.unwrap() * probe.failure_threshold.unwrap()
+        };
+        let v = version("v1", None);
+        assert_eq!(startup_window(&version_deployment(&p, &v, Component::Retrieval)), 1800, "30 minutes");
+        assert_eq!(startup_window(&features_deployment(&p)), 1800);
+        assert_eq!(startup_window(&gateway_deployment(&p)), 300);
+        assert_eq!(startup_window(&version_deployment(&p, &v, Component::Ranking)), 100, "95 s, rounded up");
+        // Readiness is still gated on the service having loaded.
+        let retrieval = version_deployment(&p, &v, Component::Retrieval);
+        let readiness = container(&retrieval).readiness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(readiness.path.as_deref(), Some("/readyz"));
     }
 
     #[test]
