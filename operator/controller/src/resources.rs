@@ -120,6 +120,17 @@ pub fn labels(pipeline: &str, component: Component, version: Option<&str>) -> BT
     labels
 }
 
+/// The conventional annotations that let a Prometheus without the Prometheus
+/// Operator find every reco pod's `/metrics` (the chart's PodMonitor does the
+/// same for the gateways with it).
+fn scrape_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ])
+}
+
 fn selector(pipeline: &str, component: Component, version: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = labels(pipeline, component, version);
     labels.retain(|k, _| k != "app.kubernetes.io/part-of" && k != "app.kubernetes.io/managed-by");
@@ -224,7 +235,11 @@ fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
                 ..Default::default()
             },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(scrape_annotations()),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
@@ -639,7 +654,8 @@ mod tests {
         assert_eq!(writable_paths(&features_deployment(&p)), tmp_and_data, "snapshot and event log");
         assert_eq!(writable_paths(&gateway_deployment(&p)), tmp_only);
         assert_eq!(writable_paths(&version_deployment(&p, &v, Component::Ranking)), tmp_only);
-        let qdrant = pipeline(serde_json::json!({"retrieval": {"vectorStore": "Qdrant", "qdrantUrl": "http://q:6334"}}));
+        let qdrant =
+            pipeline(serde_json::json!({"retrieval": {"vectorStore": "Qdrant", "qdrantUrl": "http://q:6334"}}));
         let remote = version_deployment(&qdrant, &v, Component::Retrieval);
         assert_eq!(writable_paths(&remote), tmp_only, "the index lives in the Qdrant server");
         assert!(!container(&remote).args.as_ref().unwrap().iter().any(|a| a.starts_with("--data-dir")));
@@ -669,6 +685,27 @@ mod tests {
         let retrieval = version_deployment(&p, &v, Component::Retrieval);
         let readiness = container(&retrieval).readiness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+    }
+
+    #[test]
+    fn every_pod_is_annotated_for_prometheus_on_its_http_port() {
+        let p = pipeline(serde_json::json!({}));
+        let v = version("v1", None);
+        let all = [
+            gateway_deployment(&p),
+            features_deployment(&p),
+            version_deployment(&p, &v, Component::Retrieval),
+            version_deployment(&p, &v, Component::Ranking),
+        ];
+        for d in all {
+            let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+            let annotations = template.annotations.unwrap_or_default();
+            assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"));
+            assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"));
+            let port = &container(&d).ports.as_ref().unwrap()[0];
+            assert_eq!(port.name.as_deref(), Some("http"));
+            assert_eq!(annotations.get("prometheus.io/port"), Some(&port.container_port.to_string()));
+        }
     }
 
     #[test]

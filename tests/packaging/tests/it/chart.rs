@@ -97,16 +97,28 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
 fn full_values_render_every_optional_object() {
     let objects = render(&["ci/full-values.yaml"]);
     let kinds: BTreeSet<&str> = objects.iter().map(kind).collect();
-    for optional in
-        ["ServiceMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap", "RecommenderPipeline", "PodDisruptionBudget"]
-    {
+    for optional in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "ConfigMap",
+        "RecommenderPipeline",
+        "PodDisruptionBudget",
+    ] {
         assert!(kinds.contains(optional), "full values render no {optional}");
     }
     let minimal = render(&["ci/minimal-values.yaml"]);
     let kinds: BTreeSet<&str> = minimal.iter().map(kind).collect();
-    for absent in
-        ["ServiceMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap", "RecommenderPipeline", "PodDisruptionBudget"]
-    {
+    for absent in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "ConfigMap",
+        "RecommenderPipeline",
+        "PodDisruptionBudget",
+    ] {
         assert!(!kinds.contains(absent), "minimal values render a {absent}");
     }
 }
@@ -302,6 +314,70 @@ fn service_monitor_scrapes_the_metrics_service() {
     assert_eq!(endpoint["path"], "/metrics");
     assert_eq!(endpoint["honorLabels"], true, "keeps the pipelines' own namespace label");
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "serviceMonitor.labels reach the object");
+}
+
+/// The PodMonitor selects the gateway pods the operator renders (and no
+/// other reco pod), on their HTTP port, and relabels `job` to the gateway
+/// Service's name, which is what the Prometheus metric source queries.
+#[test]
+fn pod_monitor_scrapes_gateway_pods_under_the_gateway_service_job() {
+    use reco_operator::resources::{self, Component};
+    let rendered = |values: &[&str]| {
+        let objects = render(values);
+        objects_of_kind(&objects, "PodMonitor").next().cloned().expect("a PodMonitor")
+    };
+    let monitor = rendered(&["ci/full-values.yaml"]);
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "podMonitor.labels reach the object");
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"],
+        json!({"matchNames": ["reco-system", "recs-prod", "recs-staging"]})
+    );
+    let all_namespaces = helm_template(&[], &["podMonitor.enabled=true"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let all_namespaces = parse_documents(&all_namespaces).unwrap();
+    let all_namespaces = objects_of_kind(&all_namespaces, "PodMonitor").next().unwrap();
+    assert_eq!(all_namespaces["spec"]["namespaceSelector"], json!({"any": true}), "watchNamespaces empty: all");
+
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["honorLabels"], true);
+    let relabel = &endpoint["relabelings"][0];
+    assert_eq!(relabel["sourceLabels"], json!(["__meta_kubernetes_pod_controller_name"]));
+    assert_eq!(relabel["targetLabel"], "job");
+    // Prometheus anchors relabeling regexes.
+    let regex = regex::Regex::new(&format!("^(?:{})$", relabel["regex"].as_str().unwrap())).unwrap();
+    let replacement = relabel["replacement"].as_str().unwrap();
+
+    let selects = |labels: &std::collections::BTreeMap<String, String>| {
+        monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels.get(k) == v.as_str().map(str::to_owned).as_ref())
+    };
+    // A short name and one the operator cuts and hashes.
+    for name in ["explore", &"a".repeat(60)] {
+        let spec: reco_api::RecommenderPipelineSpec = serde_json::from_value(json!({})).unwrap();
+        let mut p = reco_api::RecommenderPipeline::new(name, spec);
+        p.metadata.namespace = Some("recs-prod".into());
+        let gateway = resources::gateway_deployment(&p);
+        let template = &gateway.spec.as_ref().unwrap().template;
+        assert!(selects(template.metadata.as_ref().unwrap().labels.as_ref().unwrap()), "{name}: gateway pods selected");
+        let port = &template.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0];
+        assert_eq!(port.name.as_deref(), endpoint["port"].as_str());
+        let replica_set = format!("{}-7d9f8c6b5", gateway.metadata.name.as_deref().unwrap());
+        let job = regex.replace(&replica_set, replacement);
+        assert_eq!(job, resources::gateway_service_name(&p), "{name}: job is the gateway Service");
+
+        let version = reco_api::ModelVersion::new(
+            "v1",
+            serde_json::from_value(json!({"pipeline": name, "artifactUri": "file:///m"})).unwrap(),
+        );
+        for component in [Component::Retrieval, Component::Ranking] {
+            let d = resources::version_deployment(&p, &version, component);
+            let labels = d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+            assert!(!selects(&labels), "{name}: {component:?} pods are not gateways");
+        }
+    }
 }
 
 /// The alert rules and the dashboard's queries pass `promtool check rules`

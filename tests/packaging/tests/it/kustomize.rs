@@ -133,3 +133,29 @@ fn prod_spreads_replicas_and_admits_only_the_metrics_port() {
     let namespace = objects_of_kind(&objects, "Namespace").next().unwrap();
     assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
 }
+
+/// The optional PodMonitor component, added to the base, renders the chart's
+/// PodMonitor (default values) in the operator's namespace.
+#[test]
+fn the_pod_monitor_component_is_the_charts_pod_monitor() {
+    let overlay = tempfile::tempdir().unwrap();
+    // kustomize refuses absolute paths: climb from the overlay to the root.
+    let depth = overlay.path().canonicalize().unwrap().components().count() - 1;
+    let up = "../".repeat(depth);
+    let from_root = |relative: &str| format!("{up}{}", repo_path(relative).canonicalize().unwrap().display());
+    let kustomization = format!(
+        "resources:\n  - {}\ncomponents:\n  - {}\n",
+        from_root("manifests/base"),
+        from_root("manifests/components/podmonitor")
+    );
+    std::fs::write(overlay.path().join("kustomization.yaml"), kustomization).unwrap();
+    let output = run(std::process::Command::new(k8s_tool("kubectl")).arg("kustomize").arg(overlay.path()))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let objects = parse_documents(&output).unwrap();
+    let monitor = objects_of_kind(&objects, "PodMonitor").next().expect("a PodMonitor");
+    assert_eq!(monitor["metadata"]["namespace"], "reco-system");
+    let chart = helm_template(&[], &["podMonitor.enabled=true"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let chart = parse_documents(&chart).unwrap();
+    let expected = objects_of_kind(&chart, "PodMonitor").next().unwrap();
+    assert_eq!(first_difference(&monitor["spec"], &expected["spec"], ".spec"), None);
+}
