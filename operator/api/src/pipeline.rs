@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::RecommenderPipelineStatus;
 
-/// Image of the reco services when the pipeline names none.
-pub const DEFAULT_SERVICES_IMAGE: &str = "ghcr.io/reco-seed/reco:0.1.0";
-
 /// A recommender: gateway, feature service, and per-model-version retrieval
 /// and ranking, plus the policy that rolls new ModelVersions out through
 /// shadow and canary steps on live click-through rate.
@@ -43,9 +40,12 @@ pub struct RecommenderPipelineSpec {
     #[serde(default)]
     pub paused: bool,
     /// Image of the reco services, used by every component that names none.
-    #[serde(default = "default_image")]
+    /// Default: the operator's `--services-image`, the services release
+    /// matching the operator, so that upgrading the operator moves every
+    /// pipeline that sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.size() > 0 && !self.endsWith(':latest')").message("image must be set and pinned to a tag or digest other than latest"))]
-    pub image: String,
+    pub image: Option<String>,
     #[serde(default)]
     pub gateway: GatewaySpec,
     #[serde(default)]
@@ -60,10 +60,6 @@ pub struct RecommenderPipelineSpec {
     pub diversity: DiversitySpec,
     #[serde(default)]
     pub rollout: RolloutSpec,
-}
-
-fn default_image() -> String {
-    DEFAULT_SERVICES_IMAGE.to_owned()
 }
 
 /// Settings shared by every deployed component.

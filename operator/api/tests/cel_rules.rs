@@ -108,6 +108,12 @@ fn pipeline_rules_accept_good_specs_and_name_bad_ones() {
             Some("image must be set and pinned to a tag or digest other than latest"),
         ),
         (
+            "empty image",
+            json!({"image": ""}),
+            Some("image must be set and pinned to a tag or digest other than latest"),
+        ),
+        ("pinned image", json!({"image": "ghcr.io/reco-seed/reco:0.2.0"}), None),
+        (
             "gate regression of 1",
             json!({"rollout": {"offlineGate": {"metric": "ndcg@10", "maxRegression": 1.0}}}),
             Some("maxRegression must be in [0, 1)"),

@@ -76,6 +76,8 @@ pub struct Context {
     /// What was last applied: skips the API call while nobody changed the object.
     applied: AppliedCache,
     pub sources: Arc<dyn MetricSources>,
+    /// What the operator's flags set for pipelines that do not.
+    defaults: resources::Defaults,
     /// Consecutive failures per pipeline, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RecommenderPipeline>, u32>>,
     /// When each token Secret (`namespace/name/pipeline uid`) was last seen to exist: it is asked for again
@@ -94,6 +96,7 @@ pub struct WatchScope {
 pub async fn run(
     client: Client,
     scope: WatchScope,
+    defaults: resources::Defaults,
     identity: &str,
     metrics: Arc<OperatorMetrics>,
     sources: Arc<dyn MetricSources>,
@@ -172,6 +175,7 @@ pub async fn run(
         configmaps,
         applied: AppliedCache::default(),
         sources,
+        defaults,
         failures: Mutex::default(),
         token_secrets: Mutex::default(),
     });
@@ -460,16 +464,16 @@ async fn apply_objects(
     let current = stored_version(&ctx.configmaps, namespace, &routing.name_any());
     apply(ctx, &configmaps, &routing, current).await?;
     service(resources::features_service(p)).await?;
-    deployment(resources::features_deployment(p)).await?;
+    deployment(resources::features_deployment(p, &ctx.defaults)).await?;
     for v in versions.iter().filter(|v| serving.contains(&v.name_any())) {
         for component in [Component::Retrieval, Component::Ranking] {
             service(resources::version_service(p, &v.name_any(), component)).await?;
-            deployment(resources::version_deployment(p, v, component)).await?;
+            deployment(resources::version_deployment(p, v, component, &ctx.defaults)).await?;
         }
     }
     create_token_secret(p, ctx, namespace).await?;
     service(resources::gateway_service(p)).await?;
-    deployment(resources::gateway_deployment(p)).await?;
+    deployment(resources::gateway_deployment(p, &ctx.defaults)).await?;
     Ok(())
 }
 

@@ -36,6 +36,23 @@ const DATA_DIR: &str = "/var/lib/reco";
 /// Group of the services image's user (65532): volumes are made writable to it.
 const SERVICES_GID: i64 = 65532;
 const MANAGED_BY: &str = "reco-operator";
+/// The services release this operator was built with: the default of `--services-image`.
+pub const DEFAULT_SERVICES_IMAGE: &str = concat!("ghcr.io/reco-seed/reco:", env!("CARGO_PKG_VERSION"));
+
+/// What the operator's flags decide for every pipeline that does not. Kept
+/// out of the CRD schema, whose defaults are written into each object at
+/// admission and would pin it to the release that created it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    /// Image of the reco services (`--services-image`).
+    pub services_image: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self { services_image: DEFAULT_SERVICES_IMAGE.to_owned() }
+    }
+}
 
 /// A deployed part of a pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,8 +299,10 @@ fn service(p: &RecommenderPipeline, name: String, component: Component, version:
     }
 }
 
-fn image_of(p: &RecommenderPipeline, settings: &ComponentSpec) -> String {
-    settings.image.clone().unwrap_or_else(|| p.spec.image.clone())
+/// The component's image, else the pipeline's, else the operator's.
+fn image_of(p: &RecommenderPipeline, settings: &ComponentSpec, defaults: &Defaults) -> String {
+    let image = settings.image.as_ref().or(p.spec.image.as_ref());
+    image.cloned().unwrap_or_else(|| defaults.services_image.clone())
 }
 
 fn service_url(p: &RecommenderPipeline, name: &str) -> String {
@@ -310,7 +329,7 @@ pub fn default_token_secret(p: &RecommenderPipeline, key: impl FnOnce() -> Strin
 
 /// The gateway Deployment: it mounts the routing ConfigMap (and hot-reloads
 /// it) and the token Secret, so that every replica signs with the same key.
-pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
+pub fn gateway_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deployment {
     let pipeline = p.name_unchecked();
     let spec = &p.spec.gateway;
     let routing = routing_configmap_name(&pipeline);
@@ -348,7 +367,7 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
             component: Component::Gateway,
             version: None,
             settings: &spec.component,
-            image: image_of(p, &spec.component),
+            image: image_of(p, &spec.component, defaults),
             args,
             extra_volumes: vec![routing_volume, token_volume(p)],
         },
@@ -388,7 +407,7 @@ fn read_only_volume(name: &str, mount_path: &str, source: Volume) -> (Volume, Vo
 }
 
 /// The feature service Deployment; it also ingests events.
-pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
+pub fn features_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deployment {
     let pipeline = p.name_unchecked();
     let spec = &p.spec.features;
     let mut args = vec![
@@ -412,7 +431,7 @@ pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
             component: Component::Features,
             version: None,
             settings: &spec.component,
-            image: image_of(p, &spec.component),
+            image: image_of(p, &spec.component, defaults),
             args,
             extra_volumes: vec![data],
         },
@@ -420,7 +439,12 @@ pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
 }
 
 /// Retrieval or ranking for one model version.
-pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: Component) -> Deployment {
+pub fn version_deployment(
+    p: &RecommenderPipeline,
+    v: &ModelVersion,
+    component: Component,
+    defaults: &Defaults,
+) -> Deployment {
     let pipeline = p.name_unchecked();
     let version = v.name_unchecked();
     let settings = match component {
@@ -455,7 +479,7 @@ pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: 
             args.push(format!("--value-weights={}", weights.join(",")));
         }
     }
-    let image = v.spec.image.clone().unwrap_or_else(|| image_of(p, settings));
+    let image = v.spec.image.clone().unwrap_or_else(|| image_of(p, settings, defaults));
     deployment(
         p,
         PodPlan {
@@ -552,7 +576,7 @@ mod tests {
     #[test]
     fn gateways_share_the_token_secret_the_operator_creates_unless_the_spec_names_one() {
         let p = pipeline(serde_json::json!({}));
-        let d = gateway_deployment(&p);
+        let d = gateway_deployment(&p, &Defaults::default());
         assert!(
             container(&d).args.as_ref().unwrap().contains(&"--token-key-file=/etc/reco/token/token-key".to_owned())
         );
@@ -580,7 +604,7 @@ mod tests {
     #[test]
     fn selectors_match_the_pod_labels_and_pick_one_version() {
         let p = pipeline(serde_json::json!({}));
-        let d = version_deployment(&p, &version("v2", None), Component::Retrieval);
+        let d = version_deployment(&p, &version("v2", None), Component::Retrieval, &Defaults::default());
         let spec = d.spec.unwrap();
         let selector = spec.selector.match_labels.unwrap();
         let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
@@ -595,8 +619,8 @@ mod tests {
         let p = pipeline(serde_json::json!({}));
         let routing = RoutingTable::default();
         let metas = [
-            gateway_deployment(&p).metadata,
-            features_deployment(&p).metadata,
+            gateway_deployment(&p, &Defaults::default()).metadata,
+            features_deployment(&p, &Defaults::default()).metadata,
             gateway_service(&p).metadata,
             features_service(&p).metadata,
             routing_configmap(&p, &routing, &[]).metadata,
@@ -615,16 +639,21 @@ mod tests {
             "retrieval": {"replicas": 3, "image": "registry.example/retrieval:9",
                           "resources": {"limits": {"cpu": "4", "memory": "8Gi"}}},
         }));
-        let retrieval = version_deployment(&p, &version("v1", None), Component::Retrieval);
+        let retrieval = version_deployment(&p, &version("v1", None), Component::Retrieval, &Defaults::default());
         assert_eq!(retrieval.spec.as_ref().unwrap().replicas, Some(3));
         assert_eq!(container(&retrieval).image.as_deref(), Some("registry.example/retrieval:9"));
         let limits = container(&retrieval).resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["memory"], Quantity("8Gi".into()));
         // A version's own image wins over the component's.
-        let custom = version_deployment(&p, &version("v2", Some("registry.example/custom:2")), Component::Ranking);
+        let custom = version_deployment(
+            &p,
+            &version("v2", Some("registry.example/custom:2")),
+            Component::Ranking,
+            &Defaults::default(),
+        );
         assert_eq!(container(&custom).image.as_deref(), Some("registry.example/custom:2"));
         // Components without settings take the pipeline image and the defaults.
-        let gateway = gateway_deployment(&p);
+        let gateway = gateway_deployment(&p, &Defaults::default());
         assert_eq!(container(&gateway).image.as_deref(), Some("registry.example/reco:1.2.3"));
         assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(2));
         assert_eq!(container(&gateway).resources, Some(Component::Gateway.default_resources()));
@@ -648,19 +677,25 @@ mod tests {
         let v = version("v1", None);
         let tmp_and_data = (vec!["/tmp".to_owned(), "/var/lib/reco".to_owned()], Some(true));
         let tmp_only = (vec!["/tmp".to_owned()], Some(true));
-        let retrieval = version_deployment(&p, &v, Component::Retrieval);
+        let retrieval = version_deployment(&p, &v, Component::Retrieval, &Defaults::default());
         assert_eq!(writable_paths(&retrieval), tmp_and_data, "the embedded vector index");
         assert!(container(&retrieval).args.as_ref().unwrap().contains(&"--data-dir=/var/lib/reco".to_owned()));
-        assert_eq!(writable_paths(&features_deployment(&p)), tmp_and_data, "snapshot and event log");
-        assert_eq!(writable_paths(&gateway_deployment(&p)), tmp_only);
-        assert_eq!(writable_paths(&version_deployment(&p, &v, Component::Ranking)), tmp_only);
+        assert_eq!(
+            writable_paths(&features_deployment(&p, &Defaults::default())),
+            tmp_and_data,
+            "snapshot and event log"
+        );
+        assert_eq!(writable_paths(&gateway_deployment(&p, &Defaults::default())), tmp_only);
+        assert_eq!(writable_paths(&version_deployment(&p, &v, Component::Ranking, &Defaults::default())), tmp_only);
         let qdrant =
             pipeline(serde_json::json!({"retrieval": {"vectorStore": "Qdrant", "qdrantUrl": "http://q:6334"}}));
-        let remote = version_deployment(&qdrant, &v, Component::Retrieval);
+        let remote = version_deployment(&qdrant, &v, Component::Retrieval, &Defaults::default());
         assert_eq!(writable_paths(&remote), tmp_only, "the index lives in the Qdrant server");
         assert!(!container(&remote).args.as_ref().unwrap().iter().any(|a| a.starts_with("--data-dir")));
         // Every volume a container mounts is declared once in its pod.
-        for d in [retrieval, features_deployment(&p), gateway_deployment(&p)] {
+        for d in
+            [retrieval, features_deployment(&p, &Defaults::default()), gateway_deployment(&p, &Defaults::default())]
+        {
             let declared: Vec<String> = pod(&d).volumes.iter().flatten().map(|v| v.name.clone()).collect();
             let mounted: Vec<String> = container(&d).volume_mounts.iter().flatten().map(|m| m.name.clone()).collect();
             assert_eq!(declared, mounted);
@@ -677,12 +712,20 @@ mod tests {
             probe.period_seconds.unwrap() * probe.failure_threshold.unwrap()
         };
         let v = version("v1", None);
-        assert_eq!(startup_window(&version_deployment(&p, &v, Component::Retrieval)), 1800, "30 minutes");
-        assert_eq!(startup_window(&features_deployment(&p)), 1800);
-        assert_eq!(startup_window(&gateway_deployment(&p)), 300);
-        assert_eq!(startup_window(&version_deployment(&p, &v, Component::Ranking)), 100, "95 s, rounded up");
+        assert_eq!(
+            startup_window(&version_deployment(&p, &v, Component::Retrieval, &Defaults::default())),
+            1800,
+            "30 minutes"
+        );
+        assert_eq!(startup_window(&features_deployment(&p, &Defaults::default())), 1800);
+        assert_eq!(startup_window(&gateway_deployment(&p, &Defaults::default())), 300);
+        assert_eq!(
+            startup_window(&version_deployment(&p, &v, Component::Ranking, &Defaults::default())),
+            100,
+            "95 s, rounded up"
+        );
         // Readiness is still gated on the service having loaded.
-        let retrieval = version_deployment(&p, &v, Component::Retrieval);
+        let retrieval = version_deployment(&p, &v, Component::Retrieval, &Defaults::default());
         let readiness = container(&retrieval).readiness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(readiness.path.as_deref(), Some("/readyz"));
     }
@@ -692,10 +735,10 @@ mod tests {
         let p = pipeline(serde_json::json!({}));
         let v = version("v1", None);
         let all = [
-            gateway_deployment(&p),
-            features_deployment(&p),
-            version_deployment(&p, &v, Component::Retrieval),
-            version_deployment(&p, &v, Component::Ranking),
+            gateway_deployment(&p, &Defaults::default()),
+            features_deployment(&p, &Defaults::default()),
+            version_deployment(&p, &v, Component::Retrieval, &Defaults::default()),
+            version_deployment(&p, &v, Component::Ranking, &Defaults::default()),
         ];
         for d in all {
             let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
@@ -709,9 +752,34 @@ mod tests {
     }
 
     #[test]
+    fn the_services_image_is_the_operators_unless_the_pipeline_names_one() {
+        let p = pipeline(serde_json::json!({}));
+        let defaults = Defaults { services_image: "mirror.example/reco:2.0.0".into() };
+        let v = version("v1", None);
+        for d in [
+            gateway_deployment(&p, &defaults),
+            features_deployment(&p, &defaults),
+            version_deployment(&p, &v, Component::Retrieval, &defaults),
+        ] {
+            assert_eq!(container(&d).image.as_deref(), Some("mirror.example/reco:2.0.0"));
+        }
+        assert_eq!(Defaults::default().services_image, format!("ghcr.io/reco-seed/reco:{}", env!("CARGO_PKG_VERSION")));
+        let pinned = pipeline(serde_json::json!({"image": "registry.example/reco:1.2.3"}));
+        assert_eq!(
+            container(&gateway_deployment(&pinned, &defaults)).image.as_deref(),
+            Some("registry.example/reco:1.2.3")
+        );
+        // Nothing of the default is written into the spec.
+        assert_eq!(serde_json::to_value(&p.spec).unwrap().get("image"), None);
+    }
+
+    #[test]
     fn version_pods_are_told_their_model() {
         let p = pipeline(serde_json::json!({"ranking": {"valueWeights": {"click": 1.0, "like": 0.5}}}));
-        let args = container(&version_deployment(&p, &version("v7", None), Component::Ranking)).args.clone().unwrap();
+        let args = container(&version_deployment(&p, &version("v7", None), Component::Ranking, &Defaults::default()))
+            .args
+            .clone()
+            .unwrap();
         for expected in
             ["serve", "ranking", "--model-version=v7", "--model-uri=s3://models/v7", "--value-weights=click=1,like=0.5"]
         {

@@ -23,6 +23,7 @@ use reco_contracts::routing::{USER_GROUPS, groups_of_weight};
 use reco_kube_testserver::TestApiServer;
 use reco_metric_source::{MetricSource, SourceError, WindowQuery};
 use reco_operator::controller::{self, WatchScope};
+use reco_operator::resources::Defaults;
 use reco_operator::sources::MetricSources;
 use reco_operator::telemetry::OperatorMetrics;
 use reco_rollout::{GroupCounts, SideMetrics, WindowMetrics};
@@ -210,7 +211,8 @@ impl Operator {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            controller::run(client, WatchScope::default(), "test", metrics, sources, shutdown).await;
+            controller::run(client, WatchScope::default(), Defaults::default(), "test", metrics, sources, shutdown)
+                .await;
         });
         Self { stop, task }
     }

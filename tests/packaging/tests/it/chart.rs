@@ -221,6 +221,12 @@ fn operator_deployment_runs_as_documented() {
     assert_eq!(env["RECO_WATCH_NAMESPACES"], "", "empty: all namespaces");
     assert_eq!(env["RECO_METRICS_ADDR"], "0.0.0.0:8080");
     assert_eq!(env["RECO_LOG_FORMAT"], "json");
+    assert_eq!(env["RECO_SERVICES_IMAGE"], "ghcr.io/reco-seed/reco:0.1.0", "the services matching the chart");
+    assert_eq!(
+        env["RECO_SERVICES_IMAGE"],
+        reco_operator::resources::DEFAULT_SERVICES_IMAGE,
+        "the operator's own default"
+    );
     assert_eq!(env["POD_NAME"], json!({"fieldRef": {"fieldPath": "metadata.name"}}));
     assert_eq!(env["POD_NAMESPACE"], json!({"fieldRef": {"fieldPath": "metadata.namespace"}}));
 
@@ -251,6 +257,10 @@ fn operator_deployment_runs_as_documented() {
     assert_eq!(env["RECO_WATCH_NAMESPACES"], "reco-system,recs-prod,recs-staging");
     assert_eq!(env["RECO_LOG_FORMAT"], "text");
     assert_eq!(
+        env["RECO_SERVICES_IMAGE"],
+        "mirror.example/reco/reco:0.1.0@sha256:1111111111111111111111111111111111111111111111111111111111111111"
+    );
+    assert_eq!(
         deployment["spec"]["template"]["spec"]["containers"][0]["image"],
         "ghcr.io/reco-seed/reco-operator:0.1.0@sha256:0000000000000000000000000000000000000000000000000000000000000000"
     );
@@ -270,6 +280,8 @@ fn wrong_values_fail_with_a_message_naming_the_value() {
         (&["replicaCount=0"], "/replicaCount"),
         (&["image.tag=latest"], "/image/tag"),
         (&["image.digest=sha256:abc"], "/image/digest"),
+        (&["servicesImage.tag=latest"], "/servicesImage/tag"),
+        (&["servicesImage.repository="], "/servicesImage/repository"),
         (&["logFormat=yaml"], "/logFormat"),
         (&["podAntiAffinity=always"], "/podAntiAffinity"),
         (&["watchNamespaces[0]=Not_A_Namespace"], "/watchNamespaces/0"),
@@ -359,7 +371,7 @@ fn pod_monitor_scrapes_gateway_pods_under_the_gateway_service_job() {
         let spec: reco_api::RecommenderPipelineSpec = serde_json::from_value(json!({})).unwrap();
         let mut p = reco_api::RecommenderPipeline::new(name, spec);
         p.metadata.namespace = Some("recs-prod".into());
-        let gateway = resources::gateway_deployment(&p);
+        let gateway = resources::gateway_deployment(&p, &resources::Defaults::default());
         let template = &gateway.spec.as_ref().unwrap().template;
         assert!(selects(template.metadata.as_ref().unwrap().labels.as_ref().unwrap()), "{name}: gateway pods selected");
         let port = &template.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0];
@@ -373,7 +385,7 @@ fn pod_monitor_scrapes_gateway_pods_under_the_gateway_service_job() {
             serde_json::from_value(json!({"pipeline": name, "artifactUri": "file:///m"})).unwrap(),
         );
         for component in [Component::Retrieval, Component::Ranking] {
-            let d = resources::version_deployment(&p, &version, component);
+            let d = resources::version_deployment(&p, &version, component, &resources::Defaults::default());
             let labels = d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
             assert!(!selects(&labels), "{name}: {component:?} pods are not gateways");
         }
