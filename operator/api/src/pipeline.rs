@@ -142,10 +142,13 @@ pub enum FeatureBackend {
     Redis,
 }
 
-/// The online feature service, which also ingests events.
+/// The online feature service, which also ingests events. It runs as a
+/// StatefulSet: each pod writes its snapshot and event log to a volume of
+/// its own.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.backend != 'Redis' || has(self.redisUrl)").message("redisUrl is required when backend is Redis"))]
+#[x_kube(validation = Rule::new("self.backend != 'Embedded' || !has(self.replicas) || self.replicas <= 1").message("replicas must be at most 1 with the Embedded backend, which keeps each user's features in one pod; use backend Redis to scale out"))]
 pub struct FeaturesSpec {
     #[serde(flatten)]
     pub component: ComponentSpec,
@@ -154,6 +157,36 @@ pub struct FeaturesSpec {
     /// Redis address, e.g. `redis://redis.reco.svc:6379`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    #[serde(default)]
+    pub storage: FeaturesStorage,
+}
+
+/// The persistent volume of each features pod, for its snapshot and event
+/// log (the training data). Fixed at creation, like a StatefulSet's volume
+/// claims; the volumes outlive the pipeline (delete the PersistentVolumeClaims
+/// `data-<pipeline>-features-<n>` to free them).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("storage cannot change once created: a StatefulSet's volume claims are fixed"))]
+pub struct FeaturesStorage {
+    /// Size of each volume, a Kubernetes quantity such as `10Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+    /// StorageClass of the volumes. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for FeaturesStorage {
+    fn default() -> Self {
+        Self { size: default_storage_size(), storage_class_name: None }
+    }
+}
+
+fn default_storage_size() -> String {
+    "10Gi".to_owned()
 }
 
 /// Where item embeddings are searched.

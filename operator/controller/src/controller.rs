@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -71,6 +71,8 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Owned Services (metadata only), to find retired objects.
     pub services: Store<PartialObjectMeta<Service>>,
+    /// Owned StatefulSets (metadata only), to skip applies that would change nothing.
+    pub statefulsets: Store<PartialObjectMeta<StatefulSet>>,
     /// Owned ConfigMaps (metadata only), to skip applies that would change nothing.
     pub configmaps: Store<PartialObjectMeta<ConfigMap>>,
     /// What was last applied: skips the API call while nobody changed the object.
@@ -108,8 +110,8 @@ pub async fn run(
         scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
     // Every watch keeps only what reconciles read: no managedFields, and
-    // Deployments without their pod template. Services and ConfigMaps are
-    // watched as metadata, only to notice drift and deletion.
+    // Deployments without their pod template. Services, StatefulSets and
+    // ConfigMaps are watched as metadata, only to notice drift and deletion.
     let (versions, writer) = reflector::store();
     let version_events = watch_all(
         &namespaces,
@@ -154,6 +156,15 @@ pub async fn run(
     )
     .reflect(service_writer)
     .applied_objects();
+    let (statefulsets, statefulset_writer) = reflector::store();
+    let statefulset_events = watch_all(
+        &namespaces,
+        |ns| scoped_api::<PartialObjectMeta<StatefulSet>>(&client, ns),
+        owned.clone(),
+        strip_managed_fields,
+    )
+    .reflect(statefulset_writer)
+    .applied_objects();
     let (configmaps, configmap_writer) = reflector::store();
     let configmap_events = watch_all(
         &namespaces,
@@ -172,6 +183,7 @@ pub async fn run(
         versions,
         deployments,
         services,
+        statefulsets,
         configmaps,
         applied: AppliedCache::default(),
         sources,
@@ -184,6 +196,7 @@ pub async fn run(
         .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES).debounce(DEBOUNCE))
         .owns_stream(deployment_events)
         .owns_stream(service_events)
+        .owns_stream(statefulset_events)
         .owns_stream(configmap_events)
         .watches_stream(version_events, |v: ModelVersion| {
             v.namespace().map(|ns| ObjectRef::new(&v.spec.pipeline).within(&ns))
@@ -366,6 +379,7 @@ fn caches_filled(ctx: &Context) -> bool {
     filled(ctx.versions.wait_until_ready().now_or_never())
         && filled(ctx.deployments.wait_until_ready().now_or_never())
         && filled(ctx.services.wait_until_ready().now_or_never())
+        && filled(ctx.statefulsets.wait_until_ready().now_or_never())
         && filled(ctx.configmaps.wait_until_ready().now_or_never())
 }
 
@@ -449,6 +463,7 @@ async fn apply_objects(
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
 
     let serving_names: Vec<&str> = serving.iter().map(String::as_str).collect();
     let (deployments, services) = (&deployments, &services);
@@ -464,7 +479,9 @@ async fn apply_objects(
     let current = stored_version(&ctx.configmaps, namespace, &routing.name_any());
     apply(ctx, &configmaps, &routing, current).await?;
     service(resources::features_service(p)).await?;
-    deployment(resources::features_deployment(p, &ctx.defaults)).await?;
+    let features = resources::features_statefulset(p, &ctx.defaults);
+    let current = stored_version(&ctx.statefulsets, namespace, &features.name_any());
+    apply(ctx, &statefulsets, &features, current).await?;
     for v in versions.iter().filter(|v| serving.contains(&v.name_any())) {
         for component in [Component::Retrieval, Component::Ranking] {
             service(resources::version_service(p, &v.name_any(), component)).await?;
@@ -505,7 +522,9 @@ async fn create_token_secret(p: &RecommenderPipeline, ctx: &Context, namespace: 
     Ok(())
 }
 
-/// Removes the per-version objects of versions that no longer serve.
+/// Removes the per-version objects of versions that no longer serve, and
+/// the features Deployment of operators before the StatefulSet, which would
+/// otherwise take a share of the events on a volume lost at its next restart.
 async fn delete_retired_objects(
     ctx: &Context,
     namespace: &str,
@@ -516,8 +535,12 @@ async fn delete_retired_objects(
     let retired = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         meta.labels.as_ref().and_then(|l| l.get(reco_api::VERSION_LABEL)).is_some_and(|v| !serving.contains(v))
     };
+    let features = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")).map(String::as_str)
+            == Some(Component::Features.as_str())
+    };
     let deployment_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    for d in deployments.iter().filter(|d| retired(&d.metadata)) {
+    for d in deployments.iter().filter(|d| retired(&d.metadata) || features(&d.metadata)) {
         ignore_not_found(deployment_api.delete(&d.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
     }
     let service_api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);

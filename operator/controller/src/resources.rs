@@ -4,18 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL, VectorStore};
-use reco_contracts::names::object_name;
+use reco_contracts::names::{MAX_STATEFULSET, object_name, object_name_within};
 use reco_contracts::routing::{ENDPOINTS_FILE, ROUTING_FILE, RoutingTable, VersionEndpoints};
 use serde::Serialize;
 
@@ -202,15 +203,16 @@ fn startup_probe(component: Component, settings: &ComponentSpec) -> Probe {
     }
 }
 
-/// What differs between the components' Deployments.
+/// What differs between the components' pods.
 struct PodPlan<'a> {
-    name: String,
     component: Component,
     version: Option<&'a str>,
     settings: &'a ComponentSpec,
     image: String,
     args: Vec<String>,
     extra_volumes: Vec<(Volume, VolumeMount)>,
+    /// Mounts of volumes that a StatefulSet's claims provide.
+    claim_mounts: Vec<VolumeMount>,
 }
 
 /// An emptyDir named `name`, mounted writable at `mount_path`.
@@ -221,10 +223,10 @@ fn scratch_volume(name: &str, mount_path: &str) -> (Volume, VolumeMount) {
     )
 }
 
-fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
-    let pipeline = p.name_unchecked();
-    let (volumes, mounts): (Vec<_>, Vec<_>) =
+fn pod_template(p: &RecommenderPipeline, plan: PodPlan<'_>) -> PodTemplateSpec {
+    let (volumes, mut mounts): (Vec<_>, Vec<_>) =
         std::iter::once(scratch_volume("tmp", "/tmp")).chain(plan.extra_volumes).unzip();
+    mounts.extend(plan.claim_mounts);
     let container = Container {
         name: plan.component.as_str().to_owned(),
         image: Some(plan.image),
@@ -242,39 +244,41 @@ fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let pod_labels = labels(&pipeline, plan.component, plan.version);
-    Deployment {
-        metadata: metadata(p, plan.name, plan.component, plan.version),
-        spec: Some(DeploymentSpec {
-            replicas: Some(plan.settings.replicas.unwrap_or(plan.component.default_replicas())),
-            selector: LabelSelector {
-                match_labels: Some(selector(&pipeline, plan.component, plan.version)),
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&p.name_unchecked(), plan.component, plan.version)),
+            annotations: Some(scrape_annotations()),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                // A persistent volume is often root-owned: the group makes it writable.
+                fs_group: Some(SERVICES_GID),
+                fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..Default::default() }),
                 ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(scrape_annotations()),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        // A persistent volume is often root-owned: the group makes it writable.
-                        fs_group: Some(SERVICES_GID),
-                        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            },
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod_selector(p: &RecommenderPipeline, component: Component, version: Option<&str>) -> LabelSelector {
+    LabelSelector { match_labels: Some(selector(&p.name_unchecked(), component, version)), ..Default::default() }
+}
+
+fn deployment(p: &RecommenderPipeline, name: String, plan: PodPlan<'_>) -> Deployment {
+    let (component, version) = (plan.component, plan.version);
+    Deployment {
+        metadata: metadata(p, name, component, version),
+        spec: Some(DeploymentSpec {
+            replicas: Some(plan.settings.replicas.unwrap_or(component.default_replicas())),
+            selector: pod_selector(p, component, version),
+            template: pod_template(p, plan),
             ..Default::default()
         }),
         ..Default::default()
@@ -342,7 +346,7 @@ pub fn gateway_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deplo
         format!("--routing-file={ROUTING_MOUNT}/{ROUTING_FILE}"),
         format!("--endpoints-file={ROUTING_MOUNT}/{ENDPOINTS_FILE}"),
         format!("--token-key-file={TOKEN_MOUNT}/{TOKEN_KEY}"),
-        format!("--features-url={}", service_url(p, &object_name(&[&pipeline, "features"]))),
+        format!("--features-url={}", service_url(p, &features_service_name(&pipeline))),
         format!("--deadline-ms={}", spec.deadline_ms),
         format!("--cache-ttl-seconds={}", spec.cache_ttl_seconds),
         format!("--mmr-lambda={}", p.spec.diversity.mmr_lambda),
@@ -362,14 +366,15 @@ pub fn gateway_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deplo
     );
     deployment(
         p,
+        object_name(&[&pipeline, "gateway"]),
         PodPlan {
-            name: object_name(&[&pipeline, "gateway"]),
             component: Component::Gateway,
             version: None,
             settings: &spec.component,
             image: image_of(p, &spec.component, defaults),
             args,
             extra_volumes: vec![routing_volume, token_volume(p)],
+            claim_mounts: Vec::new(),
         },
     )
 }
@@ -406,8 +411,19 @@ fn read_only_volume(name: &str, mount_path: &str, source: Volume) -> (Volume, Vo
     )
 }
 
-/// The feature service Deployment; it also ingests events.
-pub fn features_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deployment {
+/// Name of the volume claim (and mount) of the features pods' data.
+const DATA_CLAIM: &str = "data";
+
+/// Name of the features StatefulSet, short enough for its pods' labels.
+pub fn features_statefulset_name(pipeline: &str) -> String {
+    object_name_within(&[pipeline, "features"], MAX_STATEFULSET)
+}
+
+/// The feature service, which also ingests events: a StatefulSet, so that
+/// each pod keeps its snapshot and event log (the training data) on a
+/// persistent volume of its own across restarts and reschedules, and no two
+/// pods ever write one volume.
+pub fn features_statefulset(p: &RecommenderPipeline, defaults: &Defaults) -> StatefulSet {
     let pipeline = p.name_unchecked();
     let spec = &p.spec.features;
     let mut args = vec![
@@ -423,19 +439,44 @@ pub fn features_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Depl
     args.extend(spec.redis_url.iter().map(|url| format!("--redis-url={url}")));
     args.extend(p.spec.events.kafka_brokers.iter().map(|b| format!("--kafka-brokers={b}")));
     args.extend(p.spec.events.kafka_topic.iter().map(|t| format!("--kafka-topic={t}")));
-    let data = scratch_volume("data", DATA_DIR);
-    deployment(
-        p,
-        PodPlan {
-            name: object_name(&[&pipeline, "features"]),
-            component: Component::Features,
-            version: None,
-            settings: &spec.component,
-            image: image_of(p, &spec.component, defaults),
-            args,
-            extra_volumes: vec![data],
-        },
-    )
+    let plan = PodPlan {
+        component: Component::Features,
+        version: None,
+        settings: &spec.component,
+        image: image_of(p, &spec.component, defaults),
+        args,
+        extra_volumes: Vec::new(),
+        claim_mounts: vec![VolumeMount {
+            name: DATA_CLAIM.to_owned(),
+            mount_path: DATA_DIR.to_owned(),
+            ..Default::default()
+        }],
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some(DATA_CLAIM.to_owned()), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(spec.storage.size.clone()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: metadata(p, features_statefulset_name(&pipeline), Component::Features, None),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.component.replicas.unwrap_or(Component::Features.default_replicas())),
+            selector: pod_selector(p, Component::Features, None),
+            service_name: Some(features_service_name(&pipeline)),
+            template: pod_template(p, plan),
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Retrieval or ranking for one model version.
@@ -482,15 +523,8 @@ pub fn version_deployment(
     let image = v.spec.image.clone().unwrap_or_else(|| image_of(p, settings, defaults));
     deployment(
         p,
-        PodPlan {
-            name: version_object_name(&pipeline, component, &version),
-            component,
-            version: Some(&version),
-            settings,
-            image,
-            args,
-            extra_volumes,
-        },
+        version_object_name(&pipeline, component, &version),
+        PodPlan { component, version: Some(&version), settings, image, args, extra_volumes, claim_mounts: Vec::new() },
     )
 }
 
@@ -504,8 +538,13 @@ pub fn gateway_service_name(p: &RecommenderPipeline) -> String {
     object_name(&[&p.name_any(), "gateway"])
 }
 
+/// Name of the features Service, which gateways call.
+pub fn features_service_name(pipeline: &str) -> String {
+    object_name(&[pipeline, "features"])
+}
+
 pub fn features_service(p: &RecommenderPipeline) -> Service {
-    service(p, object_name(&[&p.name_unchecked(), "features"]), Component::Features, None)
+    service(p, features_service_name(&p.name_unchecked()), Component::Features, None)
 }
 
 pub fn version_service(p: &RecommenderPipeline, version: &str, component: Component) -> Service {
@@ -569,8 +608,31 @@ mod tests {
         )
     }
 
-    fn container(d: &Deployment) -> &Container {
-        &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    /// What has a pod template: Deployments, StatefulSets, templates.
+    trait Workload {
+        fn template(&self) -> &PodTemplateSpec;
+    }
+
+    impl Workload for Deployment {
+        fn template(&self) -> &PodTemplateSpec {
+            &self.spec.as_ref().unwrap().template
+        }
+    }
+
+    impl Workload for StatefulSet {
+        fn template(&self) -> &PodTemplateSpec {
+            &self.spec.as_ref().unwrap().template
+        }
+    }
+
+    impl Workload for PodTemplateSpec {
+        fn template(&self) -> &PodTemplateSpec {
+            self
+        }
+    }
+
+    fn container(w: &impl Workload) -> &Container {
+        &w.template().spec.as_ref().unwrap().containers[0]
     }
 
     #[test]
@@ -620,7 +682,7 @@ mod tests {
         let routing = RoutingTable::default();
         let metas = [
             gateway_deployment(&p, &Defaults::default()).metadata,
-            features_deployment(&p, &Defaults::default()).metadata,
+            features_statefulset(&p, &Defaults::default()).metadata,
             gateway_service(&p).metadata,
             features_service(&p).metadata,
             routing_configmap(&p, &routing, &[]).metadata,
@@ -659,12 +721,12 @@ mod tests {
         assert_eq!(container(&gateway).resources, Some(Component::Gateway.default_resources()));
     }
 
-    fn pod(d: &Deployment) -> &PodSpec {
-        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    fn pod(w: &impl Workload) -> &PodSpec {
+        w.template().spec.as_ref().unwrap()
     }
 
     /// Writable mount paths of a pod's container, and whether its root filesystem is read-only.
-    fn writable_paths(d: &Deployment) -> (Vec<String>, Option<bool>) {
+    fn writable_paths(d: &impl Workload) -> (Vec<String>, Option<bool>) {
         let c = container(d);
         let paths = c.volume_mounts.iter().flatten().filter(|m| m.read_only != Some(true));
         let root = c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem);
@@ -681,7 +743,7 @@ mod tests {
         assert_eq!(writable_paths(&retrieval), tmp_and_data, "the embedded vector index");
         assert!(container(&retrieval).args.as_ref().unwrap().contains(&"--data-dir=/var/lib/reco".to_owned()));
         assert_eq!(
-            writable_paths(&features_deployment(&p, &Defaults::default())),
+            writable_paths(&features_statefulset(&p, &Defaults::default())),
             tmp_and_data,
             "snapshot and event log"
         );
@@ -692,11 +754,18 @@ mod tests {
         let remote = version_deployment(&qdrant, &v, Component::Retrieval, &Defaults::default());
         assert_eq!(writable_paths(&remote), tmp_only, "the index lives in the Qdrant server");
         assert!(!container(&remote).args.as_ref().unwrap().iter().any(|a| a.starts_with("--data-dir")));
-        // Every volume a container mounts is declared once in its pod.
-        for d in
-            [retrieval, features_deployment(&p, &Defaults::default()), gateway_deployment(&p, &Defaults::default())]
-        {
-            let declared: Vec<String> = pod(&d).volumes.iter().flatten().map(|v| v.name.clone()).collect();
+        // Every volume a container mounts is declared once in its pod (or claimed by its StatefulSet).
+        let features = features_statefulset(&p, &Defaults::default());
+        let claims = features.spec.as_ref().unwrap().volume_claim_templates.iter().flatten();
+        let claimed: Vec<String> = claims.filter_map(|c| c.metadata.name.clone()).collect();
+        assert_eq!(claimed, ["data"]);
+        for (d, claimed) in [
+            (retrieval.template().clone(), &[][..]),
+            (features.template().clone(), &claimed[..]),
+            (gateway_deployment(&p, &Defaults::default()).template().clone(), &[]),
+        ] {
+            let mut declared: Vec<String> = pod(&d).volumes.iter().flatten().map(|v| v.name.clone()).collect();
+            declared.extend(claimed.iter().cloned());
             let mounted: Vec<String> = container(&d).volume_mounts.iter().flatten().map(|m| m.name.clone()).collect();
             assert_eq!(declared, mounted);
             assert_eq!(pod(&d).security_context.as_ref().unwrap().fs_group, Some(SERVICES_GID));
@@ -706,21 +775,21 @@ mod tests {
     #[test]
     fn liveness_waits_for_a_startup_long_enough_to_index_a_large_catalogue() {
         let p = pipeline(serde_json::json!({"ranking": {"startupTimeoutSeconds": 95}}));
-        let startup_window = |d: &Deployment| {
+        let startup_window = |d: &PodTemplateSpec| {
             let probe = container(d).startup_probe.clone().expect("a startup probe");
             assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/healthz"));
             probe.period_seconds.unwrap() * probe.failure_threshold.unwrap()
         };
         let v = version("v1", None);
         assert_eq!(
-            startup_window(&version_deployment(&p, &v, Component::Retrieval, &Defaults::default())),
+            startup_window(version_deployment(&p, &v, Component::Retrieval, &Defaults::default()).template()),
             1800,
             "30 minutes"
         );
-        assert_eq!(startup_window(&features_deployment(&p, &Defaults::default())), 1800);
-        assert_eq!(startup_window(&gateway_deployment(&p, &Defaults::default())), 300);
+        assert_eq!(startup_window(features_statefulset(&p, &Defaults::default()).template()), 1800);
+        assert_eq!(startup_window(gateway_deployment(&p, &Defaults::default()).template()), 300);
         assert_eq!(
-            startup_window(&version_deployment(&p, &v, Component::Ranking, &Defaults::default())),
+            startup_window(version_deployment(&p, &v, Component::Ranking, &Defaults::default()).template()),
             100,
             "95 s, rounded up"
         );
@@ -735,13 +804,13 @@ mod tests {
         let p = pipeline(serde_json::json!({}));
         let v = version("v1", None);
         let all = [
-            gateway_deployment(&p, &Defaults::default()),
-            features_deployment(&p, &Defaults::default()),
-            version_deployment(&p, &v, Component::Retrieval, &Defaults::default()),
-            version_deployment(&p, &v, Component::Ranking, &Defaults::default()),
+            gateway_deployment(&p, &Defaults::default()).template().clone(),
+            features_statefulset(&p, &Defaults::default()).template().clone(),
+            version_deployment(&p, &v, Component::Retrieval, &Defaults::default()).template().clone(),
+            version_deployment(&p, &v, Component::Ranking, &Defaults::default()).template().clone(),
         ];
         for d in all {
-            let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+            let template = d.metadata.clone().unwrap();
             let annotations = template.annotations.unwrap_or_default();
             assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"));
             assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"));
@@ -757,9 +826,9 @@ mod tests {
         let defaults = Defaults { services_image: "mirror.example/reco:2.0.0".into() };
         let v = version("v1", None);
         for d in [
-            gateway_deployment(&p, &defaults),
-            features_deployment(&p, &defaults),
-            version_deployment(&p, &v, Component::Retrieval, &defaults),
+            gateway_deployment(&p, &defaults).template().clone(),
+            features_statefulset(&p, &defaults).template().clone(),
+            version_deployment(&p, &v, Component::Retrieval, &defaults).template().clone(),
         ] {
             assert_eq!(container(&d).image.as_deref(), Some("mirror.example/reco:2.0.0"));
         }
@@ -771,6 +840,43 @@ mod tests {
         );
         // Nothing of the default is written into the spec.
         assert_eq!(serde_json::to_value(&p.spec).unwrap().get("image"), None);
+    }
+
+    #[test]
+    fn features_keep_their_data_on_a_persistent_volume_per_pod() {
+        let p = pipeline(serde_json::json!({}));
+        let sts = features_statefulset(&p, &Defaults::default());
+        assert_eq!(sts.metadata.name.as_deref(), Some("explore-features"));
+        assert_eq!(sts.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("explore-features"));
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(features_service(&p).spec.unwrap().selector.as_ref(), Some(selector));
+        let claims = spec.volume_claim_templates.as_ref().unwrap();
+        let claim = claims[0].spec.as_ref().unwrap();
+        assert_eq!(claim.access_modes.as_deref(), Some(&["ReadWriteOnce".to_owned()][..]), "one writer per volume");
+        assert_eq!(claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"], Quantity("10Gi".into()));
+        assert_eq!(claim.storage_class_name, None, "the cluster's default class");
+        let mount = container(&sts).volume_mounts.iter().flatten().find(|m| m.name == "data").unwrap();
+        assert_eq!(mount.mount_path, "/var/lib/reco");
+        assert!(container(&sts).args.as_ref().unwrap().contains(&"--data-dir=/var/lib/reco".to_owned()));
+        assert!(pod(&sts).volumes.iter().flatten().all(|v| v.name != "data"), "no emptyDir shadows the claim");
+
+        let sized =
+            pipeline(serde_json::json!({"features": {"storage": {"size": "50Gi", "storageClassName": "fast"}}}));
+        let sts = features_statefulset(&sized, &Defaults::default());
+        let claim = sts.spec.unwrap().volume_claim_templates.unwrap().remove(0).spec.unwrap();
+        assert_eq!(claim.resources.unwrap().requests.unwrap()["storage"], Quantity("50Gi".into()));
+        assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+
+        // A long pipeline name still leaves room for the pods' controller-revision-hash label.
+        let mut long = pipeline(serde_json::json!({}));
+        long.metadata.name = Some("a".repeat(60));
+        let name = features_statefulset(&long, &Defaults::default()).metadata.name.unwrap();
+        assert!(name.len() <= MAX_STATEFULSET, "{name}");
     }
 
     #[test]

@@ -29,6 +29,14 @@ async fn a_pipeline_creates_its_objects_and_status() {
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn an_upgrade_replaces_the_features_deployment() {
+    let s = Scenario::real_cluster().await;
+    scenarios::an_upgrade_replaces_the_features_deployment(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
 async fn a_better_version_is_promoted_through_every_step() {
     let s = Scenario::real_cluster().await;
     scenarios::a_better_version_is_promoted_through_every_step(&s).await;

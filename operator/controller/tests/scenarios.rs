@@ -16,6 +16,11 @@ async fn a_pipeline_creates_its_objects_and_status() {
 }
 
 #[tokio::test]
+async fn an_upgrade_replaces_the_features_deployment() {
+    scenarios::an_upgrade_replaces_the_features_deployment(&Scenario::start().await).await;
+}
+
+#[tokio::test]
 async fn a_better_version_is_promoted_through_every_step() {
     scenarios::a_better_version_is_promoted_through_every_step(&Scenario::start().await).await;
 }

@@ -818,6 +818,10 @@ async fn expired_continue_tokens_and_cleared_failures() -> TestResult {
         .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment"))
         .ok_or("apps/v1 Deployment not discovered")?;
     assert_eq!((resource.plural.as_str(), capabilities.scope), ("deployments", kube::discovery::Scope::Namespaced));
+    let (resource, _) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "StatefulSet"))
+        .ok_or("apps/v1 StatefulSet not discovered")?;
+    assert_eq!(resource.plural, "statefulsets");
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -77,12 +77,53 @@ pub async fn a_pipeline_creates_its_objects_and_status(s: &Scenario) {
     let services: Api<Service> = Api::namespaced(s.client.clone(), &s.namespace);
     assert!(services.get("explore-gateway").await.is_ok());
     assert!(services.get("explore-features").await.is_ok());
-    assert!(deployments.get("explore-features").await.is_ok());
+    // Features keep their snapshot and event log on a volume per pod.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(s.client.clone(), &s.namespace);
+    let features = statefulsets.get("explore-features").await.expect("features StatefulSet");
+    assert_eq!(features.metadata.owner_references.as_ref().expect("owner")[0].uid, pipeline.uid().unwrap());
+    let claims = features.spec.as_ref().unwrap().volume_claim_templates.clone().unwrap_or_default();
+    assert_eq!(claims.iter().filter_map(|c| c.metadata.name.as_deref()).collect::<Vec<_>>(), ["data"]);
+    assert!(deployments.get("explore-features").await.is_err(), "no features Deployment");
 
     // Only the operator's field manager owns what it applied.
     let managers: Vec<String> =
         gateway.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
     assert_eq!(managers, ["reco-operator"]);
+}
+
+/// An operator upgrade from the features Deployment (on an emptyDir) to the
+/// StatefulSet: the Deployment goes, so that one kind of pod takes events.
+pub async fn an_upgrade_replaces_the_features_deployment(s: &Scenario) {
+    let pipeline = s.create_pipeline(fast_pipeline("explore")).await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    let labels = json!({
+        "app.kubernetes.io/name": "reco", "app.kubernetes.io/instance": "explore",
+        "app.kubernetes.io/component": "features", "reco.seed.dev/pipeline": "explore",
+        "app.kubernetes.io/managed-by": "reco-operator",
+    });
+    let legacy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "explore-features", "labels": labels, "ownerReferences": [{
+            "apiVersion": "reco.seed.dev/v1alpha1", "kind": "RecommenderPipeline", "name": "explore",
+            "uid": pipeline.uid().unwrap(), "controller": true,
+        }]},
+        "spec": {
+            "selector": {"matchLabels": {"reco.seed.dev/pipeline": "explore", "app.kubernetes.io/component": "features"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "features", "image": "ghcr.io/reco-seed/reco:0.1.0"}]},
+            },
+        },
+    }))
+    .unwrap();
+    deployments.create(&PostParams::default(), &legacy).await.unwrap();
+    let _operator = Operator::start(s).await;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(s.client.clone(), &s.namespace);
+    s.eventually("the features StatefulSet", || async { statefulsets.get("explore-features").await.ok() }).await;
+    s.eventually("the features Deployment deleted", || async {
+        deployments.get("explore-features").await.is_err().then_some(())
+    })
+    .await;
+    assert!(deployments.get("explore-gateway").await.is_ok(), "other Deployments stay");
 }
 
 pub async fn a_better_version_is_promoted_through_every_step(s: &Scenario) {
