@@ -24,11 +24,23 @@ pub enum NameError {
         dots = if *.dots { " or '.'" } else { "" }
     )]
     Characters { name: String, dots: bool },
+    #[error("{name:?} must start with a lower-case letter")]
+    LeadingDigit { name: String },
 }
 
 /// A DNS-1123 label: at most 63 of `[a-z0-9-]`, starting and ending alphanumeric.
 pub fn check_label(name: &str) -> Result<(), NameError> {
     check(name, MAX_LABEL, false)
+}
+
+/// A DNS-1035 label, what a Service name must be: a DNS-1123 label that
+/// starts with a letter.
+pub fn check_service_name(name: &str) -> Result<(), NameError> {
+    check_label(name)?;
+    match name.bytes().next().is_some_and(|b| b.is_ascii_lowercase()) {
+        true => Ok(()),
+        false => Err(NameError::LeadingDigit { name: name.to_owned() }),
+    }
 }
 
 /// A DNS-1123 subdomain: at most 253 characters, dot-separated labels.
@@ -91,6 +103,17 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "v2.1", "a_b", "é", &"a".repeat(64)] {
             assert!(check_label(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn service_names_start_with_a_letter() {
+        assert_eq!(check_service_name("explore-gateway"), Ok(()));
+        assert_eq!(
+            check_service_name("2024-gateway").unwrap_err().to_string(),
+            "\"2024-gateway\" must start with a lower-case letter"
+        );
+        assert!(matches!(check_service_name("a.b"), Err(NameError::Characters { .. })));
+        assert!(matches!(check_service_name(""), Err(NameError::Empty { .. })));
     }
 
     #[test]

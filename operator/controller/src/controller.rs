@@ -35,6 +35,7 @@ use crate::resources::{self, Component};
 use crate::sources::MetricSources;
 use crate::status::{self, Look, Observed};
 use crate::telemetry::OperatorMetrics;
+use crate::validation;
 
 const CONTROLLER: &str = "recommenderpipeline";
 /// How long to wait before looking at an invalid spec again; a fix to the
@@ -286,8 +287,10 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     let now = Timestamp::now();
     let previous = p.status.clone().unwrap_or_default();
 
-    let (policy, interval) = match rollout_policy(&p.spec).and_then(|policy| Ok((policy, analysis_interval(&p.spec)?)))
-    {
+    let valid = validation::check_pipeline(p)
+        .and_then(|()| rollout_policy(&p.spec))
+        .and_then(|policy| Ok((policy, analysis_interval(&p.spec)?)));
+    let (policy, interval) = match valid {
         Ok(valid) => valid,
         Err(invalid) => return report_invalid_spec(p, ctx, previous, &invalid, now).await,
     };

@@ -12,8 +12,11 @@ use kube::ResourceExt;
 use reco_api::{ABORT_ANNOTATION, ModelVersion, PROMOTE_ANNOTATION};
 use reco_rollout::{Command, Decision, VersionInfo};
 
-/// The engine's view of a ModelVersion: broken when its pods cannot start,
-/// commanded through the promote/abort annotations.
+use crate::validation;
+
+/// The engine's view of a ModelVersion: broken when its name cannot name its
+/// objects or its pods cannot start (the engine never starts a broken
+/// version), commanded through the promote/abort annotations.
 pub fn version_info(v: &ModelVersion, deployments: &[Arc<Deployment>]) -> VersionInfo {
     let annotations = v.annotations();
     let command = if annotations.get(ABORT_ANNOTATION).is_some_and(|a| a == "true") {
@@ -27,7 +30,8 @@ pub fn version_info(v: &ModelVersion, deployments: &[Arc<Deployment>]) -> Versio
         name: v.name_any(),
         created: v.metadata.creation_timestamp.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
         offline_metrics: v.spec.offline_metrics.clone(),
-        broken: deployment_failure(&v.name_any(), deployments),
+        broken: validation::version_name_problem(&v.spec.pipeline, &v.name_any())
+            .or_else(|| deployment_failure(&v.name_any(), deployments)),
         command,
     }
 }

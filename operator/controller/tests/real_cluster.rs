@@ -69,6 +69,14 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn invalid_names_are_refused_before_anything_is_written() {
+    let s = Scenario::real_cluster().await;
+    scenarios::invalid_names_are_refused_before_anything_is_written(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
 async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
     let s = Scenario::real_cluster().await;
     scenarios::a_version_that_leaves_the_pipeline_loses_its_objects(&s).await;

@@ -46,6 +46,11 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn invalid_names_are_refused_before_anything_is_written() {
+    scenarios::invalid_names_are_refused_before_anything_is_written(&Scenario::start().await).await;
+}
+
+#[tokio::test]
 async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
     scenarios::a_version_that_leaves_the_pipeline_loses_its_objects(&Scenario::start().await).await;
 }

@@ -886,3 +886,19 @@ async fn event_recorder_creates_then_patches_a_series() -> TestResult {
     ]));
     Ok(())
 }
+
+/// Names follow the API server's subdomain rule: 253 characters in all, with
+/// no limit on a dot-separated part.
+#[tokio::test]
+async fn names_are_checked_as_the_api_server_checks_them() -> TestResult {
+    let server = TestApiServer::start().await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(server.client(), NAMESPACE);
+    for good in ["a".repeat(70), "v2.1".to_owned(), format!("{}.b", "a".repeat(200))] {
+        config_maps.create(&PostParams::default(), &config_map(&good, &[], &[])).await?;
+    }
+    for bad in ["Upper".to_owned(), "a..b".to_owned(), "-a".to_owned(), "a".repeat(254)] {
+        let refused = config_maps.create(&PostParams::default(), &config_map(&bad, &[], &[])).await;
+        assert_eq!(api_code(refused), Some((422, "Invalid".to_owned())), "{bad}");
+    }
+    Ok(())
+}

@@ -260,6 +260,49 @@ pub async fn an_invalid_spec_is_reported_and_changes_nothing(s: &Scenario) {
     assert!(configmaps.get("broken-routing").await.is_err(), "nothing applied for an invalid spec");
 }
 
+/// Names Kubernetes accepts for the custom resources (DNS subdomains) but
+/// that cannot name a Service or be a label value are refused before any
+/// object is written, naming the field; stable serves on.
+pub async fn invalid_names_are_refused_before_anything_is_written(s: &Scenario) {
+    let _operator = Operator::start(s).await;
+    s.create_pipeline(fast_pipeline("ex.plore")).await;
+    let condition = s
+        .eventually("InvalidSpec for the pipeline name", || async {
+            let status = s.pipelines().get("ex.plore").await.ok()?.status?;
+            status.conditions.into_iter().find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+        })
+        .await;
+    assert_eq!(condition.status, "False");
+    assert!(condition.message.starts_with("metadata.name: "), "{}", condition.message);
+
+    s.create_pipeline(fast_pipeline("explore")).await;
+    s.metrics.set_ctr("v1", 0.05);
+    s.create_version(model_version("explore", "v1")).await;
+    s.wait_for_phase("v1", VersionPhase::Stable).await;
+    let long = "v".repeat(70);
+    for bad in ["v2.1", long.as_str()] {
+        s.create_version(model_version("explore", bad)).await;
+        let status = s
+            .eventually(&format!("the status of version {bad}"), || async {
+                let status = s.versions().get(bad).await.ok()?.status?;
+                status.reason.as_ref().is_some_and(|r| r.contains("metadata.name")).then_some(status)
+            })
+            .await;
+        assert_eq!(status.phase, Some(VersionPhase::Pending), "never rolled out: {status:?}");
+    }
+    assert_eq!(s.version("v1").await.status.unwrap().phase, Some(VersionPhase::Stable));
+    let routing = s.routing("explore").await;
+    assert_eq!(routing.versions.iter().map(|v| (v.name.as_str(), v.weight)).collect::<Vec<_>>(), [("v1", 100)]);
+    assert_eq!(routing.shadow, None);
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    let mut names: Vec<String> =
+        deployments.list(&Default::default()).await.unwrap().items.iter().map(|d| d.name_any()).collect();
+    names.sort();
+    assert_eq!(names, ["explore-gateway", "explore-ranking-v1", "explore-retrieval-v1"], "nothing for the bad names");
+    let configmaps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.namespace);
+    assert!(configmaps.get("ex.plore-routing").await.is_err(), "nothing applied for an invalid pipeline name");
+}
+
 pub async fn a_version_that_leaves_the_pipeline_loses_its_objects(s: &Scenario) {
     let _operator = v1_stable_and_v2_in_a_long_shadow(s).await;
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
