@@ -348,12 +348,29 @@ pub struct RolloutSpec {
     /// Offline check against stable before any live traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_gate: Option<OfflineGateSpec>,
+    /// How long a version that left the routing (retired, rolled back,
+    /// failed or deleted) keeps its Services and Deployments before they are
+    /// deleted: gateways route by the routing ConfigMap they last read, and
+    /// the kubelet takes a minute or more to update a mounted ConfigMap.
+    /// `0s` deletes them at once. Default `2m`.
+    #[serde(default = "default_scale_down_delay")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub scale_down_delay: String,
 }
 
 impl Default for RolloutSpec {
     fn default() -> Self {
-        Self { steps: default_steps(), analysis: AnalysisSpec::default(), offline_gate: None }
+        Self {
+            steps: default_steps(),
+            analysis: AnalysisSpec::default(),
+            offline_gate: None,
+            scale_down_delay: default_scale_down_delay(),
+        }
     }
+}
+
+fn default_scale_down_delay() -> String {
+    "2m".to_owned()
 }
 
 /// The steps of `RolloutPolicy::recommended()`, whose error rates were

@@ -30,7 +30,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::observed;
-use crate::policy::{InvalidSpec, analysis_interval, rollout_policy};
+use crate::policy::{InvalidSpec, analysis_interval, rollout_policy, scale_down_delay};
 use crate::resources::{self, Component};
 use crate::sources::MetricSources;
 use crate::status::{self, Look, Observed};
@@ -289,8 +289,8 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
 
     let valid = validation::check_pipeline(p)
         .and_then(|()| rollout_policy(&p.spec))
-        .and_then(|policy| Ok((policy, analysis_interval(&p.spec)?)));
-    let (policy, interval) = match valid {
+        .and_then(|policy| Ok((policy, analysis_interval(&p.spec)?, scale_down_delay(&p.spec)?)));
+    let (policy, interval, drain_delay) = match valid {
         Ok(valid) => valid,
         Err(invalid) => return report_invalid_spec(p, ctx, previous, &invalid, now).await,
     };
@@ -339,7 +339,9 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
 
     let serving = observed::serving_versions(&decision);
     apply_objects(p, ctx, &namespace, &decision, &versions, &serving).await?;
-    delete_retired_objects(ctx, &namespace, &deployments, &services, &serving).await?;
+    let draining = observed::draining_versions(&decision.state.history, &serving, drain_delay, now);
+    let keep: BTreeSet<String> = serving.iter().chain(draining.keys()).cloned().collect();
+    delete_retired_objects(ctx, &namespace, &deployments, &services, &keep).await?;
 
     for transition in &decision.transitions {
         announce(p, ctx, &versions, transition).await;
@@ -363,8 +365,11 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     if decision.state.candidate.is_none() {
         ctx.sources.release(p);
     }
-    let requeue =
+    let mut requeue =
         if decision.state.candidate.is_some() { decision.requeue_after.min(interval) } else { decision.requeue_after };
+    if let Some(drained) = observed::next_drain(&draining, now) {
+        requeue = requeue.min(drained);
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -525,18 +530,19 @@ async fn create_token_secret(p: &RecommenderPipeline, ctx: &Context, namespace: 
     Ok(())
 }
 
-/// Removes the per-version objects of versions that no longer serve, and
-/// the features Deployment of operators before the StatefulSet, which would
-/// otherwise take a share of the events on a volume lost at its next restart.
+/// Removes the per-version objects of versions not in `keep` (serving or
+/// draining), and the features Deployment of operators before the
+/// StatefulSet, which would otherwise take a share of the events on a volume
+/// lost at its next restart.
 async fn delete_retired_objects(
     ctx: &Context,
     namespace: &str,
     deployments: &[Arc<Deployment>],
     services: &[Arc<PartialObjectMeta<Service>>],
-    serving: &BTreeSet<String>,
+    keep: &BTreeSet<String>,
 ) -> Result<(), Error> {
     let retired = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.labels.as_ref().and_then(|l| l.get(reco_api::VERSION_LABEL)).is_some_and(|v| !serving.contains(v))
+        meta.labels.as_ref().and_then(|l| l.get(reco_api::VERSION_LABEL)).is_some_and(|v| !keep.contains(v))
     };
     let features = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         meta.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")).map(String::as_str)

@@ -85,6 +85,14 @@ async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn a_version_that_left_the_routing_drains_before_its_objects_go() {
+    let s = Scenario::real_cluster().await;
+    scenarios::a_version_that_left_the_routing_drains_before_its_objects_go(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
 async fn the_abort_annotation_rolls_back_at_once() {
     let s = Scenario::real_cluster().await;
     scenarios::the_abort_annotation_rolls_back_at_once(&s).await;

@@ -56,6 +56,11 @@ async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
 }
 
 #[tokio::test]
+async fn a_version_that_left_the_routing_drains_before_its_objects_go() {
+    scenarios::a_version_that_left_the_routing_drains_before_its_objects_go(&Scenario::start().await).await;
+}
+
+#[tokio::test]
 async fn the_abort_annotation_rolls_back_at_once() {
     scenarios::the_abort_annotation_rolls_back_at_once(&Scenario::start().await).await;
 }

@@ -167,7 +167,8 @@ where
     }
 }
 
-/// A pipeline whose steps take about a second each: shadow, canary 10%, canary 50%.
+/// A pipeline whose steps take about a second each: shadow, canary 10%,
+/// canary 50%; a version that leaves the routing keeps its objects for 1 s.
 pub fn fast_pipeline(name: &str) -> Value {
     json!({
         "apiVersion": "reco.seed.dev/v1alpha1",
@@ -181,6 +182,7 @@ pub fn fast_pipeline(name: &str) -> Value {
                     {"canary": {"weight": 50, "minImpressions": 2000, "maxDuration": "5m"}},
                 ],
                 "analysis": {"interval": "200ms"},
+                "scaleDownDelay": "1s",
             },
         },
     })

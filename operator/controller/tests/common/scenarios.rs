@@ -320,6 +320,43 @@ pub async fn a_version_that_leaves_the_pipeline_loses_its_objects(s: &Scenario) 
     assert!(deployments.get("explore-retrieval-v1").await.is_ok(), "stable keeps its pods");
 }
 
+/// A rolled-back version's Services and Deployments outlive the routing
+/// that named it by `scaleDownDelay`, for gateways that have not reloaded it
+/// yet, and then go.
+pub async fn a_version_that_left_the_routing_drains_before_its_objects_go(s: &Scenario) {
+    let mut pipeline = fast_pipeline("explore");
+    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
+    pipeline["spec"]["rollout"]["scaleDownDelay"] = json!("4s");
+    s.create_pipeline(pipeline).await;
+    let _operator = Operator::start(s).await;
+    s.metrics.set_ctr("v1", 0.05);
+    s.create_version(model_version("explore", "v1")).await;
+    s.wait_for_phase("v1", VersionPhase::Stable).await;
+    s.create_version(model_version("explore", "v2")).await;
+    s.wait_for_phase("v2", VersionPhase::Shadow).await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    let services: Api<Service> = Api::namespaced(s.client.clone(), &s.namespace);
+    s.eventually("shadow pods", || async { deployments.get("explore-ranking-v2").await.ok() }).await;
+
+    annotate(s, "v2", json!({"reco.seed.dev/abort": "true"})).await;
+    s.wait_for_phase("v2", VersionPhase::RolledBack).await;
+    assert_eq!(s.routing("explore").await.shadow, None, "the routing no longer names v2");
+    let gone_at = s
+        .eventually("v2 objects removed after the delay", || async {
+            let gone = deployments.get("explore-ranking-v2").await.is_err()
+                && deployments.get("explore-retrieval-v2").await.is_err()
+                && services.get("explore-ranking-v2").await.is_err()
+                && services.get("explore-retrieval-v2").await.is_err();
+            gone.then(jiff::Timestamp::now)
+        })
+        .await;
+    let status = s.pipelines().get("explore").await.unwrap().status.unwrap();
+    let left = status.history.iter().rev().find(|t| t.version == "v2" && t.to == VersionPhase::RolledBack).unwrap();
+    let kept = gone_at.duration_since(left.time.0);
+    assert!(kept >= jiff::SignedDuration::from_secs(4), "v2's objects went {kept:?} after it left the routing");
+    assert!(deployments.get("explore-retrieval-v1").await.is_ok(), "stable keeps its pods");
+}
+
 pub async fn the_abort_annotation_rolls_back_at_once(s: &Scenario) {
     let _operator = v1_stable_and_v2_in_a_long_shadow(s).await;
     annotate(s, "v2", json!({"reco.seed.dev/abort": "true"})).await;
