@@ -69,7 +69,7 @@ fn every_overlay_renders_valid_objects_of_the_expected_kinds() {
         let leader_election = env.iter().find(|e| e["name"] == "RECO_LEADER_ELECTION").unwrap();
         assert_eq!(leader_election["value"], overlay.leader_election, "{}", overlay.dir);
         let services_image = env.iter().find(|e| e["name"] == "RECO_SERVICES_IMAGE").unwrap();
-        assert_eq!(services_image["value"], reco_operator::resources::DEFAULT_SERVICES_IMAGE, "{}", overlay.dir);
+        assert_eq!(services_image["value"], "ghcr.io/reco-seed/reco:0.1.0", "{}: the chart's default", overlay.dir);
     }
 }
 
