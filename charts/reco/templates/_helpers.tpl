@@ -49,6 +49,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The services image: repository:tag, or repository:tag@digest when a digest is set. */}}
+{{- define "reco.servicesImage" -}}
+{{- $tag := default .Chart.AppVersion .Values.servicesImage.tag }}
+{{- if .Values.servicesImage.digest }}
+{{- printf "%s:%s@%s" .Values.servicesImage.repository $tag .Values.servicesImage.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.servicesImage.repository $tag }}
+{{- end }}
+{{- end }}
+
 {{/*
 The rules the operator needs in every namespace it manages: exactly the API
 calls it makes (tests/packaging/fixtures/operator-rbac.yaml lists them).
@@ -65,6 +75,10 @@ Leases are separate: they live in the release namespace only.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The features StatefulSet: never deleted by the operator (garbage collection does).
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

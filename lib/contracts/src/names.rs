@@ -8,6 +8,9 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const MAX_LABEL: usize = 63;
 /// Longest DNS-1123 subdomain: most other object names.
 pub const MAX_SUBDOMAIN: usize = 253;
+/// Longest StatefulSet name: its pods carry a `controller-revision-hash`
+/// label of the name and an 11-character suffix, which must stay a label.
+pub const MAX_STATEFULSET: usize = MAX_LABEL - 11;
 
 /// Why a name breaks a DNS-1123 rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -21,11 +24,23 @@ pub enum NameError {
         dots = if *.dots { " or '.'" } else { "" }
     )]
     Characters { name: String, dots: bool },
+    #[error("{name:?} must start with a lower-case letter")]
+    LeadingDigit { name: String },
 }
 
 /// A DNS-1123 label: at most 63 of `[a-z0-9-]`, starting and ending alphanumeric.
 pub fn check_label(name: &str) -> Result<(), NameError> {
     check(name, MAX_LABEL, false)
+}
+
+/// A DNS-1035 label, what a Service name must be: a DNS-1123 label that
+/// starts with a letter.
+pub fn check_service_name(name: &str) -> Result<(), NameError> {
+    check_label(name)?;
+    match name.bytes().next().is_some_and(|b| b.is_ascii_lowercase()) {
+        true => Ok(()),
+        false => Err(NameError::LeadingDigit { name: name.to_owned() }),
+    }
 }
 
 /// A DNS-1123 subdomain: at most 253 characters, dot-separated labels.
@@ -58,12 +73,18 @@ fn check(name: &str, max: usize, dots: bool) -> Result<(), NameError> {
 /// first 54 and ends with 8 hex digits of a hash of the whole, so two long
 /// names that share a prefix still differ.
 pub fn object_name(parts: &[&str]) -> String {
+    object_name_within(parts, MAX_LABEL)
+}
+
+/// [`object_name`] cut to at most `max` characters (at least 10), for
+/// objects whose names other names are made of (a StatefulSet's pods).
+pub fn object_name_within(parts: &[&str], max: usize) -> String {
     let full = parts.join("-").to_lowercase();
-    if full.len() <= MAX_LABEL {
+    if full.len() <= max {
         return full;
     }
     let suffix = format!("{:08x}", xxh3_64(full.as_bytes()) as u32);
-    let mut cut = MAX_LABEL - suffix.len() - 1;
+    let mut cut = max.saturating_sub(suffix.len() + 1);
     while !full.is_char_boundary(cut) {
         cut -= 1;
     }
@@ -82,6 +103,17 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "v2.1", "a_b", "é", &"a".repeat(64)] {
             assert!(check_label(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn service_names_start_with_a_letter() {
+        assert_eq!(check_service_name("explore-gateway"), Ok(()));
+        assert_eq!(
+            check_service_name("2024-gateway").unwrap_err().to_string(),
+            "\"2024-gateway\" must start with a lower-case letter"
+        );
+        assert!(matches!(check_service_name("a.b"), Err(NameError::Characters { .. })));
+        assert!(matches!(check_service_name(""), Err(NameError::Empty { .. })));
     }
 
     #[test]
@@ -117,5 +149,14 @@ mod tests {
         assert_eq!(check_label(&two), Ok(()));
         assert_eq!(object_name(&["home", "retrieval", &long]), one, "stable");
         assert_eq!(object_name(&["Explore", "Gateway"]), "explore-gateway");
+    }
+
+    #[test]
+    fn statefulset_names_leave_room_for_the_revision_label() {
+        let name = object_name_within(&[&"x".repeat(50), "features"], MAX_STATEFULSET);
+        assert_eq!(name.len(), MAX_STATEFULSET);
+        assert_eq!(check_label(&format!("{name}-7d9f8c6b5d")), Ok(()), "the controller-revision-hash label");
+        assert_eq!(object_name_within(&["explore", "features"], MAX_STATEFULSET), "explore-features");
+        assert_ne!(name, object_name_within(&[&"x".repeat(51), "features"], MAX_STATEFULSET));
     }
 }

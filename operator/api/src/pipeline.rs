@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::RecommenderPipelineStatus;
 
-/// Image of the reco services when the pipeline names none.
-pub const DEFAULT_SERVICES_IMAGE: &str = "ghcr.io/reco-seed/reco:0.1.0";
-
 /// A recommender: gateway, feature service, and per-model-version retrieval
 /// and ranking, plus the policy that rolls new ModelVersions out through
 /// shadow and canary steps on live click-through rate.
@@ -43,9 +40,12 @@ pub struct RecommenderPipelineSpec {
     #[serde(default)]
     pub paused: bool,
     /// Image of the reco services, used by every component that names none.
-    #[serde(default = "default_image")]
+    /// Default: the operator's `--services-image`, the services release
+    /// matching the operator, so that upgrading the operator moves every
+    /// pipeline that sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.size() > 0 && !self.endsWith(':latest')").message("image must be set and pinned to a tag or digest other than latest"))]
-    pub image: String,
+    pub image: Option<String>,
     #[serde(default)]
     pub gateway: GatewaySpec,
     #[serde(default)]
@@ -62,10 +62,6 @@ pub struct RecommenderPipelineSpec {
     pub rollout: RolloutSpec,
 }
 
-fn default_image() -> String {
-    DEFAULT_SERVICES_IMAGE.to_owned()
-}
-
 /// Settings shared by every deployed component.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +76,12 @@ pub struct ComponentSpec {
     /// CPU and memory requests and limits. Defaults are set per component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// How long a pod may take to start answering, in seconds, before it is
+    /// restarted; liveness is checked only after. Loading and indexing a
+    /// large catalogue takes minutes. Default 1800 (300 for the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub startup_timeout_seconds: Option<u32>,
 }
 
 /// The gateway: the HTTP/JSON entry point of clients.
@@ -140,10 +142,13 @@ pub enum FeatureBackend {
     Redis,
 }
 
-/// The online feature service, which also ingests events.
+/// The online feature service, which also ingests events. It runs as a
+/// StatefulSet: each pod writes its snapshot and event log to a volume of
+/// its own.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.backend != 'Redis' || has(self.redisUrl)").message("redisUrl is required when backend is Redis"))]
+#[x_kube(validation = Rule::new("self.backend != 'Embedded' || !has(self.replicas) || self.replicas <= 1").message("replicas must be at most 1 with the Embedded backend, which keeps each user's features in one pod; use backend Redis to scale out"))]
 pub struct FeaturesSpec {
     #[serde(flatten)]
     pub component: ComponentSpec,
@@ -152,6 +157,36 @@ pub struct FeaturesSpec {
     /// Redis address, e.g. `redis://redis.reco.svc:6379`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    #[serde(default)]
+    pub storage: FeaturesStorage,
+}
+
+/// The persistent volume of each features pod, for its snapshot and event
+/// log (the training data). Fixed at creation, like a StatefulSet's volume
+/// claims; the volumes outlive the pipeline (delete the PersistentVolumeClaims
+/// `data-<pipeline>-features-<n>` to free them).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("storage cannot change once created: a StatefulSet's volume claims are fixed"))]
+pub struct FeaturesStorage {
+    /// Size of each volume, a Kubernetes quantity such as `10Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+    /// StorageClass of the volumes. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for FeaturesStorage {
+    fn default() -> Self {
+        Self { size: default_storage_size(), storage_class_name: None }
+    }
+}
+
+fn default_storage_size() -> String {
+    "10Gi".to_owned()
 }
 
 /// Where item embeddings are searched.
@@ -313,12 +348,29 @@ pub struct RolloutSpec {
     /// Offline check against stable before any live traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_gate: Option<OfflineGateSpec>,
+    /// How long a version that left the routing (retired, rolled back,
+    /// failed or deleted) keeps its Services and Deployments before they are
+    /// deleted: gateways route by the routing ConfigMap they last read, and
+    /// the kubelet takes a minute or more to update a mounted ConfigMap.
+    /// `0s` deletes them at once. Default `2m`.
+    #[serde(default = "default_scale_down_delay")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub scale_down_delay: String,
 }
 
 impl Default for RolloutSpec {
     fn default() -> Self {
-        Self { steps: default_steps(), analysis: AnalysisSpec::default(), offline_gate: None }
+        Self {
+            steps: default_steps(),
+            analysis: AnalysisSpec::default(),
+            offline_gate: None,
+            scale_down_delay: default_scale_down_delay(),
+        }
     }
+}
+
+fn default_scale_down_delay() -> String {
+    "2m".to_owned()
 }
 
 /// The steps of `RolloutPolicy::recommended()`, whose error rates were

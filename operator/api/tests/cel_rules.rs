@@ -108,6 +108,24 @@ fn pipeline_rules_accept_good_specs_and_name_bad_ones() {
             Some("image must be set and pinned to a tag or digest other than latest"),
         ),
         (
+            "empty image",
+            json!({"image": ""}),
+            Some("image must be set and pinned to a tag or digest other than latest"),
+        ),
+        ("pinned image", json!({"image": "ghcr.io/reco-seed/reco:0.2.0"}), None),
+        (
+            "two embedded feature stores",
+            json!({"features": {"replicas": 2}}),
+            Some(
+                "replicas must be at most 1 with the Embedded backend, which keeps each user's features in one pod; use backend Redis to scale out",
+            ),
+        ),
+        (
+            "two features pods on Redis",
+            json!({"features": {"replicas": 2, "backend": "Redis", "redisUrl": "redis://redis:6379"}}),
+            None,
+        ),
+        (
             "gate regression of 1",
             json!({"rollout": {"offlineGate": {"metric": "ndcg@10", "maxRegression": 1.0}}}),
             Some("maxRegression must be in [0, 1)"),
@@ -135,4 +153,19 @@ fn model_version_spec_is_immutable() {
     assert!(failures(&schema, &old, Some(&old)).is_empty());
     let changed = failures(&schema, &version("s3://models/v3"), Some(&old));
     assert_eq!(changed, ["a ModelVersion is immutable: create a new one"]);
+}
+
+#[test]
+fn features_storage_is_fixed_at_creation() {
+    let schema = schema_of(RecommenderPipeline::crd());
+    let sized = |size: &str| pipeline(json!({"features": {"storage": {"size": size}}}));
+    let old = sized("10Gi");
+    assert!(failures(&schema, &old, Some(&old)).is_empty());
+    assert!(failures(&schema, &sized("20Gi"), None).is_empty(), "any size at creation");
+    let changed = failures(&schema, &sized("20Gi"), Some(&old));
+    assert_eq!(changed, ["storage cannot change once created: a StatefulSet's volume claims are fixed"]);
+    // Unset storage is the default, unchanged by an unrelated edit.
+    let unset = pipeline(json!({}));
+    assert!(failures(&schema, &pipeline(json!({"paused": true})), Some(&unset)).is_empty());
+    assert!(!failures(&schema, &sized("50Gi"), Some(&unset)).is_empty(), "setting it later changes it too");
 }

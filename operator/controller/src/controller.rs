@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -30,11 +30,12 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::observed;
-use crate::policy::{InvalidSpec, analysis_interval, rollout_policy};
+use crate::policy::{InvalidSpec, analysis_interval, rollout_policy, scale_down_delay};
 use crate::resources::{self, Component};
 use crate::sources::MetricSources;
 use crate::status::{self, Look, Observed};
 use crate::telemetry::OperatorMetrics;
+use crate::validation;
 
 const CONTROLLER: &str = "recommenderpipeline";
 /// How long to wait before looking at an invalid spec again; a fix to the
@@ -71,11 +72,15 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Owned Services (metadata only), to find retired objects.
     pub services: Store<PartialObjectMeta<Service>>,
+    /// Owned StatefulSets (metadata only), to skip applies that would change nothing.
+    pub statefulsets: Store<PartialObjectMeta<StatefulSet>>,
     /// Owned ConfigMaps (metadata only), to skip applies that would change nothing.
     pub configmaps: Store<PartialObjectMeta<ConfigMap>>,
     /// What was last applied: skips the API call while nobody changed the object.
     applied: AppliedCache,
     pub sources: Arc<dyn MetricSources>,
+    /// What the operator's flags set for pipelines that do not.
+    defaults: resources::Defaults,
     /// Consecutive failures per pipeline, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<RecommenderPipeline>, u32>>,
     /// When each token Secret (`namespace/name/pipeline uid`) was last seen to exist: it is asked for again
@@ -94,6 +99,7 @@ pub struct WatchScope {
 pub async fn run(
     client: Client,
     scope: WatchScope,
+    defaults: resources::Defaults,
     identity: &str,
     metrics: Arc<OperatorMetrics>,
     sources: Arc<dyn MetricSources>,
@@ -105,8 +111,8 @@ pub async fn run(
         scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
     // Every watch keeps only what reconciles read: no managedFields, and
-    // Deployments without their pod template. Services and ConfigMaps are
-    // watched as metadata, only to notice drift and deletion.
+    // Deployments without their pod template. Services, StatefulSets and
+    // ConfigMaps are watched as metadata, only to notice drift and deletion.
     let (versions, writer) = reflector::store();
     let version_events = watch_all(
         &namespaces,
@@ -151,6 +157,15 @@ pub async fn run(
     )
     .reflect(service_writer)
     .applied_objects();
+    let (statefulsets, statefulset_writer) = reflector::store();
+    let statefulset_events = watch_all(
+        &namespaces,
+        |ns| scoped_api::<PartialObjectMeta<StatefulSet>>(&client, ns),
+        owned.clone(),
+        strip_managed_fields,
+    )
+    .reflect(statefulset_writer)
+    .applied_objects();
     let (configmaps, configmap_writer) = reflector::store();
     let configmap_events = watch_all(
         &namespaces,
@@ -169,9 +184,11 @@ pub async fn run(
         versions,
         deployments,
         services,
+        statefulsets,
         configmaps,
         applied: AppliedCache::default(),
         sources,
+        defaults,
         failures: Mutex::default(),
         token_secrets: Mutex::default(),
     });
@@ -180,6 +197,7 @@ pub async fn run(
         .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES).debounce(DEBOUNCE))
         .owns_stream(deployment_events)
         .owns_stream(service_events)
+        .owns_stream(statefulset_events)
         .owns_stream(configmap_events)
         .watches_stream(version_events, |v: ModelVersion| {
             v.namespace().map(|ns| ObjectRef::new(&v.spec.pipeline).within(&ns))
@@ -269,8 +287,10 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     let now = Timestamp::now();
     let previous = p.status.clone().unwrap_or_default();
 
-    let (policy, interval) = match rollout_policy(&p.spec).and_then(|policy| Ok((policy, analysis_interval(&p.spec)?)))
-    {
+    let valid = validation::check_pipeline(p)
+        .and_then(|()| rollout_policy(&p.spec))
+        .and_then(|policy| Ok((policy, analysis_interval(&p.spec)?, scale_down_delay(&p.spec)?)));
+    let (policy, interval, drain_delay) = match valid {
         Ok(valid) => valid,
         Err(invalid) => return report_invalid_spec(p, ctx, previous, &invalid, now).await,
     };
@@ -319,7 +339,9 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
 
     let serving = observed::serving_versions(&decision);
     apply_objects(p, ctx, &namespace, &decision, &versions, &serving).await?;
-    delete_retired_objects(ctx, &namespace, &deployments, &services, &serving).await?;
+    let draining = observed::draining_versions(&decision.state.history, &serving, drain_delay, now);
+    let keep: BTreeSet<String> = serving.iter().chain(draining.keys()).cloned().collect();
+    delete_retired_objects(ctx, &namespace, &deployments, &services, &keep).await?;
 
     for transition in &decision.transitions {
         announce(p, ctx, &versions, transition).await;
@@ -343,8 +365,11 @@ async fn reconcile_pipeline(p: &RecommenderPipeline, ctx: &Context) -> Result<Ac
     if decision.state.candidate.is_none() {
         ctx.sources.release(p);
     }
-    let requeue =
+    let mut requeue =
         if decision.state.candidate.is_some() { decision.requeue_after.min(interval) } else { decision.requeue_after };
+    if let Some(drained) = observed::next_drain(&draining, now) {
+        requeue = requeue.min(drained);
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -362,6 +387,7 @@ fn caches_filled(ctx: &Context) -> bool {
     filled(ctx.versions.wait_until_ready().now_or_never())
         && filled(ctx.deployments.wait_until_ready().now_or_never())
         && filled(ctx.services.wait_until_ready().now_or_never())
+        && filled(ctx.statefulsets.wait_until_ready().now_or_never())
         && filled(ctx.configmaps.wait_until_ready().now_or_never())
 }
 
@@ -445,6 +471,7 @@ async fn apply_objects(
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
 
     let serving_names: Vec<&str> = serving.iter().map(String::as_str).collect();
     let (deployments, services) = (&deployments, &services);
@@ -460,16 +487,18 @@ async fn apply_objects(
     let current = stored_version(&ctx.configmaps, namespace, &routing.name_any());
     apply(ctx, &configmaps, &routing, current).await?;
     service(resources::features_service(p)).await?;
-    deployment(resources::features_deployment(p)).await?;
+    let features = resources::features_statefulset(p, &ctx.defaults);
+    let current = stored_version(&ctx.statefulsets, namespace, &features.name_any());
+    apply(ctx, &statefulsets, &features, current).await?;
     for v in versions.iter().filter(|v| serving.contains(&v.name_any())) {
         for component in [Component::Retrieval, Component::Ranking] {
             service(resources::version_service(p, &v.name_any(), component)).await?;
-            deployment(resources::version_deployment(p, v, component)).await?;
+            deployment(resources::version_deployment(p, v, component, &ctx.defaults)).await?;
         }
     }
     create_token_secret(p, ctx, namespace).await?;
     service(resources::gateway_service(p)).await?;
-    deployment(resources::gateway_deployment(p)).await?;
+    deployment(resources::gateway_deployment(p, &ctx.defaults)).await?;
     Ok(())
 }
 
@@ -501,19 +530,26 @@ async fn create_token_secret(p: &RecommenderPipeline, ctx: &Context, namespace: 
     Ok(())
 }
 
-/// Removes the per-version objects of versions that no longer serve.
+/// Removes the per-version objects of versions not in `keep` (serving or
+/// draining), and the features Deployment of operators before the
+/// StatefulSet, which would otherwise take a share of the events on a volume
+/// lost at its next restart.
 async fn delete_retired_objects(
     ctx: &Context,
     namespace: &str,
     deployments: &[Arc<Deployment>],
     services: &[Arc<PartialObjectMeta<Service>>],
-    serving: &BTreeSet<String>,
+    keep: &BTreeSet<String>,
 ) -> Result<(), Error> {
     let retired = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.labels.as_ref().and_then(|l| l.get(reco_api::VERSION_LABEL)).is_some_and(|v| !serving.contains(v))
+        meta.labels.as_ref().and_then(|l| l.get(reco_api::VERSION_LABEL)).is_some_and(|v| !keep.contains(v))
+    };
+    let features = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")).map(String::as_str)
+            == Some(Component::Features.as_str())
     };
     let deployment_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    for d in deployments.iter().filter(|d| retired(&d.metadata)) {
+    for d in deployments.iter().filter(|d| retired(&d.metadata) || features(&d.metadata)) {
         ignore_not_found(deployment_api.delete(&d.name_any(), &DeleteParams::background()).await.map(|_| ()))?;
     }
     let service_api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);

@@ -10,3 +10,4 @@ pub mod resources;
 pub mod sources;
 pub mod status;
 pub mod telemetry;
+pub mod validation;

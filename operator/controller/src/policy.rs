@@ -99,6 +99,13 @@ pub fn rollout_policy(pipeline: &RecommenderPipelineSpec) -> Result<RolloutPolic
 pub fn analysis_interval(pipeline: &RecommenderPipelineSpec) -> Result<Duration, InvalidSpec> {
     parse_duration("spec.rollout.analysis.interval", &pipeline.rollout.analysis.interval)
 }
+/// How long a version that left the routing keeps its objects; `0s` is none.
+pub fn scale_down_delay(pipeline: &RecommenderPipelineSpec) -> Result<Duration, InvalidSpec> {
+    let (field, value) = ("spec.rollout.scaleDownDelay", &pipeline.rollout.scale_down_delay);
+    let zero = kube::core::Duration::from_str(value).is_ok_and(|d| Duration::from(d).is_zero());
+    if zero { Ok(Duration::ZERO) } else { parse_duration(field, value) }
+}
+
 fn convert_step(field: &str, step: &RolloutStepSpec) -> Result<Step, InvalidSpec> {
     match (&step.shadow, &step.canary) {
         (Some(shadow), None) => {
@@ -249,6 +256,12 @@ mod tests {
         assert_eq!(pre_rollout_window("f", "24h").unwrap(), Some(Duration::from_secs(86_400)));
         assert_eq!(pre_rollout_window("f", "0s").unwrap(), None, "0s turns CUPED off");
         assert!(pre_rollout_window("f", "soon").is_err());
+        let mut spec: RecommenderPipelineSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(scale_down_delay(&spec).unwrap(), Duration::from_secs(120), "default 2m");
+        spec.rollout.scale_down_delay = "0s".into();
+        assert_eq!(scale_down_delay(&spec).unwrap(), Duration::ZERO, "0s deletes at once");
+        spec.rollout.scale_down_delay = "soon".into();
+        assert_eq!(scale_down_delay(&spec).unwrap_err().field, "spec.rollout.scaleDownDelay");
         for bad in ["", "5", "-5m", "0s", "5 minutes", "1d"] {
             assert!(parse_duration("f", bad).is_err(), "{bad:?} should be rejected");
         }

@@ -4,18 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL};
-use reco_contracts::names::object_name;
+use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL, VectorStore};
+use reco_contracts::names::{MAX_STATEFULSET, object_name, object_name_within};
 use reco_contracts::routing::{ENDPOINTS_FILE, ROUTING_FILE, RoutingTable, VersionEndpoints};
 use serde::Serialize;
 
@@ -29,7 +30,30 @@ const ROUTING_MOUNT: &str = "/etc/reco/routing";
 pub const TOKEN_KEY: &str = "token-key";
 /// Where gateways mount the token Secret.
 const TOKEN_MOUNT: &str = "/etc/reco/token";
+/// `--data-dir` of features (snapshot, event log) and of retrieval (embedded
+/// vector index): the only place besides `/tmp` a service writes, so the one
+/// writable volume on a read-only root filesystem.
+const DATA_DIR: &str = "/var/lib/reco";
+/// Group of the services image's user (65532): volumes are made writable to it.
+const SERVICES_GID: i64 = 65532;
 const MANAGED_BY: &str = "reco-operator";
+/// The services release this operator was built with: the default of `--services-image`.
+pub const DEFAULT_SERVICES_IMAGE: &str = concat!("ghcr.io/reco-seed/reco:", env!("CARGO_PKG_VERSION"));
+
+/// What the operator's flags decide for every pipeline that does not. Kept
+/// out of the CRD schema, whose defaults are written into each object at
+/// admission and would pin it to the release that created it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    /// Image of the reco services (`--services-image`).
+    pub services_image: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self { services_image: DEFAULT_SERVICES_IMAGE.to_owned() }
+    }
+}
 
 /// A deployed part of a pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +71,15 @@ impl Component {
             Self::Features => "features",
             Self::Retrieval => "retrieval",
             Self::Ranking => "ranking",
+        }
+    }
+
+    /// The gateway only reads small files; the others load model artifacts,
+    /// build a vector index or replay a snapshot.
+    fn default_startup_timeout_seconds(self) -> u32 {
+        match self {
+            Self::Gateway => 300,
+            Self::Features | Self::Retrieval | Self::Ranking => 1800,
         }
     }
 
@@ -105,6 +138,17 @@ pub fn labels(pipeline: &str, component: Component, version: Option<&str>) -> BT
     labels
 }
 
+/// The conventional annotations that let a Prometheus without the Prometheus
+/// Operator find every reco pod's `/metrics` (the chart's PodMonitor does the
+/// same for the gateways with it).
+fn scrape_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ])
+}
+
 fn selector(pipeline: &str, component: Component, version: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = labels(pipeline, component, version);
     labels.retain(|k, _| k != "app.kubernetes.io/part-of" && k != "app.kubernetes.io/managed-by");
@@ -144,24 +188,45 @@ fn http_probe(path: &str, period_seconds: i32) -> Probe {
     }
 }
 
-/// What differs between the components' Deployments.
+/// How often the startup probe looks.
+const STARTUP_PERIOD_SECONDS: i32 = 10;
+
+/// Holds liveness and readiness off until `/healthz` answers, for up to the
+/// component's startup timeout: the services bind their HTTP port only once
+/// their model and index are loaded, which liveness alone (30 s) would not wait for.
+fn startup_probe(component: Component, settings: &ComponentSpec) -> Probe {
+    let timeout = settings.startup_timeout_seconds.unwrap_or(component.default_startup_timeout_seconds());
+    let periods = timeout.div_ceil(STARTUP_PERIOD_SECONDS.unsigned_abs()).max(1);
+    Probe {
+        failure_threshold: Some(i32::try_from(periods).unwrap_or(i32::MAX)),
+        ..http_probe("/healthz", STARTUP_PERIOD_SECONDS)
+    }
+}
+
+/// What differs between the components' pods.
 struct PodPlan<'a> {
-    name: String,
     component: Component,
     version: Option<&'a str>,
     settings: &'a ComponentSpec,
     image: String,
     args: Vec<String>,
     extra_volumes: Vec<(Volume, VolumeMount)>,
+    /// Mounts of volumes that a StatefulSet's claims provide.
+    claim_mounts: Vec<VolumeMount>,
 }
 
-fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
-    let pipeline = p.name_unchecked();
-    let tmp = (
-        Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-        VolumeMount { name: "tmp".to_owned(), mount_path: "/tmp".to_owned(), ..Default::default() },
-    );
-    let (volumes, mounts): (Vec<_>, Vec<_>) = std::iter::once(tmp).chain(plan.extra_volumes).unzip();
+/// An emptyDir named `name`, mounted writable at `mount_path`.
+fn scratch_volume(name: &str, mount_path: &str) -> (Volume, VolumeMount) {
+    (
+        Volume { name: name.to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        VolumeMount { name: name.to_owned(), mount_path: mount_path.to_owned(), ..Default::default() },
+    )
+}
+
+fn pod_template(p: &RecommenderPipeline, plan: PodPlan<'_>) -> PodTemplateSpec {
+    let (volumes, mut mounts): (Vec<_>, Vec<_>) =
+        std::iter::once(scratch_volume("tmp", "/tmp")).chain(plan.extra_volumes).unzip();
+    mounts.extend(plan.claim_mounts);
     let container = Container {
         name: plan.component.as_str().to_owned(),
         image: Some(plan.image),
@@ -172,38 +237,48 @@ fn deployment(p: &RecommenderPipeline, plan: PodPlan<'_>) -> Deployment {
         ]),
         env: Some(vec![EnvVar { name: "RUST_LOG".to_owned(), value: Some("info".to_owned()), ..Default::default() }]),
         resources: Some(plan.settings.resources.clone().unwrap_or_else(|| plan.component.default_resources())),
+        startup_probe: Some(startup_probe(plan.component, plan.settings)),
         liveness_probe: Some(http_probe("/healthz", 10)),
         readiness_probe: Some(http_probe("/readyz", 5)),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let pod_labels = labels(&pipeline, plan.component, plan.version);
-    Deployment {
-        metadata: metadata(p, plan.name, plan.component, plan.version),
-        spec: Some(DeploymentSpec {
-            replicas: Some(plan.settings.replicas.unwrap_or(plan.component.default_replicas())),
-            selector: LabelSelector {
-                match_labels: Some(selector(&pipeline, plan.component, plan.version)),
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&p.name_unchecked(), plan.component, plan.version)),
+            annotations: Some(scrape_annotations()),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                // A persistent volume is often root-owned: the group makes it writable.
+                fs_group: Some(SERVICES_GID),
+                fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..Default::default() }),
                 ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            },
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod_selector(p: &RecommenderPipeline, component: Component, version: Option<&str>) -> LabelSelector {
+    LabelSelector { match_labels: Some(selector(&p.name_unchecked(), component, version)), ..Default::default() }
+}
+
+fn deployment(p: &RecommenderPipeline, name: String, plan: PodPlan<'_>) -> Deployment {
+    let (component, version) = (plan.component, plan.version);
+    Deployment {
+        metadata: metadata(p, name, component, version),
+        spec: Some(DeploymentSpec {
+            replicas: Some(plan.settings.replicas.unwrap_or(component.default_replicas())),
+            selector: pod_selector(p, component, version),
+            template: pod_template(p, plan),
             ..Default::default()
         }),
         ..Default::default()
@@ -228,8 +303,10 @@ fn service(p: &RecommenderPipeline, name: String, component: Component, version:
     }
 }
 
-fn image_of(p: &RecommenderPipeline, settings: &ComponentSpec) -> String {
-    settings.image.clone().unwrap_or_else(|| p.spec.image.clone())
+/// The component's image, else the pipeline's, else the operator's.
+fn image_of(p: &RecommenderPipeline, settings: &ComponentSpec, defaults: &Defaults) -> String {
+    let image = settings.image.as_ref().or(p.spec.image.as_ref());
+    image.cloned().unwrap_or_else(|| defaults.services_image.clone())
 }
 
 fn service_url(p: &RecommenderPipeline, name: &str) -> String {
@@ -256,7 +333,7 @@ pub fn default_token_secret(p: &RecommenderPipeline, key: impl FnOnce() -> Strin
 
 /// The gateway Deployment: it mounts the routing ConfigMap (and hot-reloads
 /// it) and the token Secret, so that every replica signs with the same key.
-pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
+pub fn gateway_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deployment {
     let pipeline = p.name_unchecked();
     let spec = &p.spec.gateway;
     let routing = routing_configmap_name(&pipeline);
@@ -269,7 +346,7 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
         format!("--routing-file={ROUTING_MOUNT}/{ROUTING_FILE}"),
         format!("--endpoints-file={ROUTING_MOUNT}/{ENDPOINTS_FILE}"),
         format!("--token-key-file={TOKEN_MOUNT}/{TOKEN_KEY}"),
-        format!("--features-url={}", service_url(p, &object_name(&[&pipeline, "features"]))),
+        format!("--features-url={}", service_url(p, &features_service_name(&pipeline))),
         format!("--deadline-ms={}", spec.deadline_ms),
         format!("--cache-ttl-seconds={}", spec.cache_ttl_seconds),
         format!("--mmr-lambda={}", p.spec.diversity.mmr_lambda),
@@ -289,14 +366,15 @@ pub fn gateway_deployment(p: &RecommenderPipeline) -> Deployment {
     );
     deployment(
         p,
+        object_name(&[&pipeline, "gateway"]),
         PodPlan {
-            name: object_name(&[&pipeline, "gateway"]),
             component: Component::Gateway,
             version: None,
             settings: &spec.component,
-            image: image_of(p, &spec.component),
+            image: image_of(p, &spec.component, defaults),
             args,
             extra_volumes: vec![routing_volume, token_volume(p)],
+            claim_mounts: Vec::new(),
         },
     )
 }
@@ -333,8 +411,19 @@ fn read_only_volume(name: &str, mount_path: &str, source: Volume) -> (Volume, Vo
     )
 }
 
-/// The feature service Deployment; it also ingests events.
-pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
+/// Name of the volume claim (and mount) of the features pods' data.
+const DATA_CLAIM: &str = "data";
+
+/// Name of the features StatefulSet, short enough for its pods' labels.
+pub fn features_statefulset_name(pipeline: &str) -> String {
+    object_name_within(&[pipeline, "features"], MAX_STATEFULSET)
+}
+
+/// The feature service, which also ingests events: a StatefulSet, so that
+/// each pod keeps its snapshot and event log (the training data) on a
+/// persistent volume of its own across restarts and reschedules, and no two
+/// pods ever write one volume.
+pub fn features_statefulset(p: &RecommenderPipeline, defaults: &Defaults) -> StatefulSet {
     let pipeline = p.name_unchecked();
     let spec = &p.spec.features;
     let mut args = vec![
@@ -345,31 +434,58 @@ pub fn features_deployment(p: &RecommenderPipeline) -> Deployment {
         format!("--grpc=0.0.0.0:{GRPC_PORT}"),
         format!("--backend={}", serde_variant(&spec.backend)),
         format!("--event-sink={}", serde_variant(&p.spec.events.sink)),
-        "--data-dir=/var/lib/reco".to_owned(),
+        format!("--data-dir={DATA_DIR}"),
     ];
     args.extend(spec.redis_url.iter().map(|url| format!("--redis-url={url}")));
     args.extend(p.spec.events.kafka_brokers.iter().map(|b| format!("--kafka-brokers={b}")));
     args.extend(p.spec.events.kafka_topic.iter().map(|t| format!("--kafka-topic={t}")));
-    let data = (
-        Volume { name: "data".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-        VolumeMount { name: "data".to_owned(), mount_path: "/var/lib/reco".to_owned(), ..Default::default() },
-    );
-    deployment(
-        p,
-        PodPlan {
-            name: object_name(&[&pipeline, "features"]),
-            component: Component::Features,
-            version: None,
-            settings: &spec.component,
-            image: image_of(p, &spec.component),
-            args,
-            extra_volumes: vec![data],
-        },
-    )
+    let plan = PodPlan {
+        component: Component::Features,
+        version: None,
+        settings: &spec.component,
+        image: image_of(p, &spec.component, defaults),
+        args,
+        extra_volumes: Vec::new(),
+        claim_mounts: vec![VolumeMount {
+            name: DATA_CLAIM.to_owned(),
+            mount_path: DATA_DIR.to_owned(),
+            ..Default::default()
+        }],
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some(DATA_CLAIM.to_owned()), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(spec.storage.size.clone()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: metadata(p, features_statefulset_name(&pipeline), Component::Features, None),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.component.replicas.unwrap_or(Component::Features.default_replicas())),
+            selector: pod_selector(p, Component::Features, None),
+            service_name: Some(features_service_name(&pipeline)),
+            template: pod_template(p, plan),
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Retrieval or ranking for one model version.
-pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: Component) -> Deployment {
+pub fn version_deployment(
+    p: &RecommenderPipeline,
+    v: &ModelVersion,
+    component: Component,
+    defaults: &Defaults,
+) -> Deployment {
     let pipeline = p.name_unchecked();
     let version = v.name_unchecked();
     let settings = match component {
@@ -385,12 +501,18 @@ pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: 
         format!("--http=0.0.0.0:{HTTP_PORT}"),
         format!("--grpc=0.0.0.0:{GRPC_PORT}"),
     ];
+    let mut extra_volumes = Vec::new();
     match component {
         Component::Retrieval => {
             let r = &p.spec.retrieval;
             args.push(format!("--candidates={}", r.candidates));
             args.push(format!("--vector-store={}", serde_variant(&r.vector_store)));
             args.extend(r.qdrant_url.iter().map(|url| format!("--qdrant-url={url}")));
+            if r.vector_store == VectorStore::Embedded {
+                // The index is rebuilt from the artifacts at start: scratch space is enough.
+                args.push(format!("--data-dir={DATA_DIR}"));
+                extra_volumes.push(scratch_volume("data", DATA_DIR));
+            }
         }
         _ => {
             args.push(format!("--batch-size={}", p.spec.ranking.batch_size));
@@ -398,18 +520,11 @@ pub fn version_deployment(p: &RecommenderPipeline, v: &ModelVersion, component: 
             args.push(format!("--value-weights={}", weights.join(",")));
         }
     }
-    let image = v.spec.image.clone().unwrap_or_else(|| image_of(p, settings));
+    let image = v.spec.image.clone().unwrap_or_else(|| image_of(p, settings, defaults));
     deployment(
         p,
-        PodPlan {
-            name: version_object_name(&pipeline, component, &version),
-            component,
-            version: Some(&version),
-            settings,
-            image,
-            args,
-            extra_volumes: Vec::new(),
-        },
+        version_object_name(&pipeline, component, &version),
+        PodPlan { component, version: Some(&version), settings, image, args, extra_volumes, claim_mounts: Vec::new() },
     )
 }
 
@@ -423,8 +538,13 @@ pub fn gateway_service_name(p: &RecommenderPipeline) -> String {
     object_name(&[&p.name_any(), "gateway"])
 }
 
+/// Name of the features Service, which gateways call.
+pub fn features_service_name(pipeline: &str) -> String {
+    object_name(&[pipeline, "features"])
+}
+
 pub fn features_service(p: &RecommenderPipeline) -> Service {
-    service(p, object_name(&[&p.name_unchecked(), "features"]), Component::Features, None)
+    service(p, features_service_name(&p.name_unchecked()), Component::Features, None)
 }
 
 pub fn version_service(p: &RecommenderPipeline, version: &str, component: Component) -> Service {
@@ -488,14 +608,37 @@ mod tests {
         )
     }
 
-    fn container(d: &Deployment) -> &Container {
-        &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    /// What has a pod template: Deployments, StatefulSets, templates.
+    trait Workload {
+        fn template(&self) -> &PodTemplateSpec;
+    }
+
+    impl Workload for Deployment {
+        fn template(&self) -> &PodTemplateSpec {
+            &self.spec.as_ref().unwrap().template
+        }
+    }
+
+    impl Workload for StatefulSet {
+        fn template(&self) -> &PodTemplateSpec {
+            &self.spec.as_ref().unwrap().template
+        }
+    }
+
+    impl Workload for PodTemplateSpec {
+        fn template(&self) -> &PodTemplateSpec {
+            self
+        }
+    }
+
+    fn container(w: &impl Workload) -> &Container {
+        &w.template().spec.as_ref().unwrap().containers[0]
     }
 
     #[test]
     fn gateways_share_the_token_secret_the_operator_creates_unless_the_spec_names_one() {
         let p = pipeline(serde_json::json!({}));
-        let d = gateway_deployment(&p);
+        let d = gateway_deployment(&p, &Defaults::default());
         assert!(
             container(&d).args.as_ref().unwrap().contains(&"--token-key-file=/etc/reco/token/token-key".to_owned())
         );
@@ -523,7 +666,7 @@ mod tests {
     #[test]
     fn selectors_match_the_pod_labels_and_pick_one_version() {
         let p = pipeline(serde_json::json!({}));
-        let d = version_deployment(&p, &version("v2", None), Component::Retrieval);
+        let d = version_deployment(&p, &version("v2", None), Component::Retrieval, &Defaults::default());
         let spec = d.spec.unwrap();
         let selector = spec.selector.match_labels.unwrap();
         let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
@@ -538,8 +681,8 @@ mod tests {
         let p = pipeline(serde_json::json!({}));
         let routing = RoutingTable::default();
         let metas = [
-            gateway_deployment(&p).metadata,
-            features_deployment(&p).metadata,
+            gateway_deployment(&p, &Defaults::default()).metadata,
+            features_statefulset(&p, &Defaults::default()).metadata,
             gateway_service(&p).metadata,
             features_service(&p).metadata,
             routing_configmap(&p, &routing, &[]).metadata,
@@ -558,25 +701,191 @@ mod tests {
             "retrieval": {"replicas": 3, "image": "registry.example/retrieval:9",
                           "resources": {"limits": {"cpu": "4", "memory": "8Gi"}}},
         }));
-        let retrieval = version_deployment(&p, &version("v1", None), Component::Retrieval);
+        let retrieval = version_deployment(&p, &version("v1", None), Component::Retrieval, &Defaults::default());
         assert_eq!(retrieval.spec.as_ref().unwrap().replicas, Some(3));
         assert_eq!(container(&retrieval).image.as_deref(), Some("registry.example/retrieval:9"));
         let limits = container(&retrieval).resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["memory"], Quantity("8Gi".into()));
         // A version's own image wins over the component's.
-        let custom = version_deployment(&p, &version("v2", Some("registry.example/custom:2")), Component::Ranking);
+        let custom = version_deployment(
+            &p,
+            &version("v2", Some("registry.example/custom:2")),
+            Component::Ranking,
+            &Defaults::default(),
+        );
         assert_eq!(container(&custom).image.as_deref(), Some("registry.example/custom:2"));
         // Components without settings take the pipeline image and the defaults.
-        let gateway = gateway_deployment(&p);
+        let gateway = gateway_deployment(&p, &Defaults::default());
         assert_eq!(container(&gateway).image.as_deref(), Some("registry.example/reco:1.2.3"));
         assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(2));
         assert_eq!(container(&gateway).resources, Some(Component::Gateway.default_resources()));
     }
 
+    fn pod(w: &impl Workload) -> &PodSpec {
+        w.template().spec.as_ref().unwrap()
+    }
+
+    /// Writable mount paths of a pod's container, and whether its root filesystem is read-only.
+    fn writable_paths(d: &impl Workload) -> (Vec<String>, Option<bool>) {
+        let c = container(d);
+        let paths = c.volume_mounts.iter().flatten().filter(|m| m.read_only != Some(true));
+        let root = c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem);
+        (paths.map(|m| m.mount_path.clone()).collect(), root)
+    }
+
+    #[test]
+    fn each_service_can_write_exactly_where_it_writes() {
+        let p = pipeline(serde_json::json!({}));
+        let v = version("v1", None);
+        let tmp_and_data = (vec!["/tmp".to_owned(), "/var/lib/reco".to_owned()], Some(true));
+        let tmp_only = (vec!["/tmp".to_owned()], Some(true));
+        let retrieval = version_deployment(&p, &v, Component::Retrieval, &Defaults::default());
+        assert_eq!(writable_paths(&retrieval), tmp_and_data, "the embedded vector index");
+        assert!(container(&retrieval).args.as_ref().unwrap().contains(&"--data-dir=/var/lib/reco".to_owned()));
+        assert_eq!(
+            writable_paths(&features_statefulset(&p, &Defaults::default())),
+            tmp_and_data,
+            "snapshot and event log"
+        );
+        assert_eq!(writable_paths(&gateway_deployment(&p, &Defaults::default())), tmp_only);
+        assert_eq!(writable_paths(&version_deployment(&p, &v, Component::Ranking, &Defaults::default())), tmp_only);
+        let qdrant =
+            pipeline(serde_json::json!({"retrieval": {"vectorStore": "Qdrant", "qdrantUrl": "http://q:6334"}}));
+        let remote = version_deployment(&qdrant, &v, Component::Retrieval, &Defaults::default());
+        assert_eq!(writable_paths(&remote), tmp_only, "the index lives in the Qdrant server");
+        assert!(!container(&remote).args.as_ref().unwrap().iter().any(|a| a.starts_with("--data-dir")));
+        // Every volume a container mounts is declared once in its pod (or claimed by its StatefulSet).
+        let features = features_statefulset(&p, &Defaults::default());
+        let claims = features.spec.as_ref().unwrap().volume_claim_templates.iter().flatten();
+        let claimed: Vec<String> = claims.filter_map(|c| c.metadata.name.clone()).collect();
+        assert_eq!(claimed, ["data"]);
+        for (d, claimed) in [
+            (retrieval.template().clone(), &[][..]),
+            (features.template().clone(), &claimed[..]),
+            (gateway_deployment(&p, &Defaults::default()).template().clone(), &[]),
+        ] {
+            let mut declared: Vec<String> = pod(&d).volumes.iter().flatten().map(|v| v.name.clone()).collect();
+            declared.extend(claimed.iter().cloned());
+            let mounted: Vec<String> = container(&d).volume_mounts.iter().flatten().map(|m| m.name.clone()).collect();
+            assert_eq!(declared, mounted);
+            assert_eq!(pod(&d).security_context.as_ref().unwrap().fs_group, Some(SERVICES_GID));
+        }
+    }
+
+    #[test]
+    fn liveness_waits_for_a_startup_long_enough_to_index_a_large_catalogue() {
+        let p = pipeline(serde_json::json!({"ranking": {"startupTimeoutSeconds": 95}}));
+        let startup_window = |d: &PodTemplateSpec| {
+            let probe = container(d).startup_probe.clone().expect("a startup probe");
+            assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/healthz"));
+            probe.period_seconds.unwrap() * probe.failure_threshold.unwrap()
+        };
+        let v = version("v1", None);
+        assert_eq!(
+            startup_window(version_deployment(&p, &v, Component::Retrieval, &Defaults::default()).template()),
+            1800,
+            "30 minutes"
+        );
+        assert_eq!(startup_window(features_statefulset(&p, &Defaults::default()).template()), 1800);
+        assert_eq!(startup_window(gateway_deployment(&p, &Defaults::default()).template()), 300);
+        assert_eq!(
+            startup_window(version_deployment(&p, &v, Component::Ranking, &Defaults::default()).template()),
+            100,
+            "95 s, rounded up"
+        );
+        // Readiness is still gated on the service having loaded.
+        let retrieval = version_deployment(&p, &v, Component::Retrieval, &Defaults::default());
+        let readiness = container(&retrieval).readiness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+    }
+
+    #[test]
+    fn every_pod_is_annotated_for_prometheus_on_its_http_port() {
+        let p = pipeline(serde_json::json!({}));
+        let v = version("v1", None);
+        let all = [
+            gateway_deployment(&p, &Defaults::default()).template().clone(),
+            features_statefulset(&p, &Defaults::default()).template().clone(),
+            version_deployment(&p, &v, Component::Retrieval, &Defaults::default()).template().clone(),
+            version_deployment(&p, &v, Component::Ranking, &Defaults::default()).template().clone(),
+        ];
+        for d in all {
+            let template = d.metadata.clone().unwrap();
+            let annotations = template.annotations.unwrap_or_default();
+            assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"));
+            assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"));
+            let port = &container(&d).ports.as_ref().unwrap()[0];
+            assert_eq!(port.name.as_deref(), Some("http"));
+            assert_eq!(annotations.get("prometheus.io/port"), Some(&port.container_port.to_string()));
+        }
+    }
+
+    #[test]
+    fn the_services_image_is_the_operators_unless_the_pipeline_names_one() {
+        let p = pipeline(serde_json::json!({}));
+        let defaults = Defaults { services_image: "mirror.example/reco:2.0.0".into() };
+        let v = version("v1", None);
+        for d in [
+            gateway_deployment(&p, &defaults).template().clone(),
+            features_statefulset(&p, &defaults).template().clone(),
+            version_deployment(&p, &v, Component::Retrieval, &defaults).template().clone(),
+        ] {
+            assert_eq!(container(&d).image.as_deref(), Some("mirror.example/reco:2.0.0"));
+        }
+        assert_eq!(Defaults::default().services_image, format!("ghcr.io/reco-seed/reco:{}", env!("CARGO_PKG_VERSION")));
+        let pinned = pipeline(serde_json::json!({"image": "registry.example/reco:1.2.3"}));
+        assert_eq!(
+            container(&gateway_deployment(&pinned, &defaults)).image.as_deref(),
+            Some("registry.example/reco:1.2.3")
+        );
+        // Nothing of the default is written into the spec.
+        assert_eq!(serde_json::to_value(&p.spec).unwrap().get("image"), None);
+    }
+
+    #[test]
+    fn features_keep_their_data_on_a_persistent_volume_per_pod() {
+        let p = pipeline(serde_json::json!({}));
+        let sts = features_statefulset(&p, &Defaults::default());
+        assert_eq!(sts.metadata.name.as_deref(), Some("explore-features"));
+        assert_eq!(sts.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("explore-features"));
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(features_service(&p).spec.unwrap().selector.as_ref(), Some(selector));
+        let claims = spec.volume_claim_templates.as_ref().unwrap();
+        let claim = claims[0].spec.as_ref().unwrap();
+        assert_eq!(claim.access_modes.as_deref(), Some(&["ReadWriteOnce".to_owned()][..]), "one writer per volume");
+        assert_eq!(claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"], Quantity("10Gi".into()));
+        assert_eq!(claim.storage_class_name, None, "the cluster's default class");
+        let mount = container(&sts).volume_mounts.iter().flatten().find(|m| m.name == "data").unwrap();
+        assert_eq!(mount.mount_path, "/var/lib/reco");
+        assert!(container(&sts).args.as_ref().unwrap().contains(&"--data-dir=/var/lib/reco".to_owned()));
+        assert!(pod(&sts).volumes.iter().flatten().all(|v| v.name != "data"), "no emptyDir shadows the claim");
+
+        let sized =
+            pipeline(serde_json::json!({"features": {"storage": {"size": "50Gi", "storageClassName": "fast"}}}));
+        let sts = features_statefulset(&sized, &Defaults::default());
+        let claim = sts.spec.unwrap().volume_claim_templates.unwrap().remove(0).spec.unwrap();
+        assert_eq!(claim.resources.unwrap().requests.unwrap()["storage"], Quantity("50Gi".into()));
+        assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+
+        // A long pipeline name still leaves room for the pods' controller-revision-hash label.
+        let mut long = pipeline(serde_json::json!({}));
+        long.metadata.name = Some("a".repeat(60));
+        let name = features_statefulset(&long, &Defaults::default()).metadata.name.unwrap();
+        assert!(name.len() <= MAX_STATEFULSET, "{name}");
+    }
+
     #[test]
     fn version_pods_are_told_their_model() {
         let p = pipeline(serde_json::json!({"ranking": {"valueWeights": {"click": 1.0, "like": 0.5}}}));
-        let args = container(&version_deployment(&p, &version("v7", None), Component::Ranking)).args.clone().unwrap();
+        let args = container(&version_deployment(&p, &version("v7", None), Component::Ranking, &Defaults::default()))
+            .args
+            .clone()
+            .unwrap();
         for expected in
             ["serve", "ranking", "--model-version=v7", "--model-uri=s3://models/v7", "--value-weights=click=1,like=0.5"]
         {

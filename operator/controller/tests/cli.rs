@@ -21,14 +21,18 @@ fn operator_flags_are_checked_and_explained() {
         "--leader-election",
         "--lease-name",
         "--log-format",
+        "--services-image",
+        "RECO_SERVICES_IMAGE",
         "RECO_METRICS_ADDR",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--metrics-addr", "nowhere"], "--metrics-addr"),
         (&["--log-format", "xml"], "--log-format"),
         (&["--leader-election", "maybe"], "--leader-election"),
+        (&["--services-image", "ghcr.io/reco-seed/reco:latest"], "--services-image"),
+        (&["--services-image", ""], "--services-image"),
     ];
     for (args, flag) in cases {
         let (code, message) = run(operator, args);

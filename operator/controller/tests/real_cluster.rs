@@ -29,6 +29,14 @@ async fn a_pipeline_creates_its_objects_and_status() {
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn an_upgrade_replaces_the_features_deployment() {
+    let s = Scenario::real_cluster().await;
+    scenarios::an_upgrade_replaces_the_features_deployment(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
 async fn a_better_version_is_promoted_through_every_step() {
     let s = Scenario::real_cluster().await;
     scenarios::a_better_version_is_promoted_through_every_step(&s).await;
@@ -61,9 +69,25 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn invalid_names_are_refused_before_anything_is_written() {
+    let s = Scenario::real_cluster().await;
+    scenarios::invalid_names_are_refused_before_anything_is_written(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
 async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
     let s = Scenario::real_cluster().await;
     scenarios::a_version_that_leaves_the_pipeline_loses_its_objects(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn a_version_that_left_the_routing_drains_before_its_objects_go() {
+    let s = Scenario::real_cluster().await;
+    scenarios::a_version_that_left_the_routing_drains_before_its_objects_go(&s).await;
     s.cleanup().await;
 }
 

@@ -16,6 +16,11 @@ async fn a_pipeline_creates_its_objects_and_status() {
 }
 
 #[tokio::test]
+async fn an_upgrade_replaces_the_features_deployment() {
+    scenarios::an_upgrade_replaces_the_features_deployment(&Scenario::start().await).await;
+}
+
+#[tokio::test]
 async fn a_better_version_is_promoted_through_every_step() {
     scenarios::a_better_version_is_promoted_through_every_step(&Scenario::start().await).await;
 }
@@ -41,8 +46,18 @@ async fn an_invalid_spec_is_reported_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn invalid_names_are_refused_before_anything_is_written() {
+    scenarios::invalid_names_are_refused_before_anything_is_written(&Scenario::start().await).await;
+}
+
+#[tokio::test]
 async fn a_version_that_leaves_the_pipeline_loses_its_objects() {
     scenarios::a_version_that_leaves_the_pipeline_loses_its_objects(&Scenario::start().await).await;
+}
+
+#[tokio::test]
+async fn a_version_that_left_the_routing_drains_before_its_objects_go() {
+    scenarios::a_version_that_left_the_routing_drains_before_its_objects_go(&Scenario::start().await).await;
 }
 
 #[tokio::test]

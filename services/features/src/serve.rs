@@ -197,7 +197,7 @@ mod tests {
         args: FeaturesArgs,
     }
 
-    /// Exactly the flags `features_deployment` in the operator passes.
+    /// Exactly the flags `features_statefulset` in the operator passes.
     fn operator_flags(backend: &str, sink: &str) -> Vec<String> {
         [
             "reco-serve-features",

@@ -22,7 +22,8 @@ pub enum VectorStoreKind {
 }
 
 /// Flags of `reco serve retrieval`. The operator passes `--pipeline --model-version --model-uri --http --grpc
-/// --candidates --vector-store` and `--qdrant-url` when set.
+/// --candidates --vector-store`, `--qdrant-url` when set and `--data-dir` (on a writable volume) for the
+/// embedded store.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RetrievalArgs {
     /// `--pipeline` also names the vector collection (`<pipeline>__<model-version>`).

@@ -10,7 +10,7 @@
 //! # What it covers
 //!
 //! * **Resources**: generic JSON storage. Built in: core/v1 `configmaps`, `services`, `events`,
-//!   `pods`, `secrets`, `namespaces` (cluster-scoped); apps/v1 `deployments`;
+//!   `pods`, `secrets`, `namespaces` (cluster-scoped); apps/v1 `deployments`, `statefulsets`;
 //!   coordination.k8s.io/v1 `leases`; events.k8s.io/v1 `events`; discovery.k8s.io/v1
 //!   `endpointslices`; policy/v1 `poddisruptionbudgets`; apiextensions.k8s.io/v1
 //!   `customresourcedefinitions`. Custom resources are served once their

@@ -93,6 +93,7 @@ impl Registry {
                 b("", "v1", "secrets", "Secret", true, false),
                 b("", "v1", "namespaces", "Namespace", false, true),
                 b("apps", "v1", "deployments", "Deployment", true, true),
+                b("apps", "v1", "statefulsets", "StatefulSet", true, true),
                 b("coordination.k8s.io", "v1", "leases", "Lease", true, false),
                 b("events.k8s.io", "v1", "events", "Event", true, false),
                 b("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true, false),

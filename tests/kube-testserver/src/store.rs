@@ -1034,9 +1034,18 @@ fn check_namespace(
     Ok(())
 }
 
-/// DNS-1123 subdomain rules, which most resource names follow.
+/// DNS-1123 subdomain rules, which most resource names follow, as the API
+/// server checks them (`IsDNS1123Subdomain`): at most 253 characters and the
+/// pattern, but no limit on each dot-separated part, so a 70-character name
+/// without dots is accepted.
 fn validate_name(name: &str) -> Result<(), ApiError> {
-    if reco_contracts::names::check_subdomain(name).is_ok() {
+    let alphanumeric = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let part = |p: &str| {
+        alphanumeric(p.bytes().next())
+            && alphanumeric(p.bytes().last())
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if name.len() <= reco_contracts::names::MAX_SUBDOMAIN && name.split('.').all(part) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(

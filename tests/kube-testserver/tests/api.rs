@@ -818,6 +818,10 @@ async fn expired_continue_tokens_and_cleared_failures() -> TestResult {
         .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment"))
         .ok_or("apps/v1 Deployment not discovered")?;
     assert_eq!((resource.plural.as_str(), capabilities.scope), ("deployments", kube::discovery::Scope::Namespaced));
+    let (resource, _) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "StatefulSet"))
+        .ok_or("apps/v1 StatefulSet not discovered")?;
+    assert_eq!(resource.plural, "statefulsets");
     Ok(())
 }
 
@@ -880,5 +884,21 @@ async fn event_recorder_creates_then_patches_a_series() -> TestResult {
             events[0]["metadata"]["name"].as_str().unwrap_or_default()
         ),
     ]));
+    Ok(())
+}
+
+/// Names follow the API server's subdomain rule: 253 characters in all, with
+/// no limit on a dot-separated part.
+#[tokio::test]
+async fn names_are_checked_as_the_api_server_checks_them() -> TestResult {
+    let server = TestApiServer::start().await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(server.client(), NAMESPACE);
+    for good in ["a".repeat(70), "v2.1".to_owned(), format!("{}.b", "a".repeat(200))] {
+        config_maps.create(&PostParams::default(), &config_map(&good, &[], &[])).await?;
+    }
+    for bad in ["Upper".to_owned(), "a..b".to_owned(), "-a".to_owned(), "a".repeat(254)] {
+        let refused = config_maps.create(&PostParams::default(), &config_map(&bad, &[], &[])).await;
+        assert_eq!(api_code(refused), Some((422, "Invalid".to_owned())), "{bad}");
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use reco_operator::controller::{self, WatchScope};
+use reco_operator::resources::{DEFAULT_SERVICES_IMAGE, Defaults};
 use reco_operator::sources::ClusterMetricSources;
 use reco_operator::telemetry::OperatorMetrics;
 use reco_runtime::logging::{self, LogFormat};
@@ -45,6 +46,19 @@ struct Args {
     /// Log format.
     #[arg(long, env = "RECO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// Image of the reco services for pipelines whose spec names none: the
+    /// release matching this operator by default, so an upgrade moves them.
+    #[arg(long, env = "RECO_SERVICES_IMAGE", default_value = DEFAULT_SERVICES_IMAGE, value_parser = pinned_image)]
+    services_image: String,
+}
+
+/// An image reference pinned to a tag or digest: `latest` would let pods of
+/// one pipeline run different code.
+fn pinned_image(image: &str) -> Result<String, String> {
+    if image.is_empty() || image.ends_with(":latest") {
+        return Err(format!("{image:?} must name an image pinned to a tag or digest other than latest"));
+    }
+    Ok(image.to_owned())
 }
 
 /// How long a Lease is valid after the leader's last renewal.
@@ -76,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await.context("no Kubernetes configuration (kubeconfig or in-cluster)")?;
     ready.store(true, Ordering::Relaxed);
     let scope = WatchScope { namespaces: args.watch_namespaces.into_iter().filter(|n| !n.is_empty()).collect() };
+    let defaults = Defaults { services_image: args.services_image };
     let sources = Arc::new(ClusterMetricSources::new(client.clone()));
 
     if args.leader_election {
@@ -105,12 +120,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         };
-        controller::run(client, scope, &args.identity, metrics, sources, lost_or_stopped).await;
+        controller::run(client, scope, defaults, &args.identity, metrics, sources, lost_or_stopped).await;
         // The leadership receiver is gone with the controller: the lease task
         // releases the Lease so that a standby replica takes over at once.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease_task).await;
     } else {
-        controller::run(client, scope, &args.identity, metrics, sources, shutdown.cancelled_owned()).await;
+        controller::run(client, scope, defaults, &args.identity, metrics, sources, shutdown.cancelled_owned()).await;
     }
     admin.abort();
     Ok(())

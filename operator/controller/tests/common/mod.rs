@@ -23,6 +23,7 @@ use reco_contracts::routing::{USER_GROUPS, groups_of_weight};
 use reco_kube_testserver::TestApiServer;
 use reco_metric_source::{MetricSource, SourceError, WindowQuery};
 use reco_operator::controller::{self, WatchScope};
+use reco_operator::resources::Defaults;
 use reco_operator::sources::MetricSources;
 use reco_operator::telemetry::OperatorMetrics;
 use reco_rollout::{GroupCounts, SideMetrics, WindowMetrics};
@@ -166,7 +167,8 @@ where
     }
 }
 
-/// A pipeline whose steps take about a second each: shadow, canary 10%, canary 50%.
+/// A pipeline whose steps take about a second each: shadow, canary 10%,
+/// canary 50%; a version that leaves the routing keeps its objects for 1 s.
 pub fn fast_pipeline(name: &str) -> Value {
     json!({
         "apiVersion": "reco.seed.dev/v1alpha1",
@@ -180,6 +182,7 @@ pub fn fast_pipeline(name: &str) -> Value {
                     {"canary": {"weight": 50, "minImpressions": 2000, "maxDuration": "5m"}},
                 ],
                 "analysis": {"interval": "200ms"},
+                "scaleDownDelay": "1s",
             },
         },
     })
@@ -210,7 +213,8 @@ impl Operator {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            controller::run(client, WatchScope::default(), "test", metrics, sources, shutdown).await;
+            controller::run(client, WatchScope::default(), Defaults::default(), "test", metrics, sources, shutdown)
+                .await;
         });
         Self { stop, task }
     }

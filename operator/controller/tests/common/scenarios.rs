@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -77,12 +77,53 @@ pub async fn a_pipeline_creates_its_objects_and_status(s: &Scenario) {
     let services: Api<Service> = Api::namespaced(s.client.clone(), &s.namespace);
     assert!(services.get("explore-gateway").await.is_ok());
     assert!(services.get("explore-features").await.is_ok());
-    assert!(deployments.get("explore-features").await.is_ok());
+    // Features keep their snapshot and event log on a volume per pod.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(s.client.clone(), &s.namespace);
+    let features = statefulsets.get("explore-features").await.expect("features StatefulSet");
+    assert_eq!(features.metadata.owner_references.as_ref().expect("owner")[0].uid, pipeline.uid().unwrap());
+    let claims = features.spec.as_ref().unwrap().volume_claim_templates.clone().unwrap_or_default();
+    assert_eq!(claims.iter().filter_map(|c| c.metadata.name.as_deref()).collect::<Vec<_>>(), ["data"]);
+    assert!(deployments.get("explore-features").await.is_err(), "no features Deployment");
 
     // Only the operator's field manager owns what it applied.
     let managers: Vec<String> =
         gateway.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
     assert_eq!(managers, ["reco-operator"]);
+}
+
+/// An operator upgrade from the features Deployment (on an emptyDir) to the
+/// StatefulSet: the Deployment goes, so that one kind of pod takes events.
+pub async fn an_upgrade_replaces_the_features_deployment(s: &Scenario) {
+    let pipeline = s.create_pipeline(fast_pipeline("explore")).await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    let labels = json!({
+        "app.kubernetes.io/name": "reco", "app.kubernetes.io/instance": "explore",
+        "app.kubernetes.io/component": "features", "reco.seed.dev/pipeline": "explore",
+        "app.kubernetes.io/managed-by": "reco-operator",
+    });
+    let legacy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "explore-features", "labels": labels, "ownerReferences": [{
+            "apiVersion": "reco.seed.dev/v1alpha1", "kind": "RecommenderPipeline", "name": "explore",
+            "uid": pipeline.uid().unwrap(), "controller": true,
+        }]},
+        "spec": {
+            "selector": {"matchLabels": {"reco.seed.dev/pipeline": "explore", "app.kubernetes.io/component": "features"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "features", "image": "ghcr.io/reco-seed/reco:0.1.0"}]},
+            },
+        },
+    }))
+    .unwrap();
+    deployments.create(&PostParams::default(), &legacy).await.unwrap();
+    let _operator = Operator::start(s).await;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(s.client.clone(), &s.namespace);
+    s.eventually("the features StatefulSet", || async { statefulsets.get("explore-features").await.ok() }).await;
+    s.eventually("the features Deployment deleted", || async {
+        deployments.get("explore-features").await.is_err().then_some(())
+    })
+    .await;
+    assert!(deployments.get("explore-gateway").await.is_ok(), "other Deployments stay");
 }
 
 pub async fn a_better_version_is_promoted_through_every_step(s: &Scenario) {
@@ -219,6 +260,49 @@ pub async fn an_invalid_spec_is_reported_and_changes_nothing(s: &Scenario) {
     assert!(configmaps.get("broken-routing").await.is_err(), "nothing applied for an invalid spec");
 }
 
+/// Names Kubernetes accepts for the custom resources (DNS subdomains) but
+/// that cannot name a Service or be a label value are refused before any
+/// object is written, naming the field; stable serves on.
+pub async fn invalid_names_are_refused_before_anything_is_written(s: &Scenario) {
+    let _operator = Operator::start(s).await;
+    s.create_pipeline(fast_pipeline("ex.plore")).await;
+    let condition = s
+        .eventually("InvalidSpec for the pipeline name", || async {
+            let status = s.pipelines().get("ex.plore").await.ok()?.status?;
+            status.conditions.into_iter().find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+        })
+        .await;
+    assert_eq!(condition.status, "False");
+    assert!(condition.message.starts_with("metadata.name: "), "{}", condition.message);
+
+    s.create_pipeline(fast_pipeline("explore")).await;
+    s.metrics.set_ctr("v1", 0.05);
+    s.create_version(model_version("explore", "v1")).await;
+    s.wait_for_phase("v1", VersionPhase::Stable).await;
+    let long = "v".repeat(70);
+    for bad in ["v2.1", long.as_str()] {
+        s.create_version(model_version("explore", bad)).await;
+        let status = s
+            .eventually(&format!("the status of version {bad}"), || async {
+                let status = s.versions().get(bad).await.ok()?.status?;
+                status.reason.as_ref().is_some_and(|r| r.contains("metadata.name")).then_some(status)
+            })
+            .await;
+        assert_eq!(status.phase, Some(VersionPhase::Pending), "never rolled out: {status:?}");
+    }
+    assert_eq!(s.version("v1").await.status.unwrap().phase, Some(VersionPhase::Stable));
+    let routing = s.routing("explore").await;
+    assert_eq!(routing.versions.iter().map(|v| (v.name.as_str(), v.weight)).collect::<Vec<_>>(), [("v1", 100)]);
+    assert_eq!(routing.shadow, None);
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    let mut names: Vec<String> =
+        deployments.list(&Default::default()).await.unwrap().items.iter().map(|d| d.name_any()).collect();
+    names.sort();
+    assert_eq!(names, ["explore-gateway", "explore-ranking-v1", "explore-retrieval-v1"], "nothing for the bad names");
+    let configmaps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.namespace);
+    assert!(configmaps.get("ex.plore-routing").await.is_err(), "nothing applied for an invalid pipeline name");
+}
+
 pub async fn a_version_that_leaves_the_pipeline_loses_its_objects(s: &Scenario) {
     let _operator = v1_stable_and_v2_in_a_long_shadow(s).await;
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
@@ -233,6 +317,43 @@ pub async fn a_version_that_leaves_the_pipeline_loses_its_objects(s: &Scenario) 
     .await;
     let routing = s.routing("explore").await;
     assert_eq!(routing.shadow, None);
+    assert!(deployments.get("explore-retrieval-v1").await.is_ok(), "stable keeps its pods");
+}
+
+/// A rolled-back version's Services and Deployments outlive the routing
+/// that named it by `scaleDownDelay`, for gateways that have not reloaded it
+/// yet, and then go.
+pub async fn a_version_that_left_the_routing_drains_before_its_objects_go(s: &Scenario) {
+    let mut pipeline = fast_pipeline("explore");
+    pipeline["spec"]["rollout"]["steps"][0]["shadow"]["duration"] = json!("1h");
+    pipeline["spec"]["rollout"]["scaleDownDelay"] = json!("4s");
+    s.create_pipeline(pipeline).await;
+    let _operator = Operator::start(s).await;
+    s.metrics.set_ctr("v1", 0.05);
+    s.create_version(model_version("explore", "v1")).await;
+    s.wait_for_phase("v1", VersionPhase::Stable).await;
+    s.create_version(model_version("explore", "v2")).await;
+    s.wait_for_phase("v2", VersionPhase::Shadow).await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    let services: Api<Service> = Api::namespaced(s.client.clone(), &s.namespace);
+    s.eventually("shadow pods", || async { deployments.get("explore-ranking-v2").await.ok() }).await;
+
+    annotate(s, "v2", json!({"reco.seed.dev/abort": "true"})).await;
+    s.wait_for_phase("v2", VersionPhase::RolledBack).await;
+    assert_eq!(s.routing("explore").await.shadow, None, "the routing no longer names v2");
+    let gone_at = s
+        .eventually("v2 objects removed after the delay", || async {
+            let gone = deployments.get("explore-ranking-v2").await.is_err()
+                && deployments.get("explore-retrieval-v2").await.is_err()
+                && services.get("explore-ranking-v2").await.is_err()
+                && services.get("explore-retrieval-v2").await.is_err();
+            gone.then(jiff::Timestamp::now)
+        })
+        .await;
+    let status = s.pipelines().get("explore").await.unwrap().status.unwrap();
+    let left = status.history.iter().rev().find(|t| t.version == "v2" && t.to == VersionPhase::RolledBack).unwrap();
+    let kept = gone_at.duration_since(left.time.0);
+    assert!(kept >= jiff::SignedDuration::from_secs(4), "v2's objects went {kept:?} after it left the routing");
     assert!(deployments.get("explore-retrieval-v1").await.is_ok(), "stable keeps its pods");
 }
 

@@ -97,16 +97,28 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
 fn full_values_render_every_optional_object() {
     let objects = render(&["ci/full-values.yaml"]);
     let kinds: BTreeSet<&str> = objects.iter().map(kind).collect();
-    for optional in
-        ["ServiceMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap", "RecommenderPipeline", "PodDisruptionBudget"]
-    {
+    for optional in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "ConfigMap",
+        "RecommenderPipeline",
+        "PodDisruptionBudget",
+    ] {
         assert!(kinds.contains(optional), "full values render no {optional}");
     }
     let minimal = render(&["ci/minimal-values.yaml"]);
     let kinds: BTreeSet<&str> = minimal.iter().map(kind).collect();
-    for absent in
-        ["ServiceMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap", "RecommenderPipeline", "PodDisruptionBudget"]
-    {
+    for absent in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "ConfigMap",
+        "RecommenderPipeline",
+        "PodDisruptionBudget",
+    ] {
         assert!(!kinds.contains(absent), "minimal values render a {absent}");
     }
 }
@@ -209,6 +221,7 @@ fn operator_deployment_runs_as_documented() {
     assert_eq!(env["RECO_WATCH_NAMESPACES"], "", "empty: all namespaces");
     assert_eq!(env["RECO_METRICS_ADDR"], "0.0.0.0:8080");
     assert_eq!(env["RECO_LOG_FORMAT"], "json");
+    assert_eq!(env["RECO_SERVICES_IMAGE"], "ghcr.io/reco-seed/reco:0.1.0", "the services matching the chart");
     assert_eq!(env["POD_NAME"], json!({"fieldRef": {"fieldPath": "metadata.name"}}));
     assert_eq!(env["POD_NAMESPACE"], json!({"fieldRef": {"fieldPath": "metadata.namespace"}}));
 
@@ -239,6 +252,10 @@ fn operator_deployment_runs_as_documented() {
     assert_eq!(env["RECO_WATCH_NAMESPACES"], "reco-system,recs-prod,recs-staging");
     assert_eq!(env["RECO_LOG_FORMAT"], "text");
     assert_eq!(
+        env["RECO_SERVICES_IMAGE"],
+        "mirror.example/reco/reco:0.1.0@sha256:1111111111111111111111111111111111111111111111111111111111111111"
+    );
+    assert_eq!(
         deployment["spec"]["template"]["spec"]["containers"][0]["image"],
         "ghcr.io/reco-seed/reco-operator:0.1.0@sha256:0000000000000000000000000000000000000000000000000000000000000000"
     );
@@ -258,6 +275,8 @@ fn wrong_values_fail_with_a_message_naming_the_value() {
         (&["replicaCount=0"], "/replicaCount"),
         (&["image.tag=latest"], "/image/tag"),
         (&["image.digest=sha256:abc"], "/image/digest"),
+        (&["servicesImage.tag=latest"], "/servicesImage/tag"),
+        (&["servicesImage.repository="], "/servicesImage/repository"),
         (&["logFormat=yaml"], "/logFormat"),
         (&["podAntiAffinity=always"], "/podAntiAffinity"),
         (&["watchNamespaces[0]=Not_A_Namespace"], "/watchNamespaces/0"),
@@ -302,6 +321,34 @@ fn service_monitor_scrapes_the_metrics_service() {
     assert_eq!(endpoint["path"], "/metrics");
     assert_eq!(endpoint["honorLabels"], true, "keeps the pipelines' own namespace label");
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "serviceMonitor.labels reach the object");
+}
+
+/// The PodMonitor scrapes gateway pods only, on their HTTP port, in the
+/// watched namespaces, and relabels `job` to the gateway Service's name (the
+/// operator's tests check its selector and regex against the pods it
+/// renders, on the kustomize component, which the kustomize tests compare
+/// with this one).
+#[test]
+fn pod_monitor_scrapes_gateway_pods_under_the_gateway_service_job() {
+    let objects = render(&["ci/full-values.yaml"]);
+    let monitor = objects_of_kind(&objects, "PodMonitor").next().expect("a PodMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "podMonitor.labels reach the object");
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"],
+        json!({"matchNames": ["reco-system", "recs-prod", "recs-staging"]})
+    );
+    let all_namespaces = helm_template(&[], &["podMonitor.enabled=true"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let all_namespaces = parse_documents(&all_namespaces).unwrap();
+    let all_namespaces = objects_of_kind(&all_namespaces, "PodMonitor").next().unwrap();
+    assert_eq!(all_namespaces["spec"]["namespaceSelector"], json!({"any": true}), "watchNamespaces empty: all");
+
+    assert_eq!(monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "gateway");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!((&endpoint["port"], &endpoint["path"]), (&json!("http"), &json!("/metrics")));
+    assert_eq!(endpoint["honorLabels"], true, "the gateways' own labels win");
+    let relabel = &endpoint["relabelings"][0];
+    assert_eq!(relabel["sourceLabels"], json!(["__meta_kubernetes_pod_controller_name"]));
+    assert_eq!(relabel["targetLabel"], "job");
 }
 
 /// The alert rules and the dashboard's queries pass `promtool check rules`

@@ -68,6 +68,8 @@ fn every_overlay_renders_valid_objects_of_the_expected_kinds() {
         let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
         let leader_election = env.iter().find(|e| e["name"] == "RECO_LEADER_ELECTION").unwrap();
         assert_eq!(leader_election["value"], overlay.leader_election, "{}", overlay.dir);
+        let services_image = env.iter().find(|e| e["name"] == "RECO_SERVICES_IMAGE").unwrap();
+        assert_eq!(services_image["value"], "ghcr.io/reco-seed/reco:0.1.0", "{}: the chart's default", overlay.dir);
     }
 }
 
@@ -132,4 +134,30 @@ fn prod_spreads_replicas_and_admits_only_the_metrics_port() {
     assert_eq!(policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "operator");
     let namespace = objects_of_kind(&objects, "Namespace").next().unwrap();
     assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+}
+
+/// The optional PodMonitor component, added to the base, renders the chart's
+/// PodMonitor (default values) in the operator's namespace.
+#[test]
+fn the_pod_monitor_component_is_the_charts_pod_monitor() {
+    let overlay = tempfile::tempdir().unwrap();
+    // kustomize refuses absolute paths: climb from the overlay to the root.
+    let depth = overlay.path().canonicalize().unwrap().components().count() - 1;
+    let up = "../".repeat(depth);
+    let from_root = |relative: &str| format!("{up}{}", repo_path(relative).canonicalize().unwrap().display());
+    let kustomization = format!(
+        "resources:\n  - {}\ncomponents:\n  - {}\n",
+        from_root("manifests/base"),
+        from_root("manifests/components/podmonitor")
+    );
+    std::fs::write(overlay.path().join("kustomization.yaml"), kustomization).unwrap();
+    let output = run(std::process::Command::new(k8s_tool("kubectl")).arg("kustomize").arg(overlay.path()))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let objects = parse_documents(&output).unwrap();
+    let monitor = objects_of_kind(&objects, "PodMonitor").next().expect("a PodMonitor");
+    assert_eq!(monitor["metadata"]["namespace"], "reco-system");
+    let chart = helm_template(&[], &["podMonitor.enabled=true"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let chart = parse_documents(&chart).unwrap();
+    let expected = objects_of_kind(&chart, "PodMonitor").next().unwrap();
+    assert_eq!(first_difference(&monitor["spec"], &expected["spec"], ".spec"), None);
 }
