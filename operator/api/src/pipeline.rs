@@ -111,6 +111,13 @@ pub struct GatewaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub token_key_secret: Option<String>,
+    /// Redis the gateway replicas share to count each click once (a click
+    /// replayed on another replica is then a duplicate too), e.g.
+    /// `redis://redis.reco.svc:6379`. Default: the feature store's Redis
+    /// when `features.backend` is `Redis`; without either, each replica
+    /// remembers only the clicks it accepted itself (exact with one replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_redis_url: Option<String>,
 }
 
 impl Default for GatewaySpec {
@@ -121,6 +128,7 @@ impl Default for GatewaySpec {
             cache_ttl_seconds: default_cache_ttl(),
             routing_salt: None,
             token_key_secret: None,
+            dedup_redis_url: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use reco_api::{ComponentSpec, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL, VectorStore};
+use reco_api::{ComponentSpec, FeatureBackend, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL, VectorStore};
 use reco_contracts::names::{MAX_STATEFULSET, object_name, object_name_within};
 use reco_contracts::routing::{ENDPOINTS_FILE, ROUTING_FILE, RoutingTable, VersionEndpoints};
 use serde::Serialize;
@@ -333,11 +333,19 @@ pub fn default_token_secret(p: &RecommenderPipeline, key: impl FnOnce() -> Strin
 
 /// The gateway Deployment: it mounts the routing ConfigMap (and hot-reloads
 /// it) and the token Secret, so that every replica signs with the same key.
+/// The Redis gateway replicas share to count each click once: the one the
+/// spec names, else the feature store's.
+fn dedup_redis_url(p: &RecommenderPipeline) -> Option<&str> {
+    let features = &p.spec.features;
+    let feature_store = features.redis_url.as_deref().filter(|_| features.backend == FeatureBackend::Redis);
+    p.spec.gateway.dedup_redis_url.as_deref().or(feature_store)
+}
+
 pub fn gateway_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deployment {
     let pipeline = p.name_unchecked();
     let spec = &p.spec.gateway;
     let routing = routing_configmap_name(&pipeline);
-    let args = vec![
+    let mut args = vec![
         "serve".to_owned(),
         "gateway".to_owned(),
         format!("--pipeline={pipeline}"),
@@ -353,6 +361,7 @@ pub fn gateway_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deplo
         format!("--max-per-category={}", p.spec.diversity.max_per_category),
         format!("--freshness-boost={}", p.spec.diversity.freshness_boost),
     ];
+    args.extend(dedup_redis_url(p).map(|url| format!("--dedup-redis-url={url}")));
     let routing_volume = read_only_volume(
         "routing",
         ROUTING_MOUNT,
@@ -633,6 +642,23 @@ mod tests {
 
     fn container(w: &impl Workload) -> &Container {
         &w.template().spec.as_ref().unwrap().containers[0]
+    }
+
+    #[test]
+    fn gateway_replicas_share_a_redis_to_count_each_click_once() {
+        let args = |spec: serde_json::Value| {
+            let deployment = gateway_deployment(&pipeline(spec), &Defaults::default());
+            container(&deployment).args.clone().unwrap_or_default()
+        };
+        let dedup = |args: Vec<String>| args.into_iter().find(|arg| arg.starts_with("--dedup-redis-url"));
+        assert_eq!(dedup(args(serde_json::json!({}))), None, "embedded: each replica remembers its own");
+        let redis = serde_json::json!({"features": {"backend": "Redis", "redisUrl": "redis://features:6379"}});
+        assert_eq!(dedup(args(redis)).as_deref(), Some("--dedup-redis-url=redis://features:6379"));
+        let named = serde_json::json!({
+            "features": {"backend": "Redis", "redisUrl": "redis://features:6379"},
+            "gateway": {"dedupRedisUrl": "redis://dedup:6379"},
+        });
+        assert_eq!(dedup(args(named)).as_deref(), Some("--dedup-redis-url=redis://dedup:6379"));
     }
 
     #[test]
