@@ -255,12 +255,14 @@ pub(crate) fn side_metrics<'a>(
     if buckets.iter().all(|(_, n)| count(*n) == 0) {
         buckets.clear();
     }
+    let latency_count = buckets.iter().find(|(le, _)| *le == f64::INFINITY).map_or(0, |(_, n)| count(*n));
     SideMetrics {
         impressions: count(impressions),
         clicks: count(clicks),
         requests: count(requests),
         errors: count(errors),
         latency: buckets.into_iter().filter(|(le, _)| le.is_finite()).map(|(le, n)| (le, count(n))).collect(),
+        latency_count,
         groups: to_groups(groups),
     }
 }
@@ -538,6 +540,7 @@ mod tests {
                 requests: 50,
                 errors: 1,
                 latency: vec![(0.1, 80), (0.5, 100)],
+                latency_count: 100,
                 groups: Groups::new()
             }
         );

@@ -132,7 +132,7 @@ impl PrometheusSource {
     }
 
     async fn side(&self, queries: &SideQueries, time: &str) -> Result<SideMetrics, SourceError> {
-        let (impressions, clicks, requests, errors, (latency, _)) = futures::try_join!(
+        let (impressions, clicks, requests, errors, (latency, latency_count)) = futures::try_join!(
             self.optional_groups(queries.impressions.as_deref(), time),
             self.optional_groups(queries.clicks.as_deref(), time),
             self.count(&queries.requests, time),
@@ -145,6 +145,7 @@ impl PrometheusSource {
             requests,
             errors,
             latency,
+            latency_count,
             groups: promql::zip_groups(&impressions, &clicks),
         })
     }

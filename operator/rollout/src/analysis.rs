@@ -49,8 +49,9 @@
 //!   `τ = `[`FAIL_SCALE_IN_MARGINS`]` × m p̄` (a drop of twice the margin,
 //!   10% at the default 5% margin, is the one rollback is tuned for).
 //! - Normal approximation: `Inconclusive` until stable has [`MIN_CLICKS`]
-//!   clicks, the canary's impressions would earn as many at the pooled CTR,
-//!   and each side has [`MIN_GROUPS`] user groups with impressions.
+//!   clicks, the canary has as many or its impressions would earn them at
+//!   the pooled CTR, and each side has [`MIN_GROUPS`] user groups with
+//!   impressions.
 //! - Strata: each canary step analyses its own window (constant weights), and
 //!   the estimates of the steps already passed ([`CtrCounts`], kept in the
 //!   rollout state and passed on by `CandidateState::analyse`) are combined
@@ -88,7 +89,8 @@ pub use histogram::{p99_from_histogram, quantile_from_histogram};
 use sequential::Estimate;
 pub use srm::SRM_ALPHA;
 
-/// Below this many stable clicks (and expected canary clicks) the normal
+/// Below this many stable clicks (and canary clicks, had or expected at the
+/// pooled CTR) the normal
 /// approximation is not trusted: the verdict stays `Inconclusive`.
 pub const MIN_CLICKS: u64 = 30;
 
@@ -109,10 +111,13 @@ pub struct SideMetrics {
     pub requests: u64,
     pub errors: u64,
     /// Latency histogram over the window: `(upper bound in seconds, requests
-    /// at or under it)` for the finite bounds, ascending; `requests` is the
-    /// `+Inf` count.
+    /// at or under it)` for the finite bounds, ascending.
     #[serde(default)]
     pub latency: Vec<(f64, u64)>,
+    /// Observations in that histogram (its `+Inf` bucket). Not always
+    /// `requests`: a mirrored request dropped before it ran is counted, not timed.
+    #[serde(default)]
+    pub latency_count: u64,
     /// Impressions and clicks per user group: the CTR's variance comes from
     /// their spread.
     #[serde(default)]
@@ -124,16 +129,17 @@ impl SideMetrics {
     /// without requests or buckets.
     pub fn p99_latency_seconds(&self) -> Option<f64> {
         let mut buckets = self.latency.clone();
-        buckets.push((f64::INFINITY, self.requests));
+        buckets.push((f64::INFINITY, self.latency_count));
         p99_from_histogram(&buckets)
     }
 
-    /// Requests slower than `limit` seconds, counted from the smallest
-    /// bucket bound at or over it (so those between the limit and that bound
-    /// count as fast); `None` when no bound is that high.
-    pub fn requests_slower_than(&self, limit: f64) -> Option<u64> {
+    /// `(slower, timed)`: requests slower than `limit` seconds, counted from
+    /// the smallest bucket bound at or over it (so those between the limit
+    /// and that bound count as fast), out of the requests timed; `None` when
+    /// no bound is that high.
+    pub fn requests_slower_than(&self, limit: f64) -> Option<(u64, u64)> {
         let (_, within) = self.latency.iter().find(|(bound, _)| *bound >= limit)?;
-        Some(self.requests.saturating_sub(*within))
+        Some((self.latency_count.saturating_sub(*within), self.latency_count))
     }
 }
 
@@ -331,10 +337,12 @@ fn judge_ctr(policy: &AnalysisPolicy, earlier: &[CtrCounts], current: &CtrCounts
     });
     let pooled_ctr =
         ratio(total.stable_clicks + total.canary_clicks, total.stable_impressions + total.canary_impressions);
-    let expected_canary_clicks = total.canary_impressions as f64 * pooled_ctr;
-    if total.stable_clicks < MIN_CLICKS || expected_canary_clicks < MIN_CLICKS as f64 {
+    // The canary's side is approximately normal once it has the clicks, or
+    // would have them at the pooled CTR (so a canary that gets none can fail).
+    let canary_clicks = (total.canary_impressions as f64 * pooled_ctr).max(total.canary_clicks as f64);
+    if total.stable_clicks < MIN_CLICKS || canary_clicks < MIN_CLICKS as f64 {
         let message = format!(
-            "not enough data: {} stable clicks and {expected_canary_clicks:.0} expected canary clicks, need {MIN_CLICKS} each",
+            "not enough data: {} stable clicks and {canary_clicks:.0} canary clicks (had or expected), need {MIN_CLICKS} each",
             total.stable_clicks
         );
         return CtrJudgement { verdict: AnalysisVerdict::Inconclusive, message, impressions_to_decide: None };

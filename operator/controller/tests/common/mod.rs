@@ -292,6 +292,7 @@ impl ScriptedSource {
             }
         }
         side.latency = vec![(0.025, side.requests)];
+        side.latency_count = side.requests;
         side
     }
 }

@@ -237,6 +237,7 @@ async fn empty_answers_are_no_traffic_and_fractions_round() {
         requests: 3,
         errors: 3,
         latency: Vec::new(),
+        latency_count: 3,
         groups: [(5, GroupCounts { impressions: 3, clicks: 3 })].into(),
     };
     assert_eq!(fractions, WindowMetrics { stable: three.clone(), candidate: three, before: Default::default() });

@@ -78,19 +78,18 @@ fn errors(policy: &AnalysisPolicy, stable: &SideMetrics, candidate: &SideMetrics
 }
 
 fn latency(limit: f64, stable: &SideMetrics, candidate: &SideMetrics) -> Option<Check> {
-    if candidate.requests < MIN_GUARDRAIL_REQUESTS {
+    let (slow_c, timed_c) = candidate.requests_slower_than(limit)?;
+    if timed_c < MIN_GUARDRAIL_REQUESTS {
         return None;
     }
-    let slow_c = candidate.requests_slower_than(limit)?;
-    let slow_s = stable.requests_slower_than(limit).unwrap_or(0);
-    let p_value = excess_p_value((slow_c, candidate.requests), (slow_s, stable.requests), SLOW_SHARE_TOLERANCE);
+    let (slow_s, timed_s) = stable.requests_slower_than(limit).unwrap_or((0, 0));
+    let p_value = excess_p_value((slow_c, timed_c), (slow_s, timed_s), SLOW_SHARE_TOLERANCE);
     let p99 = candidate.p99_latency_seconds().map_or_else(|| "unknown".to_owned(), seconds);
     let breach = format!(
-        "latency guardrail: p99 {p99}, {} of {} requests over {} against stable's {}",
-        percent(ratio(slow_c, candidate.requests)),
-        candidate.requests,
+        "latency guardrail: p99 {p99}, {} of {timed_c} requests over {} against stable's {}",
+        percent(ratio(slow_c, timed_c)),
         seconds(limit),
-        percent(ratio(slow_s, stable.requests)),
+        percent(ratio(slow_s, timed_s)),
     );
     Some(Check { p_value, breach })
 }
@@ -126,6 +125,7 @@ mod tests {
             requests,
             errors,
             latency: vec![(0.1, requests - slow), (0.5, requests)],
+            latency_count: requests,
             ..SideMetrics::default()
         }
     }

@@ -3,9 +3,12 @@
 //!
 //! At weight `w` the canary owns `w × 10` of the 1,000 user groups and
 //! stable the rest, and every group is 0.1% of users, so under a sound
-//! split the mean impressions per group are equal on both sides. A routing
-//! bug (stale gateways, a table that did not load, clients that drop the
-//! canary's pages) shows as unequal means. The test is a two-sided
+//! split the mean impressions per group are equal on both sides. A group's
+//! impressions are counted whichever version served them: while the new
+//! routing reaches the gateways (a minute on a cluster) the canary's groups
+//! are still served by stable, which is no mismatch. What shows is a side
+//! whose users get fewer or more pages: a hash that does not split evenly,
+//! clients that drop or retry the canary's pages, users who leave it. The test is a two-sided
 //! sequential test on the difference of the means, with the variance taken
 //! across groups (impressions per user vary a lot), at the strict
 //! [`SRM_ALPHA`]: a mismatch pauses a rollout for a human to look.
@@ -37,6 +40,13 @@ pub(super) fn mismatch(stable: &Groups, canary: &Groups, canary_weight: u8) -> O
     if owned_canary < MIN_GROUPS || owned_stable < MIN_GROUPS {
         return None;
     }
+    // Each group's impressions, whichever version served them, on the side that owns it.
+    let mut by_owner: [Groups; 2] = Default::default();
+    for (group, counts) in stable.iter().chain(canary) {
+        let owner = &mut by_owner[usize::from(u64::from(*group) < owned_canary)];
+        owner.entry(*group).or_default().impressions += counts.impressions;
+    }
+    let [stable, canary] = &by_owner;
     let (mean_c, variance_c, total_c) = mean_and_variance(canary, owned_canary);
     let (mean_s, variance_s, total_s) = mean_and_variance(stable, owned_stable);
     let total = total_c + total_s;
@@ -49,7 +59,7 @@ pub(super) fn mismatch(stable: &Groups, canary: &Groups, canary_weight: u8) -> O
     let evidence = estimate.log_evidence_two_sided(SCALE * pooled_mean).exp();
     (evidence >= 1.0 / SRM_ALPHA).then(|| {
         format!(
-            "sample ratio mismatch: the canary got {} of impressions at weight {canary_weight}% (evidence {evidence:.0} ≥ {:.0})",
+            "sample ratio mismatch: the canary's users got {} of impressions at weight {canary_weight}% (evidence {evidence:.0} ≥ {:.0})",
             percent(total_c / total),
             1.0 / SRM_ALPHA
         )
@@ -88,7 +98,19 @@ mod tests {
         let fair = mismatch(&side(500..1000, 1_000), &side(0..500, 1_000), 50);
         assert_eq!(fair, None);
         let skewed = mismatch(&side(500..1000, 1_100), &side(0..500, 900), 50);
-        assert!(skewed.as_deref().is_some_and(|m| m.contains("got 45.00% of impressions at weight 50%")), "{skewed:?}");
+        assert!(
+            skewed.as_deref().is_some_and(|m| m.contains("users got 45.00% of impressions at weight 50%")),
+            "{skewed:?}"
+        );
+    }
+
+    #[test]
+    fn stale_routing_is_no_mismatch() {
+        // The new routing has not reached the gateways: stable still serves
+        // half the canary's groups. Their users got their share of pages.
+        let mut stable_served = side(100..1000, 1_000);
+        stable_served.extend(side(0..50, 1_000));
+        assert_eq!(mismatch(&stable_served, &side(50..100, 1_000), 10), None);
     }
 
     #[test]

@@ -40,6 +40,7 @@ fn side_with(groups: Range<u16>, per_group: u64, ctr: impl Fn(u16) -> f64) -> Si
     }
     side.requests = side.impressions / 10;
     side.latency = vec![(0.1, side.requests), (0.3, side.requests), (1.0, side.requests)];
+    side.latency_count = side.requests;
     side
 }
 
@@ -82,6 +83,13 @@ fn canary_verdicts() {
         ("20% drop", window(stable(500, 0.05), canary(500, 0.04)), Fail, "lower than stable's"),
         ("no canary clicks", window(stable(200, 0.05), canary(20, 0.0)), Fail, "canary CTR 0.00%"),
         (
+            // Few canary impressions at the pooled CTR, but clicks enough to judge.
+            "a canary far better than a low stable CTR",
+            window(stable(100, 0.005), canary(10, 0.05)),
+            Inconclusive,
+            "undecided",
+        ),
+        (
             // Binomial variance would call this 10% drop certain; across
             // users (groups of 9% and 0%) it is noise.
             "a drop carried by a few users",
@@ -106,7 +114,7 @@ fn canary_verdicts() {
             "canary short of its share",
             window(stable(200, 0.05), side_with(0..50, 200, |_| 0.05)),
             SampleRatioMismatch,
-            "sample ratio mismatch: the canary got 5.26% of impressions at weight 10%",
+            "sample ratio mismatch: the canary's users got 5.26% of impressions at weight 10%",
         ),
     ];
     for (name, window, verdict, fragment) in cases {
@@ -210,6 +218,7 @@ fn shadow_verdicts() {
         requests,
         errors,
         latency: vec![(0.1, requests - slow), (0.3, requests - slow), (1.0, requests)],
+        latency_count: requests,
         ..SideMetrics::default()
     };
     let served = mirrored(1_000, 2, 0);
@@ -244,9 +253,14 @@ fn unavailable_metrics_are_inconclusive() {
 
 #[test]
 fn slow_requests_count_from_the_bucket_at_or_over_the_limit() {
-    let side = SideMetrics { requests: 100, latency: vec![(0.1, 80), (0.25, 90), (0.5, 99)], ..SideMetrics::default() };
-    assert_eq!(side.requests_slower_than(0.25), Some(10));
-    assert_eq!(side.requests_slower_than(0.3), Some(1));
+    let side = SideMetrics {
+        requests: 100,
+        latency: vec![(0.1, 80), (0.25, 90), (0.5, 99)],
+        latency_count: 100,
+        ..SideMetrics::default()
+    };
+    assert_eq!(side.requests_slower_than(0.25), Some((10, 100)));
+    assert_eq!(side.requests_slower_than(0.3), Some((1, 100)));
     assert_eq!(side.requests_slower_than(2.0), None);
     assert!(side.p99_latency_seconds().is_some_and(|p99| (0.25..=0.5).contains(&p99)));
 }

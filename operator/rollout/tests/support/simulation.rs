@@ -214,6 +214,7 @@ fn add(side: &mut SideMetrics, counts: &[GroupCounts], range: std::ops::Range<us
         side.requests += group.impressions / PAGE_SIZE;
     }
     side.latency = vec![(0.05, side.requests)];
+    side.latency_count = side.requests;
 }
 
 /// Adds a minute of traffic to a window, `canary_groups` serving the candidate.
@@ -297,6 +298,7 @@ pub fn simulate_rollout(
         if decision.routing.shadow.is_some() {
             window.candidate.requests = window.stable.requests;
             window.candidate.latency = vec![(0.05, window.candidate.requests)];
+            window.candidate.latency_count = window.candidate.requests;
         }
         minute += 1;
     }

@@ -45,6 +45,7 @@ fn side(groups: std::ops::Range<u16>, impressions: u64, clicks: u64, requests: u
         requests,
         errors: 0,
         latency: vec![(0.01, requests)],
+        latency_count: requests,
         groups,
     }
 }
