@@ -201,17 +201,21 @@ fn read_key(path: &std::path::Path) -> Result<Vec<u8>, GatewayError> {
     Ok(key)
 }
 
+/// Parses gateway flags as the binary does (the first is the program name),
+/// for tests of what they configure.
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser)]
+pub(crate) fn parse_flags<S: AsRef<str>>(flags: &[S]) -> Result<GatewayArgs, clap::Error> {
+    #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         args: GatewayArgs,
     }
+    <Cli as clap::Parser>::try_parse_from(flags.iter().map(AsRef::as_ref)).map(|cli| cli.args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     /// The exact flags `gateway_deployment` in the operator writes.
     const OPERATOR_FLAGS: &[&str] = &[
@@ -231,8 +235,7 @@ mod tests {
 
     #[test]
     fn accepts_the_operators_flags() {
-        let cli = Cli::try_parse_from(OPERATOR_FLAGS).expect("operator flags parse");
-        let settings = cli.args.settings().expect("valid");
+        let settings = parse_flags(OPERATOR_FLAGS).expect("operator flags parse").settings().expect("valid");
         assert_eq!(settings.pipeline, "explore");
         assert_eq!(settings.deadline, Duration::from_millis(100));
         assert_eq!(settings.cache_ttl, Some(Duration::from_secs(30)));
@@ -243,11 +246,10 @@ mod tests {
     fn bad_flags_are_named() {
         let flags: Vec<&str> =
             OPERATOR_FLAGS.iter().map(|f| if f.starts_with("--mmr-lambda") { "--mmr-lambda=1.5" } else { f }).collect();
-        let cli = Cli::try_parse_from(&flags).expect("parses");
-        let error = cli.args.settings().expect_err("out of range").to_string();
+        let error = parse_flags(&flags).expect("parses").settings().expect_err("out of range").to_string();
         assert!(error.contains("mmr_lambda"), "{error}");
-        assert!(Cli::try_parse_from([OPERATOR_FLAGS, &["--deadline-ms=0"]].concat()).is_err());
-        let mut args = Cli::try_parse_from(OPERATOR_FLAGS).expect("parses").args;
+        assert!(parse_flags(&[OPERATOR_FLAGS, &["--deadline-ms=0"]].concat()).is_err());
+        let mut args = parse_flags(OPERATOR_FLAGS).expect("parses");
         args.token_key = Some("short".to_owned());
         assert!(args.token_signer().expect_err("short key").to_string().contains("at least 32"));
     }
@@ -257,7 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("key");
         std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write");
-        let mut args = Cli::try_parse_from(OPERATOR_FLAGS).expect("parses").args;
+        let mut args = parse_flags(OPERATOR_FLAGS).expect("parses");
         args.token_key_file = Some(path);
         let from_file = args.token_signer().expect("key");
         let from_env = TokenSigner::new(b"0123456789abcdef0123456789abcdef").expect("key");

@@ -147,21 +147,13 @@ impl RedisDedup {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
     use prometheus_client::registry::Registry;
 
     use super::*;
-    use crate::args::GatewayArgs;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: GatewayArgs,
-    }
 
     fn settings(flags: &[&str]) -> Settings {
         let args = [&["gateway", "--pipeline=p"], flags].concat();
-        Cli::try_parse_from(args).expect("flags").args.settings().expect("valid")
+        crate::args::parse_flags(&args).expect("flags").settings().expect("valid")
     }
 
     #[test]

@@ -238,6 +238,9 @@ impl Gateway {
                     shadow = ?snapshot.routing.shadow,
                     "routing table loaded"
                 );
+                for routed in &snapshot.routing.versions {
+                    self.inner.metrics.start_groups_at_zero(&self.inner.settings.pipeline, &routed.name);
+                }
                 *self.inner.config.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(snapshot));
             }
             Err(error) => {

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use reco_contracts::metrics as signals;
+use reco_contracts::routing::USER_GROUPS;
 use reco_runtime::buckets::latency_histogram;
 
 /// Labels of the per-version series (field names are the label names).
@@ -92,6 +93,23 @@ fn counter_name(full: &str) -> &str {
 }
 
 impl Metrics {
+    /// Creates a version's impression and click series of every user group at
+    /// zero. Prometheus' `increase()` cannot see what a series counted before
+    /// its first sample, so a series born at its first click would lose that
+    /// click: a canary's groups, all born during its rollout, would lose the
+    /// first click of each.
+    pub fn start_groups_at_zero(&self, pipeline: &str, version: &str) {
+        for group in 0..USER_GROUPS {
+            let labels = GroupLabels {
+                pipeline: pipeline.to_owned(),
+                model_version: version.to_owned(),
+                user_group: u16::try_from(group).unwrap_or(u16::MAX),
+            };
+            self.impressions.get_or_create(&labels);
+            self.clicks.get_or_create(&labels);
+        }
+    }
+
     /// Registers every series in `registry` (one registry per process, shared in standalone).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
@@ -194,5 +212,25 @@ mod tests {
             let line = format!("{name}_bucket{{le=\"0.5\",pipeline=\"explore\",model_version=\"v1\"}} 1");
             assert!(text.contains(&line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn a_routed_version_counts_every_group_from_zero() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.start_groups_at_zero("explore", "v2");
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encodes");
+        for name in [signals::IMPRESSIONS, signals::CLICKS] {
+            for group in [0, 999] {
+                let line = format!(
+                    "{name}{{pipeline=\"explore\",model_version=\"v2\",{}=\"{group}\"}} 0",
+                    signals::USER_GROUP_LABEL
+                );
+                assert!(text.contains(&line), "{line} missing");
+            }
+        }
+        let series = text.lines().filter(|line| line.starts_with(signals::CLICKS)).count();
+        assert_eq!(series, USER_GROUPS as usize);
     }
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+/// A real redis-server on a free loopback port, started as the features tests start it.
+#[path = "../../../features/tests/common/mod.rs"]
 pub mod redis_server;
 
 use std::collections::HashMap;
