@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use reco_api::{ComponentSpec, FeatureBackend, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL, VectorStore};
+use reco_api::{
+    ComponentSpec, FeatureBackend, ModelVersion, PIPELINE_LABEL, RecommenderPipeline, VERSION_LABEL, VectorStore,
+};
 use reco_contracts::names::{MAX_STATEFULSET, object_name, object_name_within};
 use reco_contracts::routing::{ENDPOINTS_FILE, ROUTING_FILE, RoutingTable, VersionEndpoints};
 use serde::Serialize;

@@ -171,8 +171,6 @@ impl Gateway {
             .arg(&config.pipeline)
             .arg("--deadline-ms")
             .arg(config.deadline_ms.to_string())
-            .arg("--cache-ttl-seconds")
-            .arg(DEMO_CACHE_TTL_SECONDS.to_string())
             .env("RECO_TOKEN_KEY", &config.token_key);
         if let Some(data) = &config.seed_data {
             command.arg("--seed-data").arg(data);
@@ -243,12 +241,6 @@ pub struct Prometheus {
 
 /// The scrape job name in the demo's Prometheus config.
 pub const PROMETHEUS_JOB: &str = "reco-standalone";
-/// The page cache's TTL in the demo. The replay's 943 users come back every
-/// ~20 s at 50 requests a second, far more often than a site's; with the
-/// default 30 s a returning user mostly gets the page they saw (no new
-/// impressions, their clicks duplicates), and the rollout starves of
-/// evidence.
-pub const DEMO_CACHE_TTL_SECONDS: u32 = 2;
 /// The namespace label the demo's Prometheus puts on its target, as
 /// Kubernetes discovery would on a cluster: the analysis scopes its queries
 /// by namespace and job.

@@ -23,7 +23,10 @@ fn counts(impressions: u64, clicks: u64, requests: u64, errors: u64) -> SideMetr
 /// with the counts ([`FakeGateway::serve`] splits them over two groups).
 #[track_caller]
 fn assert_side(actual: &SideMetrics, expected: SideMetrics, p99: Option<f64>) {
-    assert_eq!(SideMetrics { latency: Vec::new(), latency_count: 0, groups: Default::default(), ..actual.clone() }, expected);
+    assert_eq!(
+        SideMetrics { latency: Vec::new(), latency_count: 0, groups: Default::default(), ..actual.clone() },
+        expected
+    );
     match p99 {
         Some(p99) => assert_latency(actual.p99_latency_seconds(), p99),
         None => assert_eq!(actual.p99_latency_seconds(), None),
