@@ -105,8 +105,8 @@ impl Metrics {
                 model_version: version.to_owned(),
                 user_group: u16::try_from(group).unwrap_or(u16::MAX),
             };
-            self.impressions.get_or_create(&labels);
-            self.clicks.get_or_create(&labels);
+            self.impressions.get_or_create(&labels).inc_by(0);
+            self.clicks.get_or_create(&labels).inc_by(0);
         }
     }
 
