@@ -93,32 +93,27 @@ fn every_rendered_object_is_a_valid_kubernetes_object() {
     }
 }
 
+/// Kinds the chart renders only when their values turn them on.
+const OPTIONAL_KINDS: [&str; 7] = [
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+    "NetworkPolicy",
+    "ConfigMap",
+    "RecommenderPipeline",
+    "PodDisruptionBudget",
+];
+
 #[test]
 fn full_values_render_every_optional_object() {
     let objects = render(&["ci/full-values.yaml"]);
     let kinds: BTreeSet<&str> = objects.iter().map(kind).collect();
-    for optional in [
-        "ServiceMonitor",
-        "PodMonitor",
-        "PrometheusRule",
-        "NetworkPolicy",
-        "ConfigMap",
-        "RecommenderPipeline",
-        "PodDisruptionBudget",
-    ] {
+    for optional in OPTIONAL_KINDS {
         assert!(kinds.contains(optional), "full values render no {optional}");
     }
     let minimal = render(&["ci/minimal-values.yaml"]);
     let kinds: BTreeSet<&str> = minimal.iter().map(kind).collect();
-    for absent in [
-        "ServiceMonitor",
-        "PodMonitor",
-        "PrometheusRule",
-        "NetworkPolicy",
-        "ConfigMap",
-        "RecommenderPipeline",
-        "PodDisruptionBudget",
-    ] {
+    for absent in OPTIONAL_KINDS {
         assert!(!kinds.contains(absent), "minimal values render a {absent}");
     }
 }
