@@ -17,3 +17,5 @@ pub const METRICS: &str = "metrics.json";
 pub const TRAINING: &str = "training.json";
 pub const MODEL_VERSION: &str = "modelversion.yaml";
 pub const VALIDATION_REPORT: &str = "validation_report.json";
+/// sha256 and size of every other file; its own sha256 is the version digest.
+pub const MANIFEST: &str = "manifest.json";
