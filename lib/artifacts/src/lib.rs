@@ -12,6 +12,8 @@
 
 pub mod manifest;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use manifest::{Digest, Manifest};
 pub use store::{Fetched, StoreOptions, fetch, upload};

@@ -91,15 +91,30 @@ impl Location {
             ObjectStoreScheme::Local => return Ok(Location::Local(PathBuf::from(url.path()))),
             ObjectStoreScheme::AmazonS3 => {
                 let b = aws::AmazonS3Builder::from_env().with_url(uri).with_retry(retry());
-                built(options.apply(b, |b, k: aws::AmazonS3ConfigKey, v| b.with_config(k, v)).build().map(|s| Arc::new(s) as _))?
+                built(
+                    options
+                        .apply(b, |b, k: aws::AmazonS3ConfigKey, v| b.with_config(k, v))
+                        .build()
+                        .map(|s| Arc::new(s) as _),
+                )?
             }
             ObjectStoreScheme::GoogleCloudStorage => {
                 let b = gcp::GoogleCloudStorageBuilder::from_env().with_url(uri).with_retry(retry());
-                built(options.apply(b, |b, k: gcp::GoogleConfigKey, v| b.with_config(k, v)).build().map(|s| Arc::new(s) as _))?
+                built(
+                    options
+                        .apply(b, |b, k: gcp::GoogleConfigKey, v| b.with_config(k, v))
+                        .build()
+                        .map(|s| Arc::new(s) as _),
+                )?
             }
             ObjectStoreScheme::MicrosoftAzure => {
                 let b = azure::MicrosoftAzureBuilder::from_env().with_url(uri).with_retry(retry());
-                built(options.apply(b, |b, k: azure::AzureConfigKey, v| b.with_config(k, v)).build().map(|s| Arc::new(s) as _))?
+                built(
+                    options
+                        .apply(b, |b, k: azure::AzureConfigKey, v| b.with_config(k, v))
+                        .build()
+                        .map(|s| Arc::new(s) as _),
+                )?
             }
             // The URI is the base; objects are named relative to it.
             ObjectStoreScheme::Http => {
@@ -310,8 +325,12 @@ mod tests {
             };
             assert!(err.contains(why) && err.contains("artifactUri"), "{uri:?}: {err}");
         }
-        assert!(matches!(Location::parse("/models/v1", &StoreOptions::default()), Ok(Location::Local(p)) if p == Path::new("/models/v1")));
-        assert!(matches!(Location::parse("file:///models/v1", &StoreOptions::default()), Ok(Location::Local(p)) if p == Path::new("/models/v1")));
+        assert!(
+            matches!(Location::parse("/models/v1", &StoreOptions::default()), Ok(Location::Local(p)) if p == Path::new("/models/v1"))
+        );
+        assert!(
+            matches!(Location::parse("file:///models/v1", &StoreOptions::default()), Ok(Location::Local(p)) if p == Path::new("/models/v1"))
+        );
         assert!(
             matches!(Location::parse("s3://bucket/models/v1", &StoreOptions::default()), Ok(Location::Remote { prefix, .. }) if prefix.as_ref() == "models/v1")
         );

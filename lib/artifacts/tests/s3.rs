@@ -1,78 +1,36 @@
-//! Artifacts through a real S3-protocol server: moto in server mode
-//! (`scripts/ensure-s3-server.sh` installs it and `scripts/env.sh` exports
-//! `MOTO_SERVER_BIN`). Skipped, with the reason printed, where it is absent.
+//! Artifacts through a real S3-protocol server (moto, see
+//! `reco_artifacts::testing`). Skipped, with the reason printed, where it is absent.
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use reco_artifacts::testing::S3Server;
 use reco_artifacts::{ArtifactStoreError, StoreOptions, fetch, manifest::write_manifest, upload};
 
-/// One moto server on a free loopback port, killed on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
+async fn bucket(server: &S3Server, name: &str) -> impl ObjectStore {
+    server.bucket(name).await;
+    let env = server.env();
+    env.iter()
+        .fold(AmazonS3Builder::new().with_bucket_name(name), |b, (k, v)| {
+            b.with_config(k.to_lowercase().parse().unwrap(), v)
+        })
+        .build()
+        .unwrap()
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn s3_server() -> Option<S3Server> {
-    let Ok(bin) = std::env::var("MOTO_SERVER_BIN") else {
-        eprintln!("skipped: MOTO_SERVER_BIN is not set (eval \"$(scripts/env.sh)\" installs moto)");
-        return None;
-    };
-    reco_runtime::tls::install_crypto_provider();
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server starts");
-    let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{}/moto-api/", server.endpoint)).send().await.is_err() {
-        assert!(Instant::now() < deadline, "moto did not answer within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Some(server)
-}
-
-fn options(endpoint: &str) -> StoreOptions {
+/// Settings for an S3 server on a loopback port where nothing listens.
+fn unreachable() -> StoreOptions {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     StoreOptions::default()
-        .with("aws_endpoint", endpoint)
+        .with("aws_endpoint", &format!("http://127.0.0.1:{port}"))
         .with("aws_allow_http", "true")
         .with("aws_access_key_id", "reco-test")
         .with("aws_secret_access_key", "reco-test")
         .with("aws_region", "us-east-1")
-}
-
-async fn bucket(server: &S3Server, name: &str) -> impl ObjectStore {
-    let created = reqwest::Client::new().put(format!("{}/{name}", server.endpoint)).send().await.unwrap();
-    assert!(created.status().is_success(), "{}", created.status());
-    AmazonS3Builder::new()
-        .with_endpoint(&server.endpoint)
-        .with_allow_http(true)
-        .with_bucket_name(name)
-        .with_access_key_id("reco-test")
-        .with_secret_access_key("reco-test")
-        .with_region("us-east-1")
-        .build()
-        .unwrap()
 }
 
 /// A version directory: a small JSON file and one large enough for a multipart upload.
@@ -96,9 +54,9 @@ fn cache_is_empty(cache: &Path) -> bool {
 
 #[tokio::test]
 async fn a_version_uploaded_to_s3_is_fetched_verified_and_cached() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = S3Server::start().await else { return };
     bucket(&server, "models").await;
-    let opts = options(&server.endpoint);
+    let opts = server.options();
     let src = version_dir();
     let digest = upload(src.path(), "s3://models/explore/v1", &opts).await.unwrap();
     assert_eq!(digest, write_manifest(src.path()).unwrap(), "the uploaded digest is the directory's");
@@ -117,9 +75,9 @@ async fn a_version_uploaded_to_s3_is_fetched_verified_and_cached() {
 
 #[tokio::test]
 async fn a_corrupted_or_missing_object_is_refused_by_name_and_leaves_nothing_cached() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = S3Server::start().await else { return };
     let store = bucket(&server, "models").await;
-    let opts = options(&server.endpoint);
+    let opts = server.options();
     let src = version_dir();
     upload(src.path(), "s3://models/v1", &opts).await.unwrap();
 
@@ -144,9 +102,9 @@ async fn a_corrupted_or_missing_object_is_refused_by_name_and_leaves_nothing_cac
 
 #[tokio::test]
 async fn no_manifest_another_digest_or_no_bucket_is_an_error_naming_the_uri() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = S3Server::start().await else { return };
     bucket(&server, "models").await;
-    let opts = options(&server.endpoint);
+    let opts = server.options();
     let src = version_dir();
     upload(src.path(), "s3://models/v1", &opts).await.unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -165,10 +123,9 @@ async fn no_manifest_another_digest_or_no_bucket_is_an_error_naming_the_uri() {
 
 #[tokio::test]
 async fn an_unreachable_store_fails_within_the_retry_budget() {
-    let closed = format!("http://127.0.0.1:{}", free_port());
     let cache = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let err = fetch("s3://models/v1", &options(&closed), cache.path(), None).await.unwrap_err().to_string();
+    let err = fetch("s3://models/v1", &unreachable(), cache.path(), None).await.unwrap_err().to_string();
     assert!(err.starts_with("s3://models/v1: "), "{err}");
     assert!(started.elapsed() < Duration::from_secs(40), "{:?}", started.elapsed());
 }

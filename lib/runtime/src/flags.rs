@@ -2,6 +2,7 @@
 //! ranking`) takes, as the operator's version Deployments pass them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// The flags that name the served model version and its addresses, shared by `reco serve retrieval` and
 /// `reco serve ranking` (the operator's `version_deployment` passes them to both).
@@ -13,9 +14,19 @@ pub struct VersionFlags {
     /// The ModelVersion served (echoed in every response).
     #[arg(long)]
     pub model_version: String,
-    /// The version's artifact directory written by `reco train`: `file:///abs/path` or a path.
+    /// The version's artifacts as `reco train` wrote them: `s3://bucket/prefix`, `gs://...`, `az://...`,
+    /// `https://...`, `file:///abs/path` or a path. Object stores take their credentials from the usual
+    /// environment variables (AWS_*, GOOGLE_*, AZURE_*).
     #[arg(long)]
     pub model_uri: String,
+    /// The digest the artifacts must have (`sha256:...`, the ModelVersion's spec.artifactDigest); a version
+    /// with another is refused. Without it, the files are still checked against the version's manifest.
+    #[arg(long)]
+    pub artifact_digest: Option<String>,
+    /// Where artifacts from an object store are downloaded and verified (a volume that lives as long as
+    /// the pod, so a restarted container does not download again).
+    #[arg(long, default_value = "/var/cache/reco/artifacts")]
+    pub artifact_cache: PathBuf,
     /// Address of the HTTP server (/metrics, /healthz, /readyz).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
@@ -40,6 +51,7 @@ mod tests {
         let v = cli.version;
         assert_eq!((v.pipeline.as_str(), v.model_version.as_str(), v.model_uri.as_str()), ("p", "v1", "file:///m/v1"));
         assert_eq!((v.http.to_string(), v.grpc.to_string()), ("0.0.0.0:8080".into(), "0.0.0.0:50051".into()));
+        assert_eq!((v.artifact_digest, v.artifact_cache), (None, PathBuf::from("/var/cache/reco/artifacts")));
         assert!(Cli::try_parse_from(["r", "--pipeline=p", "--model-version=v1"]).is_err());
     }
 }

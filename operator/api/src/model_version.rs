@@ -37,9 +37,17 @@ pub struct ModelVersionSpec {
     #[schemars(length(min = 1, max = 253))]
     pub pipeline: String,
     /// Where the artifacts are: a directory written by `reco train`, as
-    /// `file:///models/v2`, `s3://bucket/prefix`, `gs://...` or `az://...`.
-    #[schemars(regex(pattern = r"^(file|s3|gs|az)://.+"))]
+    /// `s3://bucket/prefix`, `gs://...`, `az://...`, `https://...` or
+    /// `file:///models/v2` (a path inside the pods). Pods download it before
+    /// they report ready and check every file against its `manifest.json`.
+    #[schemars(regex(pattern = r"^(file|s3|gs|az|http|https)://.+"))]
     pub artifact_uri: String,
+    /// The version's digest (`sha256:` and 64 hex digits, the sha256 of its
+    /// `manifest.json`), as `reco train` writes it. Pods refuse artifacts
+    /// with another digest, so what is served is what was evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
+    pub artifact_digest: Option<String>,
     /// Offline evaluation written by the trainer, e.g. `ndcg@10: 0.13`. The
     /// pipeline's offline gate compares these with stable's.
     #[serde(default)]
@@ -68,6 +76,11 @@ pub struct ModelVersionStatus {
     /// Why the version is in its phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The artifact digest the version's ready pods serve (they refuse any
+    /// other than `spec.artifactDigest`); unset while no pod is ready or
+    /// when the spec names no digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

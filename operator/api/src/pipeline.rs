@@ -59,7 +59,24 @@ pub struct RecommenderPipelineSpec {
     #[serde(default)]
     pub diversity: DiversitySpec,
     #[serde(default)]
+    pub artifacts: ArtifactsSpec,
+    #[serde(default)]
     pub rollout: RolloutSpec,
+}
+
+/// How the retrieval and ranking pods reach the versions' artifacts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactsSpec {
+    /// A Secret (same namespace) whose keys become the pods' environment:
+    /// the object store's usual variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, `AWS_REGION`,
+    /// `GOOGLE_SERVICE_ACCOUNT_KEY`, `AZURE_STORAGE_ACCOUNT_NAME`, ...).
+    /// Without it the pods use what their environment gives (workload
+    /// identity, instance roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
 }
 
 /// Settings shared by every deployed component.

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction,
+    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -36,6 +36,8 @@ const TOKEN_MOUNT: &str = "/etc/reco/token";
 /// vector index): the only place besides `/tmp` a service writes, so the one
 /// writable volume on a read-only root filesystem.
 const DATA_DIR: &str = "/var/lib/reco";
+/// Where retrieval and ranking download their version (`--artifact-cache`).
+const ARTIFACT_CACHE_DIR: &str = "/var/cache/reco/artifacts";
 /// Group of the services image's user (65532): volumes are made writable to it.
 const SERVICES_GID: i64 = 65532;
 const MANAGED_BY: &str = "reco-operator";
@@ -215,6 +217,8 @@ struct PodPlan<'a> {
     extra_volumes: Vec<(Volume, VolumeMount)>,
     /// Mounts of volumes that a StatefulSet's claims provide.
     claim_mounts: Vec<VolumeMount>,
+    /// A Secret whose keys become environment variables.
+    env_secret: Option<String>,
 }
 
 /// An emptyDir named `name`, mounted writable at `mount_path`.
@@ -238,6 +242,12 @@ fn pod_template(p: &RecommenderPipeline, plan: PodPlan<'_>) -> PodTemplateSpec {
             ContainerPort { name: Some("grpc".to_owned()), container_port: GRPC_PORT, ..Default::default() },
         ]),
         env: Some(vec![EnvVar { name: "RUST_LOG".to_owned(), value: Some("info".to_owned()), ..Default::default() }]),
+        env_from: plan.env_secret.map(|name| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource { name, optional: Some(false) }),
+                ..Default::default()
+            }]
+        }),
         resources: Some(plan.settings.resources.clone().unwrap_or_else(|| plan.component.default_resources())),
         startup_probe: Some(startup_probe(plan.component, plan.settings)),
         liveness_probe: Some(http_probe("/healthz", 10)),
@@ -386,6 +396,7 @@ pub fn gateway_deployment(p: &RecommenderPipeline, defaults: &Defaults) -> Deplo
             args,
             extra_volumes: vec![routing_volume, token_volume(p)],
             claim_mounts: Vec::new(),
+            env_secret: None,
         },
     )
 }
@@ -462,6 +473,7 @@ pub fn features_statefulset(p: &RecommenderPipeline, defaults: &Defaults) -> Sta
             mount_path: DATA_DIR.to_owned(),
             ..Default::default()
         }],
+        env_secret: None,
     };
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta { name: Some(DATA_CLAIM.to_owned()), ..Default::default() },
@@ -509,10 +521,13 @@ pub fn version_deployment(
         format!("--pipeline={pipeline}"),
         format!("--model-version={version}"),
         format!("--model-uri={}", v.spec.artifact_uri),
+        format!("--artifact-cache={ARTIFACT_CACHE_DIR}"),
         format!("--http=0.0.0.0:{HTTP_PORT}"),
         format!("--grpc=0.0.0.0:{GRPC_PORT}"),
     ];
-    let mut extra_volumes = Vec::new();
+    args.extend(v.spec.artifact_digest.iter().map(|digest| format!("--artifact-digest={digest}")));
+    // Downloaded artifacts live as long as the pod: a restarted container finds them.
+    let mut extra_volumes = vec![scratch_volume("artifacts", ARTIFACT_CACHE_DIR)];
     match component {
         Component::Retrieval => {
             let r = &p.spec.retrieval;
@@ -535,7 +550,16 @@ pub fn version_deployment(
     deployment(
         p,
         version_object_name(&pipeline, component, &version),
-        PodPlan { component, version: Some(&version), settings, image, args, extra_volumes, claim_mounts: Vec::new() },
+        PodPlan {
+            component,
+            version: Some(&version),
+            settings,
+            image,
+            args,
+            extra_volumes,
+            claim_mounts: Vec::new(),
+            env_secret: p.spec.artifacts.credentials_secret.clone(),
+        },
     )
 }
 
@@ -614,6 +638,7 @@ mod tests {
                 pipeline: "explore".into(),
                 artifact_uri: format!("s3://models/{name}"),
                 offline_metrics: Default::default(),
+                artifact_digest: None,
                 image: image.map(str::to_owned),
             },
         )

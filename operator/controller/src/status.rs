@@ -193,12 +193,15 @@ pub fn version_status(
         (VersionPhase::Stable, Some(a)) => Some(a.stable_ctr),
         _ => old.ctr,
     };
+    // Serving pods verified the spec's digest before they became ready.
+    let serving = matches!(decided.phase, VersionPhase::Shadow | VersionPhase::Canary | VersionPhase::Stable);
     let mut status = ModelVersionStatus {
         observed_generation: version.metadata.generation,
         phase: Some(api_phase(decided.phase)),
         weight: decided.weight,
         ctr,
         reason: Some(decided.reason.clone()),
+        artifact_digest: if serving { version.spec.artifact_digest.clone() } else { old.artifact_digest },
         conditions: old.conditions,
     };
     let reason = format!("{:?}", decided.phase);
@@ -581,6 +584,7 @@ mod tests {
             pipeline: "explore".into(),
             artifact_uri: format!("file:///models/{name}"),
             offline_metrics: Default::default(),
+            artifact_digest: None,
             image: None,
         };
         let mut version = ModelVersion::new(name, spec);

@@ -61,9 +61,10 @@ fn synthetic_item(rng: &mut StdRng, row: usize, genres: &[String], years: (i32, 
     }
 }
 
-/// Hard-links (or copies) every file of `from` into `out` except those the growth rewrites.
+/// Hard-links (or copies) every file of `from` into `out` except those the growth rewrites
+/// (and the manifest and ModelVersion, which name the old files).
 fn link_unchanged(from: &Path, out: &Path) -> anyhow::Result<()> {
-    let rewritten = [files::ITEMS, files::ITEM_IDS, files::ITEM_EMBEDDINGS];
+    let rewritten = [files::ITEMS, files::ITEM_IDS, files::ITEM_EMBEDDINGS, files::MANIFEST, files::MODEL_VERSION];
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -112,8 +113,9 @@ pub fn run(args: SyntheticCatalogArgs) -> anyhow::Result<()> {
     let all_items: Vec<&Item> = artifacts.items.iter().chain(&new_items).collect();
     write_json(&args.out, files::ITEMS, &all_items)?;
     write_json(&args.out, files::ITEM_IDS, &all_items.iter().map(|i| &i.id).collect::<Vec<_>>())?;
+    let digest = reco_artifacts::manifest::write_manifest(&args.out)?;
     println!(
-        "{}: {} items ({existing} trained, {} synthetic), embeddings {:?}",
+        "{}: {} items ({existing} trained, {} synthetic), embeddings {:?}, digest {digest}",
         args.out.display(),
         args.items,
         new_items.len(),

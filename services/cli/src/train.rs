@@ -17,9 +17,16 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub run: RunFlags,
 
-    /// Output directory for the artifacts (created if missing).
+    /// Where the version goes: a directory (created if missing), or an object store
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`; credentials from AWS_*, GOOGLE_*, AZURE_*),
+    /// which gets the files of --work-dir once training succeeded, its manifest last.
     #[arg(long, env = "RECO_OUT")]
-    pub out: PathBuf,
+    pub out: String,
+
+    /// The local directory a run with an object-store --out trains in (kept, so --resume works);
+    /// a temporary directory, removed after the upload, when not given.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 
     /// Random seed; the run is deterministic given it.
     #[arg(long, default_value_t = 42)]
@@ -157,9 +164,35 @@ fn check_counts(a: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a run writes, and the object store it uploads to afterwards.
+struct Output {
+    dir: PathBuf,
+    upload_to: Option<String>,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+fn output(out: &str, work_dir: Option<&PathBuf>) -> anyhow::Result<Output> {
+    let local = out.strip_prefix("file://").or((!out.contains("://")).then_some(out));
+    if let Some(path) = local {
+        if work_dir.is_some() {
+            bail!("--work-dir is for an object-store --out; {out:?} is a local directory");
+        }
+        return Ok(Output { dir: PathBuf::from(path), upload_to: None, _temporary: None });
+    }
+    let (dir, temporary) = match work_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let tmp = tempfile::Builder::new().prefix("reco-train-").tempdir().context("creating a work directory")?;
+            (tmp.path().to_path_buf(), Some(tmp))
+        }
+    };
+    Ok(Output { dir, upload_to: Some(out.to_owned()), _temporary: temporary })
+}
+
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     check_counts(&a)?;
-    let mut o = a.run.options(a.out.clone(), a.seed)?;
+    let out = output(&a.out, a.work_dir.as_ref())?;
+    let mut o = a.run.options(out.dir.clone(), a.seed)?;
     o.rules.rating_range = parse_range(&a.rating_range)?;
     o.two_tower.max_epochs = a.epochs;
     o.two_tower.patience = a.patience;
@@ -176,12 +209,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     o.pipeline = a.pipeline;
     o.version = a.model_version;
     o.namespace = a.namespace;
-    o.artifact_uri = a.artifact_uri;
+    o.artifact_uri = a.artifact_uri.or_else(|| out.upload_to.clone());
     o.image = a.image;
 
     let summary = reco_trainer::train(&o).context("training failed")?;
+    if let Some(uri) = &out.upload_to {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let options = reco_artifacts::StoreOptions::default();
+        let digest = runtime.block_on(reco_artifacts::upload(&out.dir, uri, &options))?;
+        println!("uploaded to {uri} ({digest})");
+    }
     let r = &summary.report;
-    println!("model version {} written to {}", summary.version, a.out.display());
+    println!("model version {} written to {}", summary.version, out.dir.display());
     println!(
         "wall {:.1}s, peak RSS {:.0} MiB, {} threads, two-tower best epoch {}",
         r.wall_seconds,

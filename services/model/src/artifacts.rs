@@ -208,7 +208,8 @@ pub async fn load_uri_blocking(uri: &str) -> Result<Arc<VersionArtifacts>, Artif
 }
 
 /// The local directory of an artifact URI: `file:///abs/path` or a plain
-/// path. Object-store schemes are refused with a message that says so.
+/// path. Object-store URIs are fetched into a local directory first (`reco
+/// serve` does, through `reco-artifacts`); here they are refused saying so.
 pub fn local_dir(uri: &str) -> Result<PathBuf, ArtifactError> {
     let path = match uri.split_once("://") {
         None => PathBuf::from(uri),
@@ -217,8 +218,8 @@ pub fn local_dir(uri: &str) -> Result<PathBuf, ArtifactError> {
             return Err(ArtifactError::File {
                 path: PathBuf::from(uri),
                 message: format!(
-                    "artifact scheme {scheme:?} is not supported by this build; copy the artifacts to a volume and \
-                     use file:// or a path"
+                    "artifact scheme {scheme:?} names an object store: `reco serve retrieval|ranking` fetches it; \
+                     `reco standalone` serves local directories (file:// or a path)"
                 ),
             });
         }

@@ -39,6 +39,7 @@ pub fn model_version(
     namespace: Option<&str>,
     pipeline: &str,
     artifact_uri: &str,
+    artifact_digest: &reco_artifacts::Digest,
     metrics: &BTreeMap<String, f64>,
     image: Option<&str>,
 ) -> Result<ModelVersion> {
@@ -52,6 +53,7 @@ pub fn model_version(
         ModelVersionSpec {
             pipeline: pipeline.to_string(),
             artifact_uri: artifact_uri.to_string(),
+            artifact_digest: Some(artifact_digest.to_string()),
             offline_metrics: offline_metrics(metrics),
             image: image.map(str::to_string),
         },
@@ -88,11 +90,13 @@ mod tests {
         m.insert("ndcg@10".to_string(), 0.1234567891);
         m.insert("avg_popularity@10".to_string(), 300.0);
         m.insert("users".to_string(), 943.0);
-        let mv = model_version("ml-100k-s1", Some("reco"), "ml-100k", "file:///tmp/x", &m, None).unwrap();
+        let digest = reco_artifacts::Digest::of(b"{}");
+        let mv = model_version("ml-100k-s1", Some("reco"), "ml-100k", "file:///tmp/x", &digest, &m, None).unwrap();
         let yaml = serde_saphyr::to_string(&mv).unwrap();
         assert!(yaml.contains("apiVersion: reco.seed.dev/v1alpha1"), "{yaml}");
         assert!(yaml.contains("kind: ModelVersion"));
         assert!(yaml.contains("artifactUri: file:///tmp/x"));
+        assert!(yaml.contains(&format!("artifactDigest: {digest}")), "{yaml}");
         assert!(yaml.contains("offlineMetrics:"));
         assert!(yaml.contains("0.123457"));
         assert!(!yaml.contains("avg_popularity") && !yaml.contains("users"));
@@ -105,10 +109,10 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        let m = BTreeMap::new();
-        assert!(model_version("ml-100k-s1.v2", None, "p", "u", &m, None).is_ok());
+        let (m, d) = (BTreeMap::new(), reco_artifacts::Digest::of(b""));
+        assert!(model_version("ml-100k-s1.v2", None, "p", "u", &d, &m, None).is_ok());
         for bad in ["Bad Name", "ML_100k", "-a"] {
-            let error = model_version(bad, None, "p", "u", &m, None).unwrap_err().to_string();
+            let error = model_version(bad, None, "p", "u", &d, &m, None).unwrap_err().to_string();
             assert!(error.contains("version name is not a valid Kubernetes name"), "{error}");
         }
     }

@@ -29,6 +29,8 @@ pub enum TrainError {
     Model(#[from] reco_model::ModelError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("artifacts: {0}")]
+    Artifacts(#[from] reco_artifacts::ArtifactStoreError),
     #[error("serialising {what}: {message}")]
     Serialize { what: String, message: String },
 }

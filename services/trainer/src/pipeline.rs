@@ -238,9 +238,9 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary> {
     let metrics = scores.into_metrics(options.seed);
     let models = Models { item_item, two_tower, item_embeddings: two_tower_scorer.items, ranker_fit_two_tower, ranker };
     write_artifacts(&run, &stats, &models, &metrics)?;
-    let version = write_model_version(options, &metrics)?;
     let report = run_report(&run, models, stages, threads, wall);
     write_json(&options.out, files::TRAINING, &report)?;
+    let version = write_model_version(options, &metrics)?;
     Ok(TrainSummary { metrics, report, version })
 }
 
@@ -568,10 +568,12 @@ fn write_artifacts(run: &Run<'_>, stats: &DataStats, models: &Models, metrics: &
     write_json(out, files::METRICS, metrics)
 }
 
-/// The `ModelVersion` manifest that deploys this run; it carries the served
-/// model's test figures. Returns the version's name.
+/// The artifacts' `manifest.json` (every file's sha256), then the
+/// `ModelVersion` that deploys this run: it carries the served model's test
+/// figures and the digest of that manifest. Returns the version's name.
 fn write_model_version(options: &TrainOptions, metrics: &MetricsFile) -> Result<String> {
     let out = &options.out;
+    let digest = reco_artifacts::manifest::write_manifest(out)?;
     let version = match &options.version {
         Some(version) => version.clone(),
         None => format!("{}-s{}", options.pipeline, options.seed),
@@ -589,6 +591,7 @@ fn write_model_version(options: &TrainOptions, metrics: &MetricsFile) -> Result<
         options.namespace.as_deref(),
         &options.pipeline,
         &uri,
+        &digest,
         &served,
         options.image.as_deref(),
     )?;
