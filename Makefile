@@ -25,5 +25,5 @@ lint: ## rustfmt, clippy (warnings as errors) and cargo-deny (licences, bans, so
 	eval "$$(scripts/env.sh)" && cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
 	eval "$$(scripts/ensure-cargo-deny.sh)" && cargo deny check licenses bans sources
 
-images: ## Build the container images (needs a Docker engine).
+images: ## Build the container images with podman (or docker) on a local Debian base; no registry needed.
 	scripts/build-images.sh all

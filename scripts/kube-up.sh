@@ -376,7 +376,9 @@ start kube-apiserver "$KUBE_APISERVER_BIN" \
   --requestheader-extra-headers-prefix X-Remote-Extra- \
   --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
   --profiling=false --v 1
-wait_for "kube-apiserver /readyz" k get --raw /readyz
+# Serving is enough here: once the CRD API is routed to the 1.36 server (a
+# restart), kube-apiserver is only ready when that server answers.
+wait_for "kube-apiserver serving" k get --raw /version
 
 log "starting apiextensions-apiserver 1.36 on https://127.0.0.1:$APIEXT_PORT"
 start apiextensions-apiserver "$APIEXTENSIONS_APISERVER_BIN" \
@@ -389,6 +391,7 @@ start apiextensions-apiserver "$APIEXTENSIONS_APISERVER_BIN" \
   --disable-admission-plugins ValidatingAdmissionPolicy,MutatingAdmissionPolicy \
   --enable-priority-and-fairness=false --profiling=false --v 1
 wait_for "apiextensions-apiserver /readyz" kx get --raw /readyz
+wait_for "kube-apiserver /readyz" k get --raw /readyz
 
 route_apiextensions
 sync_crds

@@ -27,13 +27,13 @@ enum Layer {
 fn layer(package: &str) -> Option<Layer> {
     use Layer::*;
     Some(match package {
-        "reco-contracts" | "reco-runtime" => Bottom,
+        "reco-contracts" | "reco-runtime" | "reco-artifacts" => Bottom,
         "reco-api" => Api,
         "reco-rollout" | "reco-metric-source" | "reco-operator" => Operator,
         "reco-model" | "reco-proto" | "reco-core" | "reco-vector-store" | "reco-features" | "reco-gateway"
         | "reco-retrieval" | "reco-ranking" | "reco-trainer" => Services,
         "reco-kube-testserver" | "reco-packaging-tests" => TestDoubles,
-        "reco-cli" | "reco-demo" => Top,
+        "reco-cli" | "reco-demo" | "reco-node" => Top,
         _ => return None,
     })
 }

@@ -787,13 +787,44 @@ mod tests {
     }
 
     #[test]
+    fn version_pods_download_their_pinned_artifacts_with_the_named_credentials() {
+        let p = pipeline(serde_json::json!({"artifacts": {"credentialsSecret": "model-store"}}));
+        let mut v = version("v1", None);
+        v.spec.artifact_digest = Some(format!("sha256:{}", "a".repeat(64)));
+        for component in [Component::Retrieval, Component::Ranking] {
+            let d = version_deployment(&p, &v, component, &Defaults::default());
+            let c = container(&d);
+            let args = c.args.as_ref().unwrap();
+            for arg in ["--model-uri=s3://models/v1", "--artifact-cache=/var/cache/reco/artifacts"] {
+                assert!(args.contains(&arg.to_owned()), "{args:?}");
+            }
+            assert!(args.contains(&format!("--artifact-digest=sha256:{}", "a".repeat(64))), "{args:?}");
+            let from = c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap();
+            assert_eq!((from.name.as_str(), from.optional), ("model-store", Some(false)));
+        }
+        // No digest, no Secret: neither flag nor envFrom; the other components never get the credentials.
+        let plain = pipeline(serde_json::json!({}));
+        let d = version_deployment(&plain, &version("v1", None), Component::Ranking, &Defaults::default());
+        assert!(!container(&d).args.as_ref().unwrap().iter().any(|a| a.starts_with("--artifact-digest")));
+        assert!(container(&d).env_from.is_none());
+        assert!(container(&gateway_deployment(&p, &Defaults::default())).env_from.is_none());
+        assert!(container(&features_statefulset(&p, &Defaults::default())).env_from.is_none());
+    }
+
+    #[test]
     fn each_service_can_write_exactly_where_it_writes() {
         let p = pipeline(serde_json::json!({}));
         let v = version("v1", None);
-        let tmp_and_data = (vec!["/tmp".to_owned(), "/var/lib/reco".to_owned()], Some(true));
-        let tmp_only = (vec!["/tmp".to_owned()], Some(true));
+        let writable = |paths: &[&str]| (paths.iter().map(|p| p.to_string()).collect::<Vec<_>>(), Some(true));
+        let tmp_and_data = writable(&["/tmp", "/var/lib/reco"]);
+        let tmp_only = writable(&["/tmp"]);
         let retrieval = version_deployment(&p, &v, Component::Retrieval, &Defaults::default());
-        assert_eq!(writable_paths(&retrieval), tmp_and_data, "the embedded vector index");
+        let index_and_artifacts = writable(&["/tmp", "/var/cache/reco/artifacts", "/var/lib/reco"]);
+        assert_eq!(
+            writable_paths(&retrieval),
+            index_and_artifacts,
+            "the embedded vector index, the downloaded version"
+        );
         assert!(container(&retrieval).args.as_ref().unwrap().contains(&"--data-dir=/var/lib/reco".to_owned()));
         assert_eq!(
             writable_paths(&features_statefulset(&p, &Defaults::default())),
@@ -801,11 +832,13 @@ mod tests {
             "snapshot and event log"
         );
         assert_eq!(writable_paths(&gateway_deployment(&p, &Defaults::default())), tmp_only);
-        assert_eq!(writable_paths(&version_deployment(&p, &v, Component::Ranking, &Defaults::default())), tmp_only);
+        let tmp_and_artifacts = writable(&["/tmp", "/var/cache/reco/artifacts"]);
+        let ranking = version_deployment(&p, &v, Component::Ranking, &Defaults::default());
+        assert_eq!(writable_paths(&ranking), tmp_and_artifacts);
         let qdrant =
             pipeline(serde_json::json!({"retrieval": {"vectorStore": "Qdrant", "qdrantUrl": "http://q:6334"}}));
         let remote = version_deployment(&qdrant, &v, Component::Retrieval, &Defaults::default());
-        assert_eq!(writable_paths(&remote), tmp_only, "the index lives in the Qdrant server");
+        assert_eq!(writable_paths(&remote), tmp_and_artifacts, "the index lives in the Qdrant server");
         assert!(!container(&remote).args.as_ref().unwrap().iter().any(|a| a.starts_with("--data-dir")));
         // Every volume a container mounts is declared once in its pod (or claimed by its StatefulSet).
         let features = features_statefulset(&p, &Defaults::default());

@@ -30,12 +30,12 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A version with random weights uploaded to `s3://models/<name>`; its digest.
-async fn uploaded(server: &S3Server, name: &str) -> Digest {
+/// A version with random weights from `seed` uploaded to `s3://models/<name>`; its digest.
+async fn uploaded(server: &S3Server, name: &str, seed: i64) -> Digest {
     let dir = tempfile::tempdir().unwrap();
     let items: Vec<Item> =
         (0..40).map(|i| Item { id: format!("m{i}"), genres: vec!["Drama".into()], ..Default::default() }).collect();
-    write_random_version(dir.path(), &items, &["u1".into(), "u2".into()], 3).unwrap();
+    write_random_version(dir.path(), &items, &["u1".into(), "u2".into()], seed).unwrap();
     upload(dir.path(), &format!("s3://models/{name}"), &server.options()).await.unwrap()
 }
 
@@ -89,7 +89,7 @@ impl Served {
 async fn a_verified_version_from_s3_serves_and_a_substituted_one_keeps_the_pod_unready_saying_why() {
     let Some(server) = S3Server::start().await else { return };
     server.bucket("models").await;
-    let digest = uploaded(&server, "v1").await;
+    let digest = uploaded(&server, "v1", 3).await;
     let cache = tempfile::tempdir().unwrap();
 
     let good = serve(&server, "s3://models/v1", &digest.to_string(), cache.path());
@@ -99,7 +99,8 @@ async fn a_verified_version_from_s3_serves_and_a_substituted_one_keeps_the_pod_u
     drop(good);
 
     // Another upload under the same prefix (say, a retrained model) is not what the ModelVersion names.
-    let other = uploaded(&server, "v2").await;
+    let other = uploaded(&server, "v2", 4).await;
+    assert_ne!(other, digest);
     let wrong = serve(&server, "s3://models/v2", &digest.to_string(), cache.path());
     tokio::task::block_in_place(|| {
         assert!(wrong.wait(503, Duration::from_secs(30)), "no /readyz 503:\n{}", wrong.log());
@@ -116,7 +117,7 @@ async fn a_verified_version_from_s3_serves_and_a_substituted_one_keeps_the_pod_u
 async fn a_missing_artifact_file_is_named_in_the_log() {
     let Some(server) = S3Server::start().await else { return };
     server.bucket("models").await;
-    let digest = uploaded(&server, "v1").await;
+    let digest = uploaded(&server, "v1", 3).await;
     let deleted = reqwest::Client::new()
         .delete(format!("{}/models/v1/ranker.safetensors", server.endpoint))
         .send()

@@ -69,7 +69,8 @@ fn broken_samples_are_rejected_naming_the_problem() {
             edit(&pipeline, "/spec/events", json!({"sink": "Kafka"})),
             "kafkaBrokers and kafkaTopic are required",
         ),
-        ("bad artifact URI", edit(&version, "/spec/artifactUri", json!("http://models/v2")), "/spec/artifactUri"),
+        ("bad artifact URI", edit(&version, "/spec/artifactUri", json!("ftp://models/v2")), "/spec/artifactUri"),
+        ("bad artifact digest", edit(&version, "/spec/artifactDigest", json!("sha256:abc")), "/spec/artifactDigest"),
         ("unknown metadata field", edit(&version, "/metadata/label", json!({})), "field .label is unknown"),
         (
             "wrong apiVersion",
