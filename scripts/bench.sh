@@ -5,7 +5,7 @@
 # Benchmarks are not tests: they assert nothing, they measure.
 #
 #     scripts/bench.sh                 # every section
-#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann demo)
+#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann demo pods)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/env.sh)"
@@ -30,7 +30,7 @@ PY
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-sections="${*:-analysis operator training serving ann demo}"
+sections="${*:-analysis operator training serving ann demo pods}"
 want() { [[ " $sections " == *" $1 "* ]]; }
 
 if want analysis; then
@@ -54,6 +54,40 @@ cargo build -q --release -p reco-operator --bins --examples
 } | tee "$out/scale.md"
 record operator-scale "Operator: 1,000 RecommenderPipelines with two ModelVersions each" "$out/scale.md"
 fi
+if want pods; then
+echo "== images and pods: sizes, podman run to ready, artifact download from S3" >&2
+# RECO_IMAGE_PROFILE=dev measures the images `make test` builds (no release compile);
+# RECO_BENCH_VERSION names a version directory to serve (default: train one, seed 1).
+profile="${RECO_IMAGE_PROFILE:-release}"
+scripts/build-images.sh --profile "$profile" all > "$out/images.tsv"
+version="${RECO_BENCH_VERSION:-}"
+if [[ -z "$version" ]]; then
+    cargo build -q --release -p reco-cli
+    version="$out/pods-v1"
+    target/release/reco train --data "$(scripts/ensure-ml100k.sh)" --out "$version" --seed 1 --quiet >/dev/null
+fi
+cargo build -q -p reco-node --example time_to_ready
+{
+    echo "Command: \`scripts/build-images.sh --profile $profile all\` on the local Debian 12 base, then"
+    echo "\`cargo run -p reco-node --example time_to_ready -- --version-dir DIR --component C --runs 5\`:"
+    echo "the version uploaded to moto (S3 protocol, on this machine), each run a fresh pod rendered by the operator's"
+    echo "builders and run with podman (reco-node), from \`podman run\` to its readiness probe passing;"
+    echo "download+verify is the pod's own log figure (fetch of every file with its sha256 checked)."
+    echo
+    echo "| image ($profile binaries) | size |"
+    echo "|---|---|"
+    sed 's/\t/ | /; s/^/| /; s/$/ |/' "$out/images.tsv"
+    echo
+    echo "| pod | version | upload | podman run to ready (median of 5) | download+verify (median) |"
+    echo "|---|---|---|---|---|"
+    for component in ranking retrieval; do
+        target/debug/examples/time_to_ready --version-dir "$version" --component "$component" --runs 5 2>/dev/null \
+            | sed -E 's/^([A-Za-z]+) pod, version [^ ]+ \(([0-9.]+ MB)\): upload ([0-9.]+ s); podman run to ready median ([0-9.]+ s) of [0-9]+; download\+verify median ([0-9.]+ s)$/| \1 | ml-100k, \2 | \3 | \4 | \5 |/'
+    done
+} | tee "$out/pods.md"
+record pods "Images and pods: sizes, podman run to ready, artifact download" "$out/pods.md"
+fi
+
 if want training; then
 echo "== training on MovieLens-100K, 3 seeds" >&2
 cargo build -q --release -p reco-cli

@@ -4,13 +4,18 @@
 #     scripts/kube-down.sh [--purge] [STATE_DIR]
 #
 # STATE_DIR defaults to $RECO_KUBE_STATE (which `eval "$(scripts/kube-up.sh)"`
-# exports). Stops kube-controller-manager and apiextensions-apiserver, then
-# kube-apiserver, then etcd: SIGTERM, then SIGKILL after $RECO_KUBE_STOP_TIMEOUT
-# seconds (default 30). Only a PID whose command line names STATE_DIR is
-# signalled, so a recycled PID is never hit. Idempotent: nothing running,
-# nothing to do. --purge also deletes STATE_DIR (data, certificates, logs);
-# otherwise `scripts/kube-up.sh STATE_DIR` starts it again with its data.
-# A few seconds (the API servers drain their watches before exiting).
+# exports). SIGTERM to kube-controller-manager and both API servers together,
+# SIGKILL to those still running after $RECO_KUBE_STOP_GRACE seconds (default
+# 5), then SIGTERM to etcd (SIGKILL after 30 s). The grace is short on purpose:
+# each API server holds watches on the other (kube-apiserver proxies watches to
+# the 1.36 server, whose informers watch kube-apiserver), and each would wait
+# its full 60 s request timeout for them to end; in-flight writes have
+# finished by then and all state is in etcd, which stops cleanly.
+# Only a PID whose command line names STATE_DIR is signalled, so a recycled PID
+# is never hit. Idempotent: nothing running, nothing to do. --purge also
+# deletes STATE_DIR (data, certificates, logs); otherwise
+# `scripts/kube-up.sh STATE_DIR` starts it again with its data.
+# About 5 s.
 set -euo pipefail
 
 log() { printf '[kube-down] %s\n' "$*" >&2; }
@@ -43,14 +48,16 @@ if [[ ! -d "$state" ]]; then
 fi
 state="$(cd "$state" && pwd)"
 pids="$state/pids"
-stop_timeout="${RECO_KUBE_STOP_TIMEOUT:-30}"
+grace="${RECO_KUBE_STOP_GRACE:-5}"
 
 ours() { grep -qF "$state" "/proc/$1/cmdline" 2>/dev/null; }
 pid_of() { awk -v n="$1" '$1 == n { print $2 }' "$pids" 2>/dev/null; }
 
-# stop NAME...: SIGTERM to each of ours that runs, wait, SIGKILL the rest.
+# stop TIMEOUT NAME...: SIGTERM to each of ours that runs, SIGKILL to those
+# still running after TIMEOUT seconds.
 stop() {
-  local name pid running=() deadline
+  local timeout="$1" name pid entry running=() deadline
+  shift
   for name in "$@"; do
     pid="$(pid_of "$name")"
     if [[ -n "$pid" ]] && ours "$pid"; then
@@ -60,12 +67,12 @@ stop() {
   done
   [[ ${#running[@]} -gt 0 ]] || return 0
   log "stopping ${running[*]%%:*}"
-  deadline=$((SECONDS + stop_timeout))
+  deadline=$((SECONDS + timeout))
   for entry in "${running[@]}"; do
     name="${entry%%:*}" pid="${entry#*:}"
     while ours "$pid"; do
       if ((SECONDS >= deadline)); then
-        log "$name ($pid) still running after ${stop_timeout} s: SIGKILL"
+        log "$name ($pid) still draining watches after ${timeout} s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
         sleep 0.2
         break
@@ -77,9 +84,8 @@ stop() {
 
 t0=$SECONDS
 if [[ -f "$pids" ]]; then
-  stop kube-controller-manager apiextensions-apiserver
-  stop kube-apiserver
-  stop etcd
+  stop "$grace" kube-controller-manager apiextensions-apiserver kube-apiserver
+  stop 30 etcd
   rm -f "$pids"
   log "stopped in $((SECONDS - t0)) s"
 else

@@ -90,12 +90,15 @@ fn main() {
         let logs = podman.logs(&pod);
         podman.stop_pod(&pod);
         outcome.unwrap_or_else(|e| panic!("{e}\n{logs}"));
-        let seconds = logs
-            .lines()
-            .find(|l| l.contains("artifacts downloaded and verified"))
-            .and_then(|l| l.split("seconds=").nth(1))
-            .and_then(|s| s.split_whitespace().next())
+        // The pods log JSON (or text where a terminal is attached): the download's `seconds` field.
+        let line = logs.lines().find(|l| l.contains("artifacts downloaded and verified"));
+        let seconds = line
+            .and_then(|l| l.split("\"seconds\":").nth(1).or_else(|| l.split("seconds=").nth(1)))
+            .and_then(|s| s.split([',', ' ', '}']).next())
             .and_then(|s| s.parse::<f64>().ok());
+        if seconds.is_none() {
+            eprintln!("no download time in the log:\n{logs}");
+        }
         eprintln!("run {run}: ready in {elapsed:.2} s, download and verify {seconds:?} s");
         ready.push(elapsed);
         download.extend(seconds);
