@@ -221,6 +221,21 @@ struct PodPlan<'a> {
     env_secret: Option<String>,
 }
 
+/// Ports name their protocol although TCP is the default: `protocol` is a key
+/// of the ports list, and server-side apply before Kubernetes 1.22 refuses a
+/// list entry without it (500 "associative list with keys has an element that
+/// omits key field protocol") instead of defaulting it.
+const TCP: &str = "TCP";
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some(TCP.to_owned()),
+        ..Default::default()
+    }
+}
+
 /// An emptyDir named `name`, mounted writable at `mount_path`.
 fn scratch_volume(name: &str, mount_path: &str) -> (Volume, VolumeMount) {
     (
@@ -237,10 +252,7 @@ fn pod_template(p: &RecommenderPipeline, plan: PodPlan<'_>) -> PodTemplateSpec {
         name: plan.component.as_str().to_owned(),
         image: Some(plan.image),
         args: Some(plan.args),
-        ports: Some(vec![
-            ContainerPort { name: Some("http".to_owned()), container_port: HTTP_PORT, ..Default::default() },
-            ContainerPort { name: Some("grpc".to_owned()), container_port: GRPC_PORT, ..Default::default() },
-        ]),
+        ports: Some(vec![container_port("http", HTTP_PORT), container_port("grpc", GRPC_PORT)]),
         env: Some(vec![EnvVar { name: "RUST_LOG".to_owned(), value: Some("info".to_owned()), ..Default::default() }]),
         env_from: plan.env_secret.map(|name| {
             vec![EnvFromSource {
@@ -299,6 +311,7 @@ fn deployment(p: &RecommenderPipeline, name: String, plan: PodPlan<'_>) -> Deplo
 
 fn service(p: &RecommenderPipeline, name: String, component: Component, version: Option<&str>) -> Service {
     let port = |name: &str, port: i32| ServicePort {
+        protocol: Some(TCP.to_owned()),
         name: Some(name.to_owned()),
         port,
         target_port: Some(IntOrString::String(name.to_owned())),
@@ -784,6 +797,21 @@ mod tests {
         let paths = c.volume_mounts.iter().flatten().filter(|m| m.read_only != Some(true));
         let root = c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem);
         (paths.map(|m| m.mount_path.clone()).collect(), root)
+    }
+
+    #[test]
+    fn every_port_names_its_protocol_for_server_side_apply() {
+        let p = pipeline(serde_json::json!({}));
+        let v = version("v1", None);
+        let d = Defaults::default();
+        let named = |c: &Container| c.ports.iter().flatten().all(|port| port.protocol.as_deref() == Some("TCP"));
+        assert!(named(container(&gateway_deployment(&p, &d))));
+        assert!(named(container(&features_statefulset(&p, &d))));
+        assert!(named(container(&version_deployment(&p, &v, Component::Ranking, &d))));
+        for svc in [gateway_service(&p), features_service(&p), version_service(&p, "v1", Component::Retrieval)] {
+            let ports = svc.spec.unwrap().ports.unwrap();
+            assert!(ports.iter().all(|port| port.protocol.as_deref() == Some("TCP")), "{ports:?}");
+        }
     }
 
     #[test]

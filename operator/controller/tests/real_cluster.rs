@@ -1,9 +1,10 @@
-//! The operator scenarios against a real Kubernetes cluster (kind, k3d or
-//! any other), ignored unless asked for:
+//! The operator scenarios against genuine Kubernetes API servers, ignored
+//! unless asked for. `make test` runs them on the servers it builds from
+//! Debian sources (scripts/ensure-kube-apiserver.sh, scripts/kube-up.sh);
+//! any cluster works (kind, k3d):
 //!
 //! ```text
-//! kind create cluster
-//! kubectl apply --server-side -f crds/
+//! eval "$(scripts/ensure-kube-apiserver.sh)" && eval "$(scripts/kube-up.sh)"
 //! RECO_REAL_CLUSTER=1 cargo test -p reco-operator --test real_cluster -- --ignored --test-threads=1
 //! ```
 //!

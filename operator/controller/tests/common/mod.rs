@@ -83,6 +83,13 @@ impl Scenario {
     }
 
     /// The test double, for fault injection; scenarios that need it do not run on real clusters.
+    /// Whether the CRDs' schema and CEL rules are enforced at admission (a
+    /// real API server does; the test double does not, like a cluster whose
+    /// CRD predates a rule).
+    pub fn enforces_schema(&self) -> bool {
+        self.server.is_none()
+    }
+
     pub fn server(&self) -> &TestApiServer {
         self.server.as_ref().expect("this scenario needs the API test double")
     }

@@ -239,13 +239,21 @@ pub async fn api_errors_and_conflicts_converge(s: &Scenario) {
 
 pub async fn an_invalid_spec_is_reported_and_changes_nothing(s: &Scenario) {
     let _operator = Operator::start(s).await;
-    // The test double does not enforce the CRD schema, like a cluster whose
-    // CRD predates a rule: the operator must catch it itself.
     let mut pipeline = fast_pipeline("broken");
     pipeline["spec"]["rollout"]["steps"] = json!([
         {"canary": {"weight": 50, "minImpressions": 10, "maxDuration": "1m"}},
         {"canary": {"weight": 20, "minImpressions": 10, "maxDuration": "1m"}},
     ]);
+    if s.enforces_schema() {
+        // A real API server refuses it at admission with the CRD's CEL rule.
+        let created = s.pipelines().create(&Default::default(), &serde_json::from_value(pipeline).unwrap()).await;
+        let Err(kube::Error::Api(status)) = created else { panic!("an invalid spec was admitted: {created:?}") };
+        assert_eq!(status.code, 422);
+        assert!(status.message.contains("canary weights must be strictly increasing"), "{}", status.message);
+        return;
+    }
+    // Where the schema is not enforced (the test double, or a cluster whose
+    // CRD predates a rule), the operator must catch it itself.
     s.create_pipeline(pipeline).await;
     let condition = s
         .eventually("InvalidSpec reported", || async {
