@@ -12,9 +12,9 @@
 //! current kubeconfig, in a namespace of its own that it deletes at the end
 //! (a failed test leaves it for inspection). Metrics are scripted as in the
 //! test-double runs: the serving images need not run for the rollout logic
-//! to be exercised. Fault injection needs the test double, so
-//! `api_errors_and_conflicts_converge` and `a_restart_waits_for_every_cache`
-//! have no twin here.
+//! to be exercised. Injected API errors need the test double, so
+//! `api_errors_and_conflicts_converge` has no twin here;
+//! `a_restart_waits_for_every_cache` denies the ModelVersions through RBAC.
 
 mod common;
 
@@ -57,6 +57,14 @@ async fn a_worse_version_is_rolled_back_and_stable_keeps_serving() {
 async fn an_operator_restart_mid_canary_resumes_where_it_was() {
     let s = Scenario::real_cluster().await;
     scenarios::an_operator_restart_mid_canary_resumes_where_it_was(&s).await;
+    s.cleanup().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn a_restart_waits_for_every_cache() {
+    let s = Scenario::real_cluster().await;
+    scenarios::a_restart_waits_for_every_cache(&s).await;
     s.cleanup().await;
 }
 

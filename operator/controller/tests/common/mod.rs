@@ -33,6 +33,9 @@ use tokio::task::JoinHandle;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The ServiceAccount of [`Scenario::operator_without_version_lists`] on a real cluster.
+const RESTRICTED_OPERATOR: &str = "reco-operator-restricted";
+
 /// The API server and what the tests read and script.
 pub struct Scenario {
     /// The test double, or `None` on a real cluster.
@@ -72,6 +75,105 @@ impl Scenario {
     fn with(server: Option<TestApiServer>, client: Client, namespace: String) -> Self {
         let routing_log = RoutingLog::start(Api::namespaced(client.clone(), &namespace));
         Self { server, client, namespace, metrics: Arc::new(ScriptedMetrics::default()), routing_log }
+    }
+
+    /// An operator client whose ModelVersion lists and watches fail until
+    /// [`Self::allow_version_lists`]: on the test double through injected 500s,
+    /// on a real API server through RBAC (a ServiceAccount of the test
+    /// namespace that may do everything the operator does there but read
+    /// ModelVersions). Also the scope it may watch.
+    pub async fn operator_without_version_lists(&self) -> (Client, WatchScope) {
+        let Some(server) = &self.server else { return self.restricted_operator().await };
+        server.clear_requests();
+        server.inject_failures("GET", "/modelversions", 500, 10_000);
+        (self.client.clone(), WatchScope::default())
+    }
+
+    /// Lets the client of [`Self::operator_without_version_lists`] read ModelVersions.
+    pub async fn allow_version_lists(&self) {
+        match &self.server {
+            Some(server) => server.clear_failures(),
+            None => self.bind(RESTRICTED_OPERATOR, "reco-operator-versions").await,
+        }
+    }
+
+    /// Waits until the restricted operator has tried, and failed, to list ModelVersions:
+    /// three requests seen by the test double; a few seconds on a real server (which does not tell).
+    pub async fn version_lists_failed(&self) {
+        let Some(server) = &self.server else {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return;
+        };
+        self.eventually("three failed ModelVersion lists", || async {
+            let requests = server.requests();
+            let lists = requests.iter().filter(|r| r.method == "GET" && r.path_and_query.contains("/modelversions"));
+            (lists.count() >= 3).then_some(())
+        })
+        .await;
+    }
+
+    async fn restricted_operator(&self) -> (Client, WatchScope) {
+        use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+        use k8s_openapi::api::rbac::v1::Role;
+        let ns = &self.namespace;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let account = serde_json::from_value(json!({"metadata": {"name": RESTRICTED_OPERATOR}})).unwrap();
+        accounts.create(&PostParams::default(), &account).await.expect("ServiceAccount created");
+        let roles: Api<Role> = Api::namespaced(self.client.clone(), ns);
+        let all = json!(["get", "list", "watch", "create", "update", "patch", "delete"]);
+        for (name, rules) in [
+            (
+                "reco-operator-core",
+                json!([
+                    {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "events"], "verbs": all},
+                    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": all},
+                    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": all},
+                    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": all},
+                    {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": all},
+                    {"apiGroups": ["reco.seed.dev"], "resources": ["recommenderpipelines", "recommenderpipelines/status"], "verbs": all},
+                ]),
+            ),
+            (
+                "reco-operator-versions",
+                json!([{"apiGroups": ["reco.seed.dev"], "resources": ["modelversions", "modelversions/status"], "verbs": all}]),
+            ),
+        ] {
+            let role = serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
+            roles.create(&PostParams::default(), &role).await.expect("Role created");
+        }
+        self.bind(RESTRICTED_OPERATOR, "reco-operator-core").await;
+        // The token controller writes the ServiceAccount's token Secret.
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let token = self
+            .eventually("the ServiceAccount's token", || async {
+                let list = secrets.list(&Default::default()).await.ok()?;
+                list.items.into_iter().find_map(|secret| {
+                    let annotations = secret.metadata.annotations.unwrap_or_default();
+                    let ours = annotations.get("kubernetes.io/service-account.name").map(String::as_str)
+                        == Some(RESTRICTED_OPERATOR);
+                    ours.then(|| secret.data?.remove("token")).flatten()
+                })
+            })
+            .await;
+        let mut config = kube::Config::infer().await.expect("a kubeconfig");
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(String::from_utf8(token.0).expect("a UTF-8 token").into()),
+            ..Default::default()
+        };
+        let client = Client::try_from(config).expect("a client for the ServiceAccount");
+        (client, WatchScope { namespaces: vec![ns.clone()] })
+    }
+
+    async fn bind(&self, account: &str, role: &str) {
+        use k8s_openapi::api::rbac::v1::RoleBinding;
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &self.namespace);
+        let binding = serde_json::from_value(json!({
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.namespace}],
+        }))
+        .unwrap();
+        bindings.create(&PostParams::default(), &binding).await.expect("RoleBinding created");
     }
 
     /// Deletes a real cluster's test namespace (the test double goes with the process).
@@ -212,16 +314,19 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(s: &Scenario) -> Self {
+        Self::start_as(s, s.client.clone(), WatchScope::default())
+    }
+
+    /// The operator with its own `client`, watching `scope`.
+    pub fn start_as(s: &Scenario, client: Client, scope: WatchScope) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let client = s.client.clone();
         let sources = s.metrics.clone() as Arc<dyn MetricSources>;
         let metrics = Arc::new(OperatorMetrics::register(&mut Registry::default()));
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            controller::run(client, WatchScope::default(), Defaults::default(), "test", metrics, sources, shutdown)
-                .await;
+            controller::run(client, scope, Defaults::default(), "test", metrics, sources, shutdown).await;
         });
         Self { stop, task }
     }
