@@ -31,7 +31,8 @@ else
     cargo test --workspace --no-fail-fast || status=$?
 fi
 
-# The scenario suite's real-cluster twins on the genuine servers.
+# On the genuine servers: the scenario suite's real-cluster twins, and the
+# node agent running what the operator (its binary) renders.
 echo "[test] waiting for the API server build" >&2
 if ! wait "$kube_build"; then
     tail -40 "$kube_log" >&2
@@ -43,9 +44,10 @@ state="$(mktemp -d -t reco-kube.XXXXXX)"
 trap 'scripts/kube-down.sh --purge "$state" || true' EXIT
 eval "$(scripts/kube-up.sh "$state")"
 if cargo nextest --version >/dev/null 2>&1; then
-    RECO_REAL_CLUSTER=1 cargo nextest run -p reco-operator --test real_cluster --run-ignored only \
-        --test-threads=1 --no-fail-fast || status=$?
+    RECO_REAL_CLUSTER=1 cargo nextest run -p reco-operator -p reco-node --test real_cluster --test agent \
+        --run-ignored only --test-threads=1 --no-fail-fast || status=$?
 else
     RECO_REAL_CLUSTER=1 cargo test -p reco-operator --test real_cluster -- --ignored --test-threads=1 || status=$?
+    RECO_REAL_CLUSTER=1 cargo test -p reco-node --test agent -- --ignored || status=$?
 fi
 exit "$status"

@@ -19,6 +19,7 @@
 //! network with DNS aliases, and restarts (a caller that wants them starts
 //! the pod again).
 
+pub mod agent;
 mod quantity;
 
 use std::collections::BTreeMap;
@@ -225,6 +226,26 @@ impl Podman {
         Ok(dirs)
     }
 
+    /// Writes the pod's Secret and ConfigMap volumes again from `objects`, as
+    /// a kubelet propagates an updated ConfigMap; whether a file changed.
+    pub fn refresh_files(&self, spec: &PodSpec, placement: &Placement, objects: &Objects) -> Result<bool, NodeError> {
+        let mut changed = false;
+        for volume in spec.volumes.iter().flatten() {
+            let dir = placement.pod_dir.join(&volume.name);
+            let (data, items) = if let Some(secret) = &volume.secret {
+                (objects.secret(secret.secret_name.as_deref().unwrap_or_default()), secret.items.as_deref())
+            } else if let Some(cm) = &volume.config_map {
+                (objects.config_map(&cm.name), cm.items.as_deref())
+            } else {
+                continue;
+            };
+            if let Some(data) = data {
+                changed |= write_files(&dir, &data, items)?;
+            }
+        }
+        Ok(changed)
+    }
+
     /// Runs one probe of every container once: `None` when no container has it.
     pub fn probe(&self, pod: &RunningPod, kind: ProbeKind) -> Option<Result<(), String>> {
         let mut result = None;
@@ -329,28 +350,45 @@ fn make_dir(dir: &Path, group: Option<i64>) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Writes a Secret's or ConfigMap's keys as files in `dir`, in place: each
+/// file renamed over the old one (a reader sees the old or the new content),
+/// stale ones removed, the directory itself kept (it is bind-mounted).
+/// Returns whether anything changed, as a kubelet's volume update would.
 fn write_files(
     dir: &Path,
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-) -> Result<(), NodeError> {
-    let _ = std::fs::remove_dir_all(dir);
+) -> Result<bool, NodeError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let files: Vec<(&str, &str)> = match items {
         Some(items) => items.iter().map(|i| (i.key.as_str(), i.path.as_str())).collect(),
         None => data.keys().map(|k| (k.as_str(), k.as_str())).collect(),
     };
-    for (key, path) in files {
-        let bytes = data.get(key).ok_or_else(|| NodeError::Io {
+    let mut changed = false;
+    for (key, path) in &files {
+        let bytes = data.get(*key).ok_or_else(|| NodeError::Io {
             path: dir.join(path),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("no key {key:?}")),
         })?;
         let target = dir.join(path);
-        let mut file = std::fs::File::create(&target).map_err(io(&target))?;
-        file.write_all(bytes).map_err(io(&target))?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).map_err(io(&target))?;
+        if std::fs::read(&target).is_ok_and(|old| old == *bytes) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{path}.new"));
+        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(bytes).map_err(io(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        changed = true;
     }
-    Ok(())
+    for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !files.iter().any(|(_, path)| *path == name) {
+            let _ = std::fs::remove_file(entry.path());
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 /// The container's environment: values, Secret and ConfigMap keys, `envFrom`.
