@@ -4,6 +4,7 @@
 //! and serving. Prints the median of `--runs` fresh pods (each downloads).
 //!
 //!     cargo run -p reco-node --example time_to_ready -- --version-dir DIR [--component retrieval] [--runs 3]
+//!         [--memory-limit 8Gi]    (the pipeline's limit for the pod; the default 2Gi is too small for 1M items)
 //!
 //! Needs podman, the images (scripts/build-images.sh) and MOTO_SERVER_BIN
 //! (eval "$(scripts/env.sh)").
@@ -48,8 +49,13 @@ fn main() {
     });
     let upload_s = started.elapsed().as_secs_f64();
 
-    let spec: RecommenderPipelineSpec =
-        serde_json::from_value(serde_json::json!({"artifacts": {"credentialsSecret": "s3"}})).unwrap();
+    let mut spec = serde_json::json!({"artifacts": {"credentialsSecret": "s3"}});
+    if let Some(memory) = flag("--memory-limit") {
+        let resources = serde_json::json!({"resources": {"limits": {"cpu": "2", "memory": memory}}});
+        spec["retrieval"] = resources.clone();
+        spec["ranking"] = resources;
+    }
+    let spec: RecommenderPipelineSpec = serde_json::from_value(spec).unwrap();
     let mut p = RecommenderPipeline::new("explore", spec);
     p.metadata.namespace = Some("reco".into());
     let mut v = ModelVersion::new(

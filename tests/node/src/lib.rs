@@ -272,7 +272,7 @@ impl Podman {
         let mut last = String::from("not probed");
         while started.elapsed() < timeout {
             if !self.running(pod) {
-                return Err(format!("a container exited: {}", self.logs(pod)));
+                return Err(format!("a container exited ({}): {}", self.exit_reason(pod), self.logs(pod)));
             }
             let started_ok = self.probe(pod, ProbeKind::Startup).is_none_or(|r| r.is_ok());
             match (started_ok, self.probe(pod, ProbeKind::Readiness)) {
@@ -290,6 +290,17 @@ impl Podman {
         pod.containers
             .iter()
             .all(|(_, name)| self.run(&["inspect", "--format", "{{.State.Running}}", name]).is_ok_and(|s| s == "true"))
+    }
+
+    /// How the pod's containers ended: exit code, and whether the memory limit killed them.
+    pub fn exit_reason(&self, pod: &RunningPod) -> String {
+        let format = "exit code {{.State.ExitCode}}, OOM killed {{.State.OOMKilled}}";
+        let reasons: Vec<String> = pod
+            .containers
+            .iter()
+            .filter_map(|(_, name)| self.run(&["inspect", "--format", format, name]).ok())
+            .collect();
+        reasons.join("; ")
     }
 
     /// Everything the pod's containers wrote to stdout and stderr.

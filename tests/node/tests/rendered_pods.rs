@@ -151,7 +151,7 @@ fn every_rendered_pod_runs_serves_and_refuses_a_bad_artifact_saying_why() {
 
     let spec: RecommenderPipelineSpec = serde_json::from_value(json!({
         "artifacts": {"credentialsSecret": "s3-credentials"},
-        "gateway": {"component": {"replicas": 1}},
+        "gateway": {"replicas": 1},
     }))
     .unwrap();
     let mut p = RecommenderPipeline::new("explore", spec);
