@@ -73,6 +73,9 @@ cargo build -q -p reco-node --example time_to_ready
     echo "the version uploaded to moto (S3 protocol, on this machine), each run a fresh pod rendered by the operator's"
     echo "builders and run with podman (reco-node), from \`podman run\` to its readiness probe passing;"
     echo "download+verify is the pod's own log figure (fetch of every file with its sha256 checked)."
+    echo "1M items: the same version grown by \`reco synthetic-catalog --items 1000000\` (synthetic items embedded by its"
+    echo "item tower), one run each with \`--memory-limit 8Gi\`: under the rendered default of 2Gi the retrieval pod is"
+    echo "OOM-killed at 2 GB while it builds its HNSW index."
     echo
     echo "| image ($profile binaries) | size |"
     echo "|---|---|"

@@ -299,3 +299,28 @@ pub fn tune(a: TuneArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_out_is_written_in_place_and_an_object_store_out_is_uploaded_from_a_work_dir() {
+        let local = output("models/v1", None).unwrap();
+        assert_eq!((local.dir, local.upload_to), (PathBuf::from("models/v1"), None));
+        let file = output("file:///models/v1", None).unwrap();
+        assert_eq!((file.dir, file.upload_to), (PathBuf::from("/models/v1"), None));
+
+        let work = PathBuf::from("/tmp/work");
+        let s3 = output("s3://bucket/explore/v2", Some(&work)).unwrap();
+        assert_eq!((s3.dir, s3.upload_to.as_deref()), (work, Some("s3://bucket/explore/v2")));
+        let temporary = output("gs://bucket/v2", None).unwrap();
+        assert!(temporary.dir.exists(), "a temporary work directory while the run lasts");
+        let dir = temporary.dir.clone();
+        drop(temporary);
+        assert!(!dir.exists(), "removed after the upload");
+
+        let err = output("models/v1", Some(&PathBuf::from("/tmp/w"))).err().unwrap().to_string();
+        assert!(err.contains("--work-dir is for an object-store --out"), "{err}");
+    }
+}
