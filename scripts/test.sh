@@ -44,10 +44,10 @@ state="$(mktemp -d -t reco-kube.XXXXXX)"
 trap 'scripts/kube-down.sh --purge "$state" || true' EXIT
 eval "$(scripts/kube-up.sh "$state")"
 if cargo nextest --version >/dev/null 2>&1; then
-    RECO_REAL_CLUSTER=1 cargo nextest run -p reco-operator -p reco-node --test real_cluster --test agent \
+    # --workspace with a filter: the same feature set as the build above, so nothing recompiles.
+    RECO_REAL_CLUSTER=1 cargo nextest run --workspace -E 'binary(real_cluster) | binary(agent)' \
         --run-ignored only --test-threads=1 --no-fail-fast || status=$?
 else
-    RECO_REAL_CLUSTER=1 cargo test -p reco-operator --test real_cluster -- --ignored --test-threads=1 || status=$?
-    RECO_REAL_CLUSTER=1 cargo test -p reco-node --test agent -- --ignored || status=$?
+    RECO_REAL_CLUSTER=1 cargo test --workspace --test real_cluster --test agent -- --ignored --test-threads=1 || status=$?
 fi
 exit "$status"
