@@ -319,15 +319,17 @@ fn sync_pods(podman: &Podman, stores: &Stores, desired: &BTreeMap<String, Desire
             podman.stop_pod(&pod.running);
         }
     }
+    // Each namespace's Secrets and ConfigMaps, copied out of the stores once per sync.
+    let mut by_namespace: BTreeMap<&str, Objects> = BTreeMap::new();
     for (key, want) in desired {
-        let objects = objects_of(stores, &want.namespace);
+        let objects = by_namespace.entry(&want.namespace).or_insert_with(|| objects_of(stores, &want.namespace));
         let spec = want.template.spec.clone().unwrap_or_default();
         match pods.get_mut(key) {
             Some(pod) if !podman.running(&pod.running) => {
                 let log = podman.logs(&pod.running);
                 eprintln!("[reco-node] {key} exited (restart {}); last log:\n{}", pod.restarts + 1, tail(&log, 20));
                 podman.stop_pod(&pod.running);
-                match podman.start_pod(&spec, &want.placement, &objects) {
+                match podman.start_pod(&spec, &want.placement, objects) {
                     Ok(running) => {
                         pod.running = running;
                         pod.ready = false;
@@ -337,12 +339,12 @@ fn sync_pods(podman: &Podman, stores: &Stores, desired: &BTreeMap<String, Desire
                 }
             }
             Some(pod) => {
-                if let Err(e) = podman.refresh_files(&spec, &want.placement, &objects) {
+                if let Err(e) = podman.refresh_files(&spec, &want.placement, objects) {
                     eprintln!("[reco-node] {key}: {e}");
                 }
                 pod.ready = podman.probe(&pod.running, ProbeKind::Readiness).is_none_or(|r| r.is_ok());
             }
-            None => match podman.start_pod(&spec, &want.placement, &objects) {
+            None => match podman.start_pod(&spec, &want.placement, objects) {
                 Ok(running) => {
                     eprintln!("[reco-node] started {key} at {}", running.ip);
                     pods.insert(key.clone(), Pod { running, fingerprint: want.fingerprint, ready: false, restarts: 0 });
