@@ -184,6 +184,29 @@ pub struct FeaturesSpec {
     pub redis_url: Option<String>,
     #[serde(default)]
     pub storage: FeaturesStorage,
+    /// A history to load into an empty store when the features pods first
+    /// start (a store that holds users is never seeded again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<FeaturesSeed>,
+}
+
+/// Users and their interactions to start the online features from: a data
+/// set in the trainer's input format (the files `reco train --data` reads),
+/// uploaded with its `manifest.json` as a model version is. Credentials come
+/// from `spec.artifacts.credentialsSecret`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FeaturesSeed {
+    /// Where the data set is: `s3://bucket/prefix`, `gs://...`, `az://...`,
+    /// `https://...` or `file:///path` (inside the pods).
+    #[schemars(regex(pattern = r"^(file|s3|gs|az|http|https)://.+"))]
+    pub uri: String,
+    /// Leave out this fraction of each user's latest interactions (0 to
+    /// 0.5): a replay or an evaluation can then treat them as the users'
+    /// future.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub holdout_fraction: f64,
 }
 
 /// The persistent volume of each features pod, for its snapshot and event

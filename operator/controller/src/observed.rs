@@ -35,8 +35,25 @@ pub fn version_info(v: &ModelVersion, deployments: &[Arc<Deployment>]) -> Versio
         offline_metrics: v.spec.offline_metrics.clone(),
         broken: validation::version_name_problem(&v.spec.pipeline, &v.name_any())
             .or_else(|| deployment_failure(&v.name_any(), deployments)),
+        ready: pods_ready(&v.name_any(), deployments),
         command,
     }
+}
+
+/// Whether the version has Deployments and each has every pod of its
+/// current template ready (as their status says).
+fn pods_ready(version: &str, deployments: &[Arc<Deployment>]) -> bool {
+    let mut theirs = deployments
+        .iter()
+        .filter(|d| d.labels().get(reco_api::VERSION_LABEL).map(String::as_str) == Some(version))
+        .peekable();
+    theirs.peek().is_some()
+        && theirs.all(|d| {
+            let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            d.status.as_ref().is_some_and(|s| {
+                s.observed_generation >= d.metadata.generation && s.ready_replicas.unwrap_or(0) >= wanted
+            })
+        })
 }
 
 /// Why a version's pods cannot run: a Deployment that exceeded its progress
@@ -61,9 +78,11 @@ fn deployment_failure(version: &str, deployments: &[Arc<Deployment>]) -> Option<
 }
 
 /// Versions that need retrieval and ranking pods: those in the routing table,
-/// the shadow, and the candidate (whose pods start before it gets traffic).
+/// the shadow, the candidate, and the one next in line (whose pods start
+/// before it gets traffic).
 pub fn serving_versions(decision: &Decision) -> BTreeSet<String> {
     let mut serving: BTreeSet<String> = decision.routing.versions.iter().map(|v| v.name.clone()).collect();
+    serving.extend(decision.starting.clone());
     serving.extend(decision.routing.shadow.clone());
     serving.extend(decision.state.candidate.as_ref().map(|c| c.version.clone()));
     serving.extend(decision.state.stable.clone());

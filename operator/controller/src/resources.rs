@@ -474,6 +474,10 @@ pub fn features_statefulset(p: &RecommenderPipeline, defaults: &Defaults) -> Sta
     args.extend(spec.redis_url.iter().map(|url| format!("--redis-url={url}")));
     args.extend(p.spec.events.kafka_brokers.iter().map(|b| format!("--kafka-brokers={b}")));
     args.extend(p.spec.events.kafka_topic.iter().map(|t| format!("--kafka-topic={t}")));
+    if let Some(seed) = &spec.seed {
+        args.push(format!("--seed-from={}", seed.uri));
+        args.push(format!("--seed-holdout={}", seed.holdout_fraction));
+    }
     let plan = PodPlan {
         component: Component::Features,
         version: None,
@@ -486,7 +490,8 @@ pub fn features_statefulset(p: &RecommenderPipeline, defaults: &Defaults) -> Sta
             mount_path: DATA_DIR.to_owned(),
             ..Default::default()
         }],
-        env_secret: None,
+        // The seed is read with the artifacts' credentials.
+        env_secret: spec.seed.as_ref().and(p.spec.artifacts.credentials_secret.clone()),
     };
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta { name: Some(DATA_CLAIM.to_owned()), ..Default::default() },
@@ -954,6 +959,24 @@ mod tests {
         );
         // Nothing of the default is written into the spec.
         assert_eq!(serde_json::to_value(&p.spec).unwrap().get("image"), None);
+    }
+
+    #[test]
+    fn features_pods_seed_an_empty_store_with_the_artifacts_credentials() {
+        let p = pipeline(serde_json::json!({
+            "artifacts": {"credentialsSecret": "model-store"},
+            "features": {"seed": {"uri": "s3://data/ml-100k", "holdoutFraction": 0.1}},
+        }));
+        let c = container(&features_statefulset(&p, &Defaults::default())).clone();
+        let args = c.args.unwrap();
+        for arg in ["--seed-from=s3://data/ml-100k", "--seed-holdout=0.1"] {
+            assert!(args.contains(&arg.to_owned()), "{args:?}");
+        }
+        assert_eq!(c.env_from.unwrap()[0].secret_ref.as_ref().unwrap().name, "model-store");
+        // Without a seed: no flags (and no credentials, as asserted above).
+        let plain = pipeline(serde_json::json!({"artifacts": {"credentialsSecret": "model-store"}}));
+        let args = container(&features_statefulset(&plain, &Defaults::default())).args.clone().unwrap();
+        assert!(!args.iter().any(|a| a.starts_with("--seed")), "{args:?}");
     }
 
     #[test]

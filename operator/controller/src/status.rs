@@ -306,7 +306,8 @@ fn round_to_minutes(duration: std::time::Duration) -> std::time::Duration {
     std::time::Duration::from_secs(duration.as_secs().div_ceil(60) * 60)
 }
 
-fn report_of(analysis: &AnalysisStatus) -> AnalysisReport {
+/// The engine's view of a look the operator recorded (also how the cluster demo reads it).
+pub fn report_of(analysis: &AnalysisStatus) -> AnalysisReport {
     AnalysisReport {
         stable_impressions: analysis.stable_impressions,
         stable_clicks: analysis.stable_clicks,
@@ -388,7 +389,8 @@ fn transition(entry: &HistoryEntry) -> Transition {
     }
 }
 
-fn history_entry(transition: &Transition) -> HistoryEntry {
+/// The engine's view of a recorded transition.
+pub fn history_entry(transition: &Transition) -> HistoryEntry {
     HistoryEntry {
         time: transition.time.0,
         version: transition.version.clone(),
@@ -418,7 +420,8 @@ fn api_phase(phase: VersionPhase) -> reco_api::VersionPhase {
     }
 }
 
-fn engine_phase(phase: reco_api::VersionPhase) -> VersionPhase {
+/// The engine's name of an API phase.
+pub fn engine_phase(phase: reco_api::VersionPhase) -> VersionPhase {
     use reco_api::VersionPhase as Api;
     match phase {
         Api::Pending => VersionPhase::Pending,
@@ -510,6 +513,7 @@ mod tests {
             created: at(created),
             offline_metrics: Default::default(),
             broken: None,
+            ready: true,
             command: None,
         }
     }

@@ -147,3 +147,11 @@ async fn a_lost_pipeline_status_is_rebuilt_from_the_versions() {
     scenarios::a_lost_pipeline_status_is_rebuilt_from_the_versions(&s).await;
     s.cleanup().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: RECO_REAL_CLUSTER=1 and KUBECONFIG"]
+async fn a_version_takes_traffic_only_once_its_pods_are_ready() {
+    let s = Scenario::real_cluster().await;
+    scenarios::a_version_takes_traffic_only_once_its_pods_are_ready(&s).await;
+    s.cleanup().await;
+}

@@ -104,3 +104,8 @@ async fn a_reconcile_that_changes_nothing_applies_nothing() {
 async fn a_version_whose_pods_cannot_start_fails_and_stable_serves_on() {
     scenarios::a_version_whose_pods_cannot_start_fails_and_stable_serves_on(&Scenario::start().await).await;
 }
+
+#[tokio::test]
+async fn a_version_takes_traffic_only_once_its_pods_are_ready() {
+    scenarios::a_version_takes_traffic_only_once_its_pods_are_ready(&Scenario::start().await).await;
+}

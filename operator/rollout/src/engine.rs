@@ -9,6 +9,10 @@
 //!   canary step passes on a `Pass` with the step's minimum canary
 //!   impressions, rolls back on a `Fail`, holds its weight otherwise, and
 //!   applies `on_timeout` once `max_duration` is over.
+//! - A version gets traffic (shadow, canary, or promoted by annotation) only
+//!   once its pods are ready: the next version in line waits `Pending`
+//!   meanwhile, and [`Decision::starting`] names it so its pods are made.
+//!   The first version is promoted at once (there is nothing to protect).
 //! - A broken *pending* version is skipped while broken (it stays `Pending`
 //!   and starts once fixed); a broken *candidate* ends `Failed`; a broken
 //!   *stable* keeps serving (bad input never demotes it), noted in its reason.
@@ -79,6 +83,8 @@ pub struct VersionInfo {
     pub offline_metrics: BTreeMap<String, f64>,
     /// `Some(reason)` when the version cannot run (missing artifact, bad spec).
     pub broken: Option<String>,
+    /// Whether its pods are ready to take traffic.
+    pub ready: bool,
     pub command: Option<Command>,
 }
 
@@ -188,6 +194,8 @@ pub struct Decision {
     /// Transitions that happened in this call (one Kubernetes Event each):
     /// phase changes, and step changes within a phase (`from == to`).
     pub transitions: Vec<HistoryEntry>,
+    /// The version next in line, waiting for its pods before its rollout starts.
+    pub starting: Option<String>,
     /// When to look again.
     pub requeue_after: Duration,
 }
@@ -396,6 +404,9 @@ impl Run<'_> {
                 self.promote(&next.name, VersionPhase::Pending, Cause::Lifecycle, reason);
                 continue;
             };
+            if !next.ready {
+                return;
+            }
             if next.command == Some(Command::Promote) {
                 self.promote(&next.name, VersionPhase::Pending, Cause::Command, "promoted by annotation".to_owned());
                 continue;
@@ -456,6 +467,15 @@ impl Run<'_> {
 }
 
 /// Versions that are neither stable, candidate nor finished, oldest first.
+/// The version [`Run::start_next`] waits for: next in line, not broken,
+/// not ready, with a stable to protect and no candidate in flight.
+fn starting<'v>(state: &RolloutState, versions: &'v [VersionInfo]) -> Option<&'v VersionInfo> {
+    if state.stable.is_none() || state.candidate.is_some() {
+        return None;
+    }
+    pending(state, versions).find(|version| version.broken.is_none()).filter(|version| !version.ready)
+}
+
 fn pending<'v>(state: &RolloutState, versions: &'v [VersionInfo]) -> impl Iterator<Item = &'v VersionInfo> {
     let mut waiting: Vec<&VersionInfo> = versions
         .iter()

@@ -60,6 +60,7 @@ fn versions() -> impl Strategy<Value = Vec<VersionInfo>> {
                 created: Timestamp::UNIX_EPOCH + SignedDuration::from_mins(created),
                 offline_metrics: metric.map(|value| ("ndcg@10".to_owned(), value)).into_iter().collect(),
                 broken: None,
+                ready: true,
                 command: None,
             })
             .collect()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use reco_demo::cluster::{ClusterOptions, run_cluster_demo};
 use reco_demo::models::ModelOptions;
 use reco_demo::policy::{DEMO_PIPELINE_SPEC, parse_policy};
 use reco_demo::scenario::{DemoOptions, run_aa, run_demo};
@@ -109,6 +110,49 @@ pub struct DemoArgs {
     /// Cache of trained demo models (default: ~/.cache/reco/demo-models).
     #[arg(long, env = "RECO_DEMO_CACHE")]
     pub cache_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Flags of `reco demo --cluster`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Through the operator on a cluster (make demo-cluster sets one up)")]
+pub struct ClusterArgs {
+    /// Run the scenario through the operator on the cluster of KUBECONFIG:
+    /// upload the versions and the users' history to --store, apply the
+    /// pipeline and the versions with kubectl, replay users against the
+    /// gateway's node port and follow the rollouts the operator decides on
+    /// CTR read from --prometheus-url. The operator must run there.
+    #[arg(long)]
+    pub cluster: bool,
+
+    /// Namespace of the pipeline (it must exist).
+    #[arg(long, default_value = "reco-demo", requires = "cluster")]
+    pub namespace: String,
+
+    /// Object-store prefix to upload the versions and the history to, e.g.
+    /// `s3://reco-demo`; credentials and endpoint from the environment
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).
+    #[arg(long, requires = "cluster")]
+    pub store: Option<String>,
+
+    /// Secret in --namespace with the pods' object-store credentials.
+    #[arg(long, requires = "cluster")]
+    pub credentials_secret: Option<String>,
+
+    /// Prometheus as the operator reaches it, e.g. `http://10.89.0.1:9090`
+    /// (it must scrape the gateway pods with job `<pipeline>-gateway`).
+    #[arg(long, requires = "cluster")]
+    pub prometheus_url: Option<String>,
+
+    /// Node port of the gateway Service the demo creates; requests go to 127.0.0.1 at it.
+    #[arg(long, default_value_t = 30080, requires = "cluster")]
+    pub gateway_node_port: u16,
+
+    /// kubectl to apply the manifests with.
+    #[arg(long, env = "KUBECTL", default_value = "kubectl", requires = "cluster")]
+    pub kubectl: PathBuf,
 }
 
 /// `90s`, `20m`, `1h` or plain seconds.
@@ -175,6 +219,26 @@ pub fn options(a: &DemoArgs) -> anyhow::Result<DemoOptions> {
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let opts = options(&a)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if a.cluster.cluster {
+        if a.aa_runs.is_some() || a.resume || a.prometheus {
+            bail!(
+                "--cluster runs the scenario once through the operator: --aa-runs, --resume and --prometheus do not apply"
+            );
+        }
+        let c = &a.cluster;
+        let cluster = ClusterOptions {
+            demo: opts,
+            namespace: c.namespace.clone(),
+            store: c.store.clone().context("--cluster needs --store (e.g. s3://reco-demo)")?,
+            credentials_secret: c.credentials_secret.clone(),
+            prometheus_url: c.prometheus_url.clone().context("--cluster needs --prometheus-url")?,
+            gateway_node_port: c.gateway_node_port,
+            kubectl: c.kubectl.clone(),
+        };
+        reco_runtime::tls::install_crypto_provider();
+        let report = runtime.block_on(run_cluster_demo(cluster))?;
+        return summarize(&a, &report);
+    }
     if let Some(runs) = a.aa_runs {
         if runs == 0 {
             bail!("--aa-runs must be at least 1");
@@ -193,6 +257,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let report = runtime.block_on(run_demo(opts, &mut |_| Vec::new()))?;
+    summarize(&a, &report)
+}
+
+/// Prints how each version ended and the traffic; fails when a request failed.
+fn summarize(a: &DemoArgs, report: &reco_demo::report::DemoReport) -> anyhow::Result<()> {
     println!();
     for (version, outcome) in &report.versions {
         println!(

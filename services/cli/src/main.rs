@@ -8,6 +8,7 @@
 mod catalog;
 mod demo;
 mod loadgen;
+mod seed;
 mod serve;
 mod standalone;
 mod train;

@@ -28,11 +28,29 @@ pub enum Service {
     /// model version, shadow mirroring, signed tokens.
     Gateway(Box<reco_gateway::GatewayArgs>),
     /// Online features and event ingestion (the training log).
-    Features(Box<reco_features::FeaturesArgs>),
+    Features(Box<FeaturesServeArgs>),
     /// Candidate generation of one model version.
     Retrieval(Box<reco_retrieval::RetrievalArgs>),
     /// Candidate scoring of one model version.
     Ranking(Box<reco_ranking::RankingArgs>),
+}
+
+/// `reco serve features`: the service's flags and the history an empty store starts from.
+#[derive(Debug, clap::Args)]
+pub struct FeaturesServeArgs {
+    #[command(flatten)]
+    pub features: reco_features::FeaturesArgs,
+
+    /// Load this data set's users and interactions into the store when it
+    /// holds no user yet: a directory, or an object-store prefix (s3://,
+    /// gs://, az://, http(s)://) holding a data set in the trainer's input
+    /// format with its manifest.json. The pod is ready once it is loaded.
+    #[arg(long)]
+    pub seed_from: Option<String>,
+
+    /// Leave out this fraction of each user's latest interactions (0 to 0.5).
+    #[arg(long, default_value_t = 0.0, requires = "seed_from")]
+    pub seed_holdout: f64,
 }
 
 /// Serves the admin endpoints of a non-gateway service on `addr` until `shutdown`, ready while `ready` holds.
@@ -49,6 +67,44 @@ async fn serve_admin(
 
 /// The longest wait between two attempts to fetch a version.
 const MAX_FETCH_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Retries `attempt` with backoff up to a minute apart, logging each failure
+/// with `what` (the pod stays unready meanwhile); `None` once shutdown is asked for.
+async fn retry_until_done<T, F, Fut>(what: &str, attempt: F, shutdown: &CancellationToken) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let retried = attempt
+        .retry(ExponentialBuilder::default().with_max_delay(MAX_FETCH_BACKOFF).without_max_times())
+        .notify(|error, wait| {
+            tracing::error!(retry_in_s = wait.as_secs_f64(), "{what}, not ready: {error:#}");
+        });
+    tokio::select! {
+        done = retried => done.ok(),
+        () = shutdown.cancelled() => None,
+    }
+}
+
+/// Seeds the store from `--seed-from` unless it holds users already.
+async fn seed_features(
+    args: &FeaturesServeArgs,
+    service: &reco_features::FeatureService,
+    shutdown: &CancellationToken,
+) -> Option<()> {
+    let Some(uri) = &args.seed_from else { return Some(()) };
+    let cache = args.features.data_dir.join(&args.features.pipeline).join("seed");
+    let attempt = || async {
+        let fetched = reco_artifacts::fetch(uri, &StoreOptions::default(), &cache, None).await?;
+        let (dir, holdout) = (fetched.dir.clone(), args.seed_holdout);
+        let (users, interactions) =
+            tokio::task::spawn_blocking(move || crate::seed::seed_material(&dir, holdout)).await??;
+        let outcome = service.seed(&users, &interactions).await?;
+        tracing::info!(uri, digest = %fetched.digest, ?outcome, users = users.len(), interactions = interactions.len(), "feature store seeding");
+        anyhow::Ok(())
+    };
+    retry_until_done(&format!("cannot seed the feature store from {uri}"), attempt, shutdown).await
+}
 
 /// Fetches the version (object store to `--artifact-cache`, every file
 /// checked against the manifest and `--artifact-digest`) and loads it,
@@ -78,20 +134,8 @@ async fn fetch_version(
         let artifacts = load_uri_blocking(&fetched.dir.display().to_string()).await?;
         anyhow::Ok(artifacts)
     };
-    let retried = attempt
-        .retry(ExponentialBuilder::default().with_max_delay(MAX_FETCH_BACKOFF).without_max_times())
-        .notify(|error, wait| {
-            tracing::error!(
-                model_version = flags.model_version,
-                uri = flags.model_uri,
-                retry_in_s = wait.as_secs_f64(),
-                "cannot serve the version, not ready: {error:#}"
-            );
-        });
-    tokio::select! {
-        loaded = retried => loaded.map(Some),
-        () = shutdown.cancelled() => Ok(None),
-    }
+    let what = format!("cannot serve version {} from {}", flags.model_version, flags.model_uri);
+    Ok(retry_until_done(&what, attempt, shutdown).await)
 }
 
 pub async fn run(service: Service) -> anyhow::Result<()> {
@@ -104,11 +148,23 @@ pub async fn run(service: Service) -> anyhow::Result<()> {
             reco_gateway::serve(*args, backends, metrics, Arc::new(registry), shutdown.cancelled_owned()).await?;
         }
         Service::Features(args) => {
+            anyhow::ensure!(
+                (0.0..=crate::seed::MAX_HOLDOUT).contains(&args.seed_holdout),
+                "--seed-holdout must be between 0 and {}, not {}",
+                crate::seed::MAX_HOLDOUT,
+                args.seed_holdout
+            );
             let metrics = reco_features::Metrics::register(&mut registry);
-            let (service, handle) = reco_features::build(&args, &metrics).await?;
-            let admin = serve_admin(args.http, Arc::new(registry), Arc::new(AtomicBool::new(true)), shutdown.clone());
+            let (service, handle) = reco_features::build(&args.features, &metrics).await?;
+            let ready = Arc::new(AtomicBool::new(false));
+            let admin = serve_admin(args.features.http, Arc::new(registry), ready.clone(), shutdown.clone());
             let grpc = async {
-                reco_proto::serve(reco_features::grpc_routes(service), args.grpc, shutdown.clone().cancelled_owned())
+                if seed_features(&args, &service, &shutdown).await.is_none() {
+                    return Ok(());
+                }
+                ready.store(true, Ordering::Relaxed);
+                let addr = args.features.grpc;
+                reco_proto::serve(reco_features::grpc_routes(service), addr, shutdown.clone().cancelled_owned())
                     .await?;
                 anyhow::Ok(())
             };

@@ -29,8 +29,9 @@ pub struct StandaloneArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Fill an empty feature store with the users and the interactions
-    /// before the test split of this data set (`ml-100k` or a data directory),
-    /// so replayed users start with their history.
+    /// before the test split (each user's latest 10%) of this data set
+    /// (`ml-100k` or a data directory), so replayed users start with their
+    /// history.
     #[arg(long)]
     pub seed_data: Option<String>,
 
@@ -68,38 +69,6 @@ fn service_args<T: Args>(args: &[String]) -> anyhow::Result<T> {
     }
     let argv = std::iter::once("reco".to_owned()).chain(args.iter().cloned());
     Ok(Wrapper::<T>::try_parse_from(argv)?.inner)
-}
-
-/// Users and their interactions before the test split of `data`.
-fn seed_material(data: &str) -> anyhow::Result<(Vec<reco_features::SeedUser>, Vec<reco_features::SeedInteraction>)> {
-    use reco_trainer::pipeline::{load_dataset, resolve_data};
-    let dir = resolve_data(data)?;
-    let (ds, _) = load_dataset(&dir, &Default::default(), None)?;
-    let split = reco_trainer::split::chronological_split(&ds, [0.8, 0.1, 0.1]);
-    let users = ds
-        .users
-        .iter()
-        .map(|u| reco_features::SeedUser {
-            user_id: u.id.clone(),
-            demographics: reco_features::Demographics {
-                age: u.age,
-                gender: u.gender.clone().unwrap_or_default(),
-                occupation: u.occupation.clone().unwrap_or_default(),
-                zip: u.zip.clone().unwrap_or_default(),
-            },
-        })
-        .collect();
-    let interactions = split
-        .train
-        .iter()
-        .chain(&split.valid)
-        .map(|x| reco_features::SeedInteraction {
-            user_id: ds.users[x.user as usize].id.clone(),
-            item_id: ds.items[x.item as usize].id.clone(),
-            at_ms: x.timestamp.saturating_mul(1000),
-        })
-        .collect();
-    Ok((users, interactions))
 }
 
 pub async fn run(mut args: StandaloneArgs) -> anyhow::Result<()> {
@@ -151,7 +120,11 @@ pub async fn run(mut args: StandaloneArgs) -> anyhow::Result<()> {
     features.set_catalog(catalog);
     if let Some(data) = &args.seed_data {
         let data = data.clone();
-        let (users, interactions) = tokio::task::spawn_blocking(move || seed_material(&data)).await??;
+        let (users, interactions) = tokio::task::spawn_blocking(move || {
+            let dir = reco_trainer::pipeline::resolve_data(&data)?;
+            crate::seed::seed_material(&dir, reco_demo::replay::HOLDOUT_FRACTION)
+        })
+        .await??;
         let outcome = features.seed(&users, &interactions).await?;
         tracing::info!(?outcome, users = users.len(), interactions = interactions.len(), "feature store seeding");
     }

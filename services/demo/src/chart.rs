@@ -106,7 +106,7 @@ pub fn draw(timeline: &[TimelineEntry], path: &Path) -> Result<(), ChartError> {
         .set_secondary_coord(0.0..t_max, 0.0..100.0);
     chart
         .configure_mesh()
-        .x_desc("seconds since start")
+        .x_desc("seconds since the replayed traffic started")
         .y_desc(format!("CTR (last {CTR_WINDOW_SECONDS:.0} s)"))
         .y_label_formatter(&|v| format!("{:.1}%", 100.0 * v))
         .draw()

@@ -6,8 +6,11 @@
 //! - [`replay`] and [`sim`]: live traffic replayed from ml-100k's held-out
 //!   future through the gateway's real HTTP API.
 //! - [`policy`]: the demo's rollout policy, validated like the operator's.
+//! - [`cluster`]: the same scenario through the operator on a cluster
+//!   (`reco demo --cluster`).
 
 pub mod chart;
+pub mod cluster;
 pub mod models;
 pub mod policy;
 pub mod replay;

@@ -56,6 +56,8 @@ pub enum ModelError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("shuffling {path}: {reason}")]
     Shuffle { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Manifest(#[from] reco_artifacts::ArtifactStoreError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -161,15 +163,22 @@ fn ensure_cached(
     Ok(dir)
 }
 
-/// Copies the version `from` to `to` with its item embedding rows shuffled
-/// and its manifest renamed: the broken `v3`.
+/// Copies the version `from` to `to` with its item embedding rows shuffled,
+/// its ModelVersion manifest renamed and its artifact manifest (hashes)
+/// written again: the broken `v3`, which downloads and verifies like any
+/// version and only serves worse.
 pub fn break_copy(from: &Path, to: &Path, seed: u64) -> Result<(), ModelError> {
     copy_version(from, to)?;
     let embeddings = to.join(files::ITEM_EMBEDDINGS);
     // Hard links share data with the source: replace the file, never write through it.
     std::fs::remove_file(&embeddings).map_err(io(&embeddings))?;
     shuffle_rows(&from.join(files::ITEM_EMBEDDINGS), &embeddings, seed)?;
-    rename_manifest(from, to)
+    rename_manifest(from, to)?;
+    if to.join(reco_artifacts::manifest::MANIFEST).exists() {
+        // Written by a rename: the hard link to v2's manifest is replaced, not written through.
+        reco_artifacts::manifest::write_manifest(to)?;
+    }
+    Ok(())
 }
 
 /// Writes `to` with every tensor of `from` permuted along its first axis by

@@ -31,6 +31,11 @@ pub struct ReplayError {
     pub reason: String,
 }
 
+/// The share of each user's latest interactions that is their future (the
+/// trainer's test split): replayed as clicks, never part of the history a
+/// feature store is seeded with.
+pub const HOLDOUT_FRACTION: f64 = 0.1;
+
 impl ReplayData {
     /// Loads and validates a data directory with the trainer's code, keeps
     /// the first `max_users` users (as `reco train --max-users` does) and
@@ -53,7 +58,7 @@ impl ReplayData {
 
     /// The users with at least one test interaction, and those items. Pure.
     pub fn from_dataset(ds: &Dataset) -> Self {
-        let split = chronological_split(ds, [0.8, 0.1, 0.1]);
+        let split = chronological_split(ds, [0.9 - HOLDOUT_FRACTION, 0.1, HOLDOUT_FRACTION]);
         let mut future: HashMap<u32, BTreeSet<String>> = HashMap::new();
         for x in &split.test {
             if let Some(item) = ds.items.get(x.item as usize) {

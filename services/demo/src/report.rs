@@ -10,7 +10,7 @@ use crate::sim::{SimStats, VersionCounts};
 /// One analysis tick of a rollout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
-    /// Seconds since the demo started.
+    /// Seconds since the replayed traffic started.
     pub t: f64,
     /// The version being rolled out.
     pub version: String,

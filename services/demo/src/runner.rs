@@ -197,7 +197,8 @@ impl LocalRunner {
     }
 }
 
-/// The engine's view of the known versions: none broken, no commands.
+/// The engine's view of the known versions: none broken, all ready (the
+/// standalone serves every version it loaded), no commands.
 fn version_infos(file: &RunnerFile) -> Vec<VersionInfo> {
     file.versions
         .iter()
@@ -206,6 +207,7 @@ fn version_infos(file: &RunnerFile) -> Vec<VersionInfo> {
             created: v.created,
             offline_metrics: Default::default(),
             broken: None,
+            ready: true,
             command: None,
         })
         .collect()

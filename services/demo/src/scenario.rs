@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use reco_contracts::metrics as signals;
 use reco_metric_source::{MetricSource, PrometheusSource, ScrapeSource};
 use reco_rollout::engine::step_label;
 use reco_rollout::{Cause, VersionPhase};
@@ -98,6 +97,8 @@ pub enum DemoError {
     Timeout { version: String, limit_s: u64 },
     #[error("{0} was injected but the demo has no Prometheus (run with --prometheus)")]
     NoPrometheus(&'static str),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("background task failed: {0}")]
     Join(String),
     #[error("cannot serialize the report: {0}")]
@@ -126,6 +127,8 @@ impl Source {
 pub struct Demo {
     opts: DemoOptions,
     started: Instant,
+    /// When the replayed users began: the timeline's (and chart's) zero.
+    traffic_started: Instant,
     runner: LocalRunner,
     gateway: Gateway,
     prometheus: Option<Prometheus>,
@@ -235,6 +238,7 @@ impl Demo {
         Ok(Demo {
             opts,
             started,
+            traffic_started: Instant::now(),
             runner,
             gateway,
             prometheus,
@@ -329,7 +333,7 @@ impl Demo {
     }
 
     async fn inject(&mut self, fault: Fault) -> Result<(), DemoError> {
-        let t = self.started.elapsed().as_secs_f64();
+        let t = self.traffic_started.elapsed().as_secs_f64();
         match fault {
             Fault::KillGateway => {
                 println!("[{t:>6.1}s] fault: killing reco standalone (pid {})", self.gateway.pid().unwrap_or(0));
@@ -363,7 +367,7 @@ impl Demo {
         };
         let analysis = tick.analysis.as_ref();
         TimelineEntry {
-            t: self.started.elapsed().as_secs_f64(),
+            t: self.traffic_started.elapsed().as_secs_f64(),
             version: version.to_owned(),
             phase,
             step,
@@ -402,25 +406,7 @@ impl Demo {
         if let Some(prometheus) = &self.prometheus {
             // Two scrape intervals: the last requests are in the TSDB.
             tokio::time::sleep(Duration::from_millis(2500)).await;
-            for (name, series) in [
-                ("impressions", signals::IMPRESSIONS),
-                ("clicks", signals::CLICKS),
-                ("requests", signals::REQUESTS),
-                ("errors", signals::ERRORS),
-            ] {
-                let expr = format!(
-                    "sum by ({}) ({series}{{{}={:?}}})",
-                    signals::VERSION_LABEL,
-                    signals::PIPELINE_LABEL,
-                    self.opts.pipeline
-                );
-                match prometheus.query_by(&expr, signals::VERSION_LABEL).await {
-                    Ok(values) => {
-                        prometheus_counters.insert(name.to_owned(), values);
-                    }
-                    Err(e) => tracing::warn!(query = expr, error = %e, "reading counters back from Prometheus"),
-                }
-            }
+            prometheus_counters = crate::stack::prometheus_counters(&prometheus.base(), &self.opts.pipeline).await;
         }
         let report = DemoReport {
             seed: self.opts.seed,

@@ -313,19 +313,55 @@ impl Prometheus {
 
     /// The samples of an instant query now, keyed by the value of `label`.
     pub async fn query_by(&self, expr: &str, label: &str) -> Result<BTreeMap<String, f64>, String> {
-        let mut url = self.base().join("api/v1/query").map_err(|e| e.to_string())?;
-        url.query_pairs_mut().append_pair("query", expr);
-        let answer: serde_json::Value =
-            self.client.get(url).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
-        let samples = answer["data"]["result"].as_array().ok_or_else(|| format!("not a vector answer: {answer}"))?;
-        samples
-            .iter()
-            .map(|sample| {
-                let key = sample["metric"][label].as_str().unwrap_or_default().to_owned();
-                let value = sample["value"][1].as_str().ok_or_else(|| format!("no sample value in {sample}"))?;
-                let value: f64 = value.parse().map_err(|e| format!("{value:?}: {e}"))?;
-                Ok((key, value))
-            })
-            .collect()
+        query_by(&self.client, &self.base(), expr, label).await
     }
+}
+
+/// The samples of an instant query to the Prometheus at `base`, keyed by the value of `label`.
+pub async fn query_by(
+    client: &reqwest::Client,
+    base: &Url,
+    expr: &str,
+    label: &str,
+) -> Result<BTreeMap<String, f64>, String> {
+    let mut url = base.join("api/v1/query").map_err(|e| e.to_string())?;
+    url.query_pairs_mut().append_pair("query", expr);
+    let answer: serde_json::Value =
+        client.get(url).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    let samples = answer["data"]["result"].as_array().ok_or_else(|| format!("not a vector answer: {answer}"))?;
+    samples
+        .iter()
+        .map(|sample| {
+            let key = sample["metric"][label].as_str().unwrap_or_default().to_owned();
+            let value = sample["value"][1].as_str().ok_or_else(|| format!("no sample value in {sample}"))?;
+            let value: f64 = value.parse().map_err(|e| format!("{value:?}: {e}"))?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// The gateway's impression, click, request and error counters of
+/// `pipeline` per model version, as the Prometheus at `base` has them now
+/// (for the report: what the operator read). A query that fails is logged
+/// and left out.
+pub async fn prometheus_counters(base: &Url, pipeline: &str) -> BTreeMap<String, BTreeMap<String, f64>> {
+    use reco_contracts::metrics as signals;
+    let client = reqwest::Client::new();
+    let mut counters = BTreeMap::new();
+    for (name, series) in [
+        ("impressions", signals::IMPRESSIONS),
+        ("clicks", signals::CLICKS),
+        ("requests", signals::REQUESTS),
+        ("errors", signals::ERRORS),
+    ] {
+        let expr =
+            format!("sum by ({}) ({series}{{{}={pipeline:?}}})", signals::VERSION_LABEL, signals::PIPELINE_LABEL);
+        match query_by(&client, base, &expr, signals::VERSION_LABEL).await {
+            Ok(values) => {
+                counters.insert(name.to_owned(), values);
+            }
+            Err(e) => tracing::warn!(query = expr, error = %e, "reading counters back from Prometheus"),
+        }
+    }
+    counters
 }

@@ -84,10 +84,13 @@ fn main() {
         let root = tempfile::tempdir().unwrap();
         let placement = Placement {
             pod: format!("time-to-ready-{run}"),
+            name: format!("time-to-ready-{run}"),
+            namespace: "default".into(),
             network: "reco-test".into(),
             aliases: Vec::new(),
             pod_dir: root.path().to_path_buf(),
             claims: BTreeMap::new(),
+            api: None,
         };
         let started = Instant::now();
         let pod = podman.start_pod(&spec, &placement, &objects).unwrap();

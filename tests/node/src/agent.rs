@@ -14,28 +14,45 @@
 //! - probes readiness, restarts exited containers, rewrites Secret and
 //!   ConfigMap volumes when they change, and writes the workloads' status
 //!   (replicas, ready, available, and `Progressing` false with
-//!   `ProgressDeadlineExceeded` past the progress deadline).
+//!   `ProgressDeadlineExceeded` past the progress deadline);
+//! - with [`AgentConfig::api_server`], forwards a port on the pod network to
+//!   the API server and gives pods their service account's token (see
+//!   [`crate::ApiAccess`]), so an operator runs in a pod as on a cluster;
+//! - forwards each `NodePort` of a Service from `127.0.0.1:<nodePort>` to
+//!   the ready pods it selects, a connection at a time, round robin (what
+//!   kube-proxy does for node ports), so programs on the host reach them;
+//! - with [`AgentConfig::prometheus_targets`], writes the ready pods that
+//!   Services select and that carry `prometheus.io/scrape: "true"` to a
+//!   Prometheus file service discovery file, one target per Service and pod
+//!   with `job` = the Service's name (as a ServiceMonitor names it),
+//!   `namespace`, `service` and `pod` labels.
 //!
-//! It writes no Pod objects: pods exist only as podman containers. Services
-//! resolve to every pod they select, ready or not; there is no kube-proxy,
-//! no ClusterIP and no scheduling (one node, no resource accounting).
+//! It writes no Pod objects: pods exist only as podman containers. Service
+//! names resolve to every pod they select, ready or not; there are no
+//! ClusterIPs, no EndpointSlices and no scheduling (one node, no resource
+//! accounting).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret, Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::{Objects, Placement, Podman, ProbeKind, RunningPod};
+use crate::{ApiAccess, Objects, Placement, Podman, ProbeKind, RunningPod, forward};
 
 /// Where the agent keeps pods' files and which network it runs them on.
 #[derive(Clone, Debug)]
@@ -46,6 +63,10 @@ pub struct AgentConfig {
     /// Namespaces to run workloads of; empty means all.
     pub namespaces: Vec<String>,
     pub period: Duration,
+    /// `host:port` of the API server pods should reach (`None`: pods get no API access).
+    pub api_server: Option<String>,
+    /// The Prometheus file service discovery file to keep up to date.
+    pub prometheus_targets: Option<PathBuf>,
 }
 
 /// Which workload a pod belongs to.
@@ -125,10 +146,16 @@ where
     reader
 }
 
+impl AgentConfig {
+    fn in_scope(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
+    }
+}
+
 impl Desired {
-    fn of_workloads(stores: &Stores, config: &AgentConfig) -> BTreeMap<String, Desired> {
+    fn of_workloads(stores: &Stores, config: &AgentConfig, api: Option<&ApiAccess>) -> BTreeMap<String, Desired> {
         let services = stores.services.state();
-        let in_scope = |ns: &str| config.namespaces.is_empty() || config.namespaces.iter().any(|n| n == ns);
+        let in_scope = |ns: &str| config.in_scope(ns);
         let mut desired = BTreeMap::new();
         let mut add = |owner: Owner,
                        pod: String,
@@ -144,10 +171,13 @@ impl Desired {
             let key = format!("{namespace}.{pod}");
             let placement = Placement {
                 pod: key.clone(),
+                name: pod,
+                namespace: namespace.clone(),
                 network: config.network.clone(),
                 aliases: aliases.clone(),
                 pod_dir: config.state_dir.join("pods").join(&key),
                 claims,
+                api: api.cloned(),
             };
             desired.insert(
                 key,
@@ -270,14 +300,41 @@ pub async fn run(
     ] {
         ready.map_err(|e| crate::NodeError::Podman { args: "watch".into(), message: e.to_string() })?;
     }
+    // The API server, seen from the pods (kept open while the agent runs).
+    let (api, _api_backends, api_forwarder) = match &config.api_server {
+        Some(upstream) => {
+            let (access, backends, task) = forward_api_server(&podman, &config.network, upstream).await?;
+            (Some(access), Some(backends), Some(task))
+        }
+        None => (None, None, None),
+    };
+    let mut node_ports = NodePorts::default();
+    let mut targets_written = None;
     let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
     // When each workload generation was first seen not ready (for the progress deadline).
     let mut unready_since: BTreeMap<(Owner, i64), Instant> = BTreeMap::new();
     let mut written: BTreeMap<Owner, serde_json::Value> = BTreeMap::new();
     tokio::pin!(shutdown);
     loop {
-        let desired = Desired::of_workloads(&stores, &config);
+        let desired = Desired::of_workloads(&stores, &config, api.as_ref());
         tokio::task::block_in_place(|| sync_pods(&podman, &stores, &desired, &mut pods));
+        let services: Vec<Arc<Service>> = stores
+            .services
+            .state()
+            .into_iter()
+            .filter(|s| config.in_scope(&s.namespace().unwrap_or_default()))
+            .collect();
+        let endpoints = ready_endpoints(&services, &desired, &pods);
+        node_ports.sync(&services, &endpoints);
+        if let Some(path) = &config.prometheus_targets {
+            let targets = prometheus_targets(&endpoints);
+            if targets_written.as_ref() != Some(&targets) {
+                match write_atomic(path, targets.as_bytes()) {
+                    Ok(()) => targets_written = Some(targets),
+                    Err(e) => eprintln!("[reco-node] {}: {e}", path.display()),
+                }
+            }
+        }
         let mut tallies: BTreeMap<Owner, Tally> = BTreeMap::new();
         for (key, want) in &desired {
             let tally = tallies.entry(want.owner.clone()).or_default();
@@ -303,8 +360,179 @@ pub async fn run(
             () = tokio::time::sleep(config.period) => {}
         }
     }
+    node_ports.close_all();
+    if let Some(task) = api_forwarder {
+        task.abort();
+    }
     tokio::task::block_in_place(|| pods.values().for_each(|pod| podman.stop_pod(&pod.running)));
     Ok(())
+}
+
+/// Listens on the network's gateway address (any free port) and forwards to
+/// the API server at `upstream` (`host:port`).
+async fn forward_api_server(
+    podman: &Podman,
+    network: &str,
+    upstream: &str,
+) -> Result<(ApiAccess, watch::Sender<Vec<SocketAddr>>, JoinHandle<()>), crate::NodeError> {
+    let failed = |message: String| crate::NodeError::Podman { args: format!("forward to {upstream}"), message };
+    let host_ip = podman.network_gateway(network)?;
+    let ip: IpAddr = host_ip.parse().map_err(|_| failed(format!("network gateway {host_ip:?} is not an address")))?;
+    let upstreams: Vec<SocketAddr> =
+        tokio::net::lookup_host(upstream).await.map_err(|e| failed(e.to_string()))?.collect();
+    let listener = forward::listen(ip, 0).map_err(|e| failed(format!("listening on {ip}: {e}")))?;
+    let port = listener.local_addr().map_err(|e| failed(e.to_string()))?.port();
+    eprintln!("[reco-node] pods reach the API server {upstream} at {host_ip}:{port} ({})", crate::API_HOST);
+    let (backends, receiver) = watch::channel(upstreams);
+    Ok((ApiAccess { host_ip, port }, backends, forward::spawn(listener, receiver)))
+}
+
+/// A ready pod that a Service selects.
+struct Endpoint<'a> {
+    pod: &'a Desired,
+    ip: String,
+}
+
+/// The ready pods each Service selects, by `(namespace, name)`.
+fn ready_endpoints<'a>(
+    services: &[Arc<Service>],
+    desired: &'a BTreeMap<String, Desired>,
+    pods: &BTreeMap<String, Pod>,
+) -> BTreeMap<(String, String), Vec<Endpoint<'a>>> {
+    let mut endpoints = BTreeMap::new();
+    for service in services {
+        let namespace = service.namespace().unwrap_or_default();
+        let Some(selector) = service.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let ready: Vec<Endpoint> = desired
+            .iter()
+            .filter(|(_, d)| d.namespace == namespace)
+            .filter(|(_, d)| {
+                let labels = d.template.metadata.as_ref().and_then(|m| m.labels.as_ref());
+                selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .filter_map(|(key, d)| {
+                let pod = pods.get(key).filter(|p| p.ready && p.fingerprint == d.fingerprint)?;
+                Some(Endpoint { pod: d, ip: pod.running.ip.clone() })
+            })
+            .collect();
+        endpoints.insert((namespace, service.name_any()), ready);
+    }
+    endpoints
+}
+
+/// The container port a Service port sends to on `pod`.
+fn target_port(port: &ServicePort, pod: &Desired) -> Option<u16> {
+    let number = match &port.target_port {
+        None => port.port,
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(name)) => {
+            pod.template
+                .spec
+                .iter()
+                .flat_map(|s| s.containers.iter())
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(name))?
+                .container_port
+        }
+    };
+    u16::try_from(number).ok()
+}
+
+/// The node ports open on 127.0.0.1, by `(namespace, service, nodePort)`.
+#[derive(Default)]
+struct NodePorts {
+    open: BTreeMap<(String, String, i32), (watch::Sender<Vec<SocketAddr>>, JoinHandle<()>)>,
+}
+
+impl NodePorts {
+    /// Opens the node ports of `services`, closes those gone, points each at its ready pods.
+    fn sync(&mut self, services: &[Arc<Service>], endpoints: &BTreeMap<(String, String), Vec<Endpoint>>) {
+        let mut wanted = BTreeMap::new();
+        for service in services.iter().filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort"))
+        {
+            let key = (service.namespace().unwrap_or_default(), service.name_any());
+            let ready = endpoints.get(&key).map(Vec::as_slice).unwrap_or_default();
+            for port in service.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+                let Some(node_port) = port.node_port else { continue };
+                let backends: Vec<SocketAddr> = ready
+                    .iter()
+                    .filter_map(|e| Some(SocketAddr::new(e.ip.parse().ok()?, target_port(port, e.pod)?)))
+                    .collect();
+                wanted.insert((key.0.clone(), key.1.clone(), node_port), backends);
+            }
+        }
+        self.open.retain(|key, (_, task)| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, backends) in wanted {
+            if let Some((sender, _)) = self.open.get(&key) {
+                sender.send_if_modified(|current| {
+                    let changed = *current != backends;
+                    *current = backends;
+                    changed
+                });
+                continue;
+            }
+            let localhost = IpAddr::from([127, 0, 0, 1]);
+            match u16::try_from(key.2).map_err(|e| e.to_string()).and_then(|port| {
+                forward::listen(localhost, port).map_err(|e| format!("listening on 127.0.0.1:{port}: {e}"))
+            }) {
+                Ok(listener) => {
+                    eprintln!("[reco-node] Service {}/{} on node port 127.0.0.1:{}", key.0, key.1, key.2);
+                    let (sender, receiver) = watch::channel(backends);
+                    self.open.insert(key, (sender, forward::spawn(listener, receiver)));
+                }
+                Err(e) => eprintln!("[reco-node] Service {}/{}: {e}", key.0, key.1),
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        std::mem::take(&mut self.open).into_values().for_each(|(_, task)| task.abort());
+    }
+}
+
+/// The Prometheus file service discovery document for `endpoints`: the
+/// ready pods annotated `prometheus.io/scrape: "true"`, at their
+/// `prometheus.io/port` and `prometheus.io/path`. Sorted, so that an
+/// unchanged set writes the same text.
+fn prometheus_targets(endpoints: &BTreeMap<(String, String), Vec<Endpoint>>) -> String {
+    let mut groups = Vec::new();
+    for ((namespace, service), ready) in endpoints {
+        for endpoint in ready {
+            let annotations = endpoint.pod.template.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+            let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+            let Some(port) =
+                annotation("prometheus.io/port").filter(|_| annotation("prometheus.io/scrape") == Some("true"))
+            else {
+                continue;
+            };
+            groups.push(json!({
+                "targets": [format!("{}:{port}", endpoint.ip)],
+                "labels": {
+                    "job": service,
+                    "namespace": namespace,
+                    "service": service,
+                    "pod": endpoint.pod.placement.name,
+                    "__metrics_path__": annotation("prometheus.io/path").unwrap_or("/metrics"),
+                },
+            }));
+        }
+    }
+    serde_json::to_string_pretty(&groups).unwrap_or_default()
+}
+
+/// Writes `path` by a rename, so that Prometheus never reads half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Starts, recreates, restarts and stops pods so that `pods` runs `desired`; probes readiness.

@@ -14,12 +14,20 @@
 //!
 //! What it leaves out: scheduling, image pulls (images must be local),
 //! requests (only limits are enforced), exec and TCP probes, init and
-//! sidecar containers, projected and downward-API volumes, service
-//! accounts and their tokens, pod networking beyond one podman bridge
-//! network with DNS aliases, and restarts (a caller that wants them starts
-//! the pod again).
+//! sidecar containers, projected and downward-API volumes (of the downward
+//! API only `fieldRef` env of the pod's name, namespace and service
+//! account), pod networking beyond one podman bridge network with DNS
+//! aliases, and restarts (a caller that wants them starts the pod again).
+//!
+//! API access: with [`Placement::api`], a pod that automounts its service
+//! account's token gets it as a kubelet mounts it
+//! (`/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}`,
+//! from the token Secret the controller manager made for the account), and
+//! `KUBERNETES_SERVICE_HOST`/`_PORT` name `kubernetes.default.svc` (a host
+//! entry for the agent's forwarder to the API server, not a ClusterIP).
 
 pub mod agent;
+mod forward;
 mod quantity;
 
 use std::collections::BTreeMap;
@@ -103,8 +111,11 @@ impl Podman {
 /// Where and how one pod runs.
 #[derive(Clone, Debug)]
 pub struct Placement {
-    /// The pod's name (its containers are `<pod>-<container>`).
+    /// The pod's unique name on this node (its containers are `<pod>-<container>`).
     pub pod: String,
+    /// The pod's name and namespace in the API (`fieldRef` env).
+    pub name: String,
+    pub namespace: String,
     pub network: String,
     /// DNS names the pod answers to on the network (its Services' names).
     pub aliases: Vec<String>,
@@ -112,7 +123,22 @@ pub struct Placement {
     pub pod_dir: PathBuf,
     /// Host directories of its PersistentVolumeClaims, by claim name.
     pub claims: BTreeMap<String, PathBuf>,
+    /// Where the pod reaches the API server, when it may.
+    pub api: Option<ApiAccess>,
 }
+
+/// The address on the pod network that forwards to the API server (what
+/// the `kubernetes.default` Service is on a cluster).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiAccess {
+    pub host_ip: String,
+    pub port: u16,
+}
+
+/// Where a kubelet mounts a pod's service account token.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The name pods reach the API server at; the API server's certificate has it.
+pub const API_HOST: &str = "kubernetes.default.svc";
 
 /// The objects a pod's env and volumes name.
 #[derive(Clone, Debug, Default)]
@@ -164,13 +190,14 @@ impl Podman {
             return Err(bad("init containers are not supported by this stand-in".into()));
         }
         let volumes = self.materialize_volumes(spec, placement, objects)?;
+        let api = api_args(spec, placement, objects)?;
         let mut containers = Vec::new();
         for container in &spec.containers {
-            let env = resolve_env(container, objects).map_err(&bad)?;
+            let env = resolve_env(container, spec, placement, objects).map_err(&bad)?;
             let image =
                 container.image.clone().ok_or_else(|| bad(format!("container {} has no image", container.name)))?;
             let image_user = self.image_user(&image)?;
-            let args = run_args(spec, container, placement, &volumes, &env, &image_user).map_err(&bad)?;
+            let args = run_args(spec, container, placement, &volumes, &env, &image_user, &api).map_err(&bad)?;
             let name = format!("{pod}-{}", container.name);
             let _ = self.run(&["rm", "-f", &name]);
             let mut command = vec!["run".to_owned(), "-d".to_owned(), "--name".to_owned(), name.clone()];
@@ -402,8 +429,56 @@ fn write_files(
     Ok(changed)
 }
 
-/// The container's environment: values, Secret and ConfigMap keys, `envFrom`.
-fn resolve_env(container: &Container, objects: &Objects) -> Result<Vec<(String, String)>, String> {
+/// The `podman run` flags that give a pod API access as a kubelet does (see
+/// [`Placement::api`]): its service account's token files, the API
+/// server's address and a host entry for it. Empty without API access or
+/// with `automountServiceAccountToken: false`.
+fn api_args(spec: &PodSpec, placement: &Placement, objects: &Objects) -> Result<Vec<String>, NodeError> {
+    let Some(api) = &placement.api else { return Ok(Vec::new()) };
+    if spec.automount_service_account_token == Some(false) {
+        return Ok(Vec::new());
+    }
+    let account = service_account(spec);
+    let token = objects
+        .secrets
+        .values()
+        .find(|s| {
+            s.type_.as_deref() == Some("kubernetes.io/service-account-token")
+                && s.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/service-account.name"))
+                    == Some(&account.to_owned())
+        })
+        .and_then(|s| objects.secret(&s.metadata.name.clone().unwrap_or_default()))
+        .filter(|data| ["token", "ca.crt", "namespace"].iter().all(|k| data.contains_key(*k)))
+        .ok_or_else(|| NodeError::Spec {
+            pod: placement.pod.clone(),
+            message: format!("no token Secret of ServiceAccount {account:?} yet (the controller manager makes it)"),
+        })?;
+    let dir = placement.pod_dir.join("kube-api-access");
+    write_files(&dir, &token, None)?;
+    Ok(vec![
+        "--env".into(),
+        format!("KUBERNETES_SERVICE_HOST={API_HOST}"),
+        "--env".into(),
+        format!("KUBERNETES_SERVICE_PORT={}", api.port),
+        "--add-host".into(),
+        format!("{API_HOST}:{}", api.host_ip),
+        "--volume".into(),
+        format!("{}:{SERVICE_ACCOUNT_DIR}:ro", dir.display()),
+    ])
+}
+
+fn service_account(spec: &PodSpec) -> &str {
+    spec.service_account_name.as_deref().filter(|s| !s.is_empty()).unwrap_or("default")
+}
+
+/// The container's environment: values, Secret and ConfigMap keys, the
+/// pod's name, namespace and service account, `envFrom`.
+fn resolve_env(
+    container: &Container,
+    spec: &PodSpec,
+    placement: &Placement,
+    objects: &Objects,
+) -> Result<Vec<(String, String)>, String> {
     let mut env = Vec::new();
     for from in container.env_from.iter().flatten() {
         let (kind, name, optional, data) = if let Some(s) = &from.secret_ref {
@@ -424,13 +499,21 @@ fn resolve_env(container: &Container, objects: &Objects) -> Result<Vec<(String, 
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.clone(),
+            (None, Some(from)) if from.field_ref.is_some() => {
+                match from.field_ref.as_ref().map(|f| f.field_path.as_str()).unwrap_or_default() {
+                    "metadata.name" => placement.name.clone(),
+                    "metadata.namespace" => placement.namespace.clone(),
+                    "spec.serviceAccountName" => service_account(spec).to_owned(),
+                    other => return Err(format!("env {}: fieldRef {other:?} is not supported here", var.name)),
+                }
+            }
             (None, Some(from)) => {
                 let (data, key, what) = if let Some(s) = &from.secret_key_ref {
                     (objects.secret(&s.name), &s.key, format!("Secret {:?}", s.name))
                 } else if let Some(c) = &from.config_map_key_ref {
                     (objects.config_map(&c.name), &c.key, format!("ConfigMap {:?}", c.name))
                 } else {
-                    return Err(format!("env {}: only Secret and ConfigMap keys are supported", var.name));
+                    return Err(format!("env {}: only Secret and ConfigMap keys and fieldRef are supported", var.name));
                 };
                 let bytes = data
                     .and_then(|d| d.get(key).cloned())
@@ -444,7 +527,8 @@ fn resolve_env(container: &Container, objects: &Objects) -> Result<Vec<(String, 
     Ok(env)
 }
 
-/// `podman run` flags for one container (after `run -d --name NAME`). Pure.
+/// `podman run` flags for one container (after `run -d --name NAME`), with
+/// `extra` flags before the image. Pure.
 pub fn run_args(
     pod: &PodSpec,
     container: &Container,
@@ -452,6 +536,7 @@ pub fn run_args(
     volumes: &BTreeMap<String, PathBuf>,
     env: &[(String, String)],
     image_user: &str,
+    extra: &[String],
 ) -> Result<Vec<String>, String> {
     let mut args = vec!["--network".to_owned(), placement.network.clone()];
     for alias in &placement.aliases {
@@ -507,6 +592,7 @@ pub fn run_args(
         let mode = if mount.read_only.unwrap_or(false) { "ro" } else { "rw" };
         args.extend(["--volume".to_owned(), format!("{}:{}:{mode}", dir.display(), mount.mount_path)]);
     }
+    args.extend(extra.iter().cloned());
     if let Some(command) = &container.command {
         let (first, rest) = command.split_first().ok_or("empty command")?;
         args.extend(["--entrypoint".to_owned(), first.clone()]);

@@ -119,6 +119,8 @@ async fn the_agent_runs_what_the_operator_renders_and_the_gateway_serves_through
         network: NETWORK.into(),
         namespaces: vec![ns.clone()],
         period: Duration::from_millis(500),
+        api_server: None,
+        prometheus_targets: None,
     };
     let agent = tokio::spawn(agent::run(client.clone(), config, async move {
         let _ = stopped.await;

@@ -101,10 +101,13 @@ fn version(name: &str, uri: &str, digest: &str) -> ModelVersion {
 fn placement(root: &Path, pod: &str, service: &str) -> Placement {
     Placement {
         pod: pod.to_owned(),
+        name: pod.to_owned(),
+        namespace: NAMESPACE.to_owned(),
         network: NETWORK.to_owned(),
         aliases: vec![service.to_owned(), format!("{service}.{NAMESPACE}.svc")],
         pod_dir: root.join(pod),
         claims: BTreeMap::new(),
+        api: None,
     }
 }
 

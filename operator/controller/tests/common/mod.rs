@@ -5,12 +5,13 @@
 
 pub mod scenarios;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
@@ -44,6 +45,7 @@ pub struct Scenario {
     pub namespace: String,
     pub metrics: Arc<ScriptedMetrics>,
     pub routing_log: RoutingLog,
+    pods: PodsReady,
 }
 
 impl Scenario {
@@ -74,7 +76,17 @@ impl Scenario {
 
     fn with(server: Option<TestApiServer>, client: Client, namespace: String) -> Self {
         let routing_log = RoutingLog::start(Api::namespaced(client.clone(), &namespace));
-        Self { server, client, namespace, metrics: Arc::new(ScriptedMetrics::default()), routing_log }
+        let pods = PodsReady::start(Api::namespaced(client.clone(), &namespace));
+        Self { server, client, namespace, metrics: Arc::new(ScriptedMetrics::default()), routing_log, pods }
+    }
+
+    /// Keeps the pods of Deployment `name` unready until [`Self::release_pods`].
+    pub fn hold_pods(&self, name: &str) {
+        self.pods.held.lock().unwrap().insert(name.to_owned());
+    }
+
+    pub fn release_pods(&self, name: &str) {
+        self.pods.held.lock().unwrap().remove(name);
     }
 
     /// An operator client whose ModelVersion lists and watches fail until
@@ -421,6 +433,45 @@ impl MetricSource for ScriptedSource {
                 before: Default::default(),
             })
         })
+    }
+}
+
+/// Plays the kubelet and the Deployment controller for the operator's
+/// Deployments, which neither the test double nor the test control plane
+/// runs: every pod of every Deployment is ready as soon as it exists
+/// (status written as their controller writes it), except those of the
+/// Deployments held with [`Scenario::hold_pods`]. Real pods are the node
+/// agent's tests (`tests/node`).
+struct PodsReady {
+    held: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl PodsReady {
+    fn start(deployments: Api<Deployment>) -> Self {
+        let held = Arc::new(Mutex::new(BTreeSet::new()));
+        let holding = held.clone();
+        tokio::spawn(async move {
+            loop {
+                for d in deployments.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+                    let name = d.metadata.name.clone().unwrap_or_default();
+                    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let ready = if holding.lock().unwrap().contains(&name) { 0 } else { replicas };
+                    let status = d.status.clone().unwrap_or_default();
+                    if status.ready_replicas.unwrap_or(0) == ready
+                        && status.observed_generation == d.metadata.generation
+                    {
+                        continue;
+                    }
+                    let patch = json!({"status": {
+                        "observedGeneration": d.metadata.generation, "replicas": replicas, "updatedReplicas": replicas,
+                        "readyReplicas": ready, "availableReplicas": ready,
+                    }});
+                    let _ = deployments.patch_status(&name, &Default::default(), &kube::api::Patch::Merge(patch)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { held }
     }
 }
 

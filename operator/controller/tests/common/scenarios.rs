@@ -557,3 +557,36 @@ pub async fn a_version_whose_pods_cannot_start_fails_and_stable_serves_on(s: &Sc
     );
     assert!(deployments.get("explore-retrieval-v1").await.is_ok(), "stable keeps its pods");
 }
+
+/// A version's pods start before its rollout: while they are not ready, it
+/// waits `Pending` (no shadow mirror, no users), and its shadow step starts
+/// once they are. Found by the end-to-end demo, where mirrored requests to
+/// pods still loading their artifacts failed v2's shadow guardrail.
+pub async fn a_version_takes_traffic_only_once_its_pods_are_ready(s: &Scenario) {
+    s.create_pipeline(fast_pipeline("explore")).await;
+    let _operator = Operator::start(s).await;
+    s.metrics.set_ctr("v1", 0.05);
+    s.create_version(model_version("explore", "v1")).await;
+    s.wait_for_phase("v1", VersionPhase::Stable).await;
+
+    s.hold_pods("explore-ranking-v2");
+    s.create_version(model_version("explore", "v2")).await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    for name in ["explore-retrieval-v2", "explore-ranking-v2"] {
+        s.eventually(&format!("{name} made before the rollout"), || async { deployments.get(name).await.ok() }).await;
+    }
+    let waiting = s
+        .eventually("v2 waiting for its pods", || async {
+            let status = s.version("v2").await.status?;
+            status.reason.filter(|r| r.contains("waiting for its pods")).map(|_| status.phase)
+        })
+        .await;
+    assert_eq!(waiting, Some(VersionPhase::Pending));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.version("v2").await.status.unwrap().phase, Some(VersionPhase::Pending), "still waiting");
+    assert_eq!(s.routing("explore").await.shadow, None, "no mirrored requests to pods that are not ready");
+
+    s.release_pods("explore-ranking-v2");
+    s.wait_for_phase("v2", VersionPhase::Shadow).await;
+    assert_eq!(s.routing("explore").await.shadow.as_deref(), Some("v2"));
+}

@@ -48,6 +48,7 @@ mod tests {
             created: Timestamp::UNIX_EPOCH,
             offline_metrics: metric.map(|value| ("ndcg@10".to_owned(), value)).into_iter().collect::<BTreeMap<_, _>>(),
             broken: None,
+            ready: true,
             command: None,
         }
     }

@@ -33,12 +33,18 @@ fn version(name: &str, created_minute: i64) -> VersionInfo {
         created: at(created_minute),
         offline_metrics: BTreeMap::from([("ndcg@10".to_owned(), 0.30)]),
         broken: None,
+        ready: true,
         command: None,
     }
 }
 
 fn broken(mut version: VersionInfo) -> VersionInfo {
     version.broken = Some("artifact missing".to_owned());
+    version
+}
+
+fn unready(mut version: VersionInfo) -> VersionInfo {
+    version.ready = false;
     version
 }
 
@@ -155,6 +161,33 @@ fn cases() -> Vec<Case> {
             phases: vec![("v1", Pending), ("v2", Stable)],
             routing: vec![("v2", 100)],
             reason: Some(("v1", "waiting until fixed: artifact missing")),
+            ..Case::default()
+        },
+        Case {
+            name: "the first version is promoted before its pods are ready: nothing else serves",
+            versions: vec![unready(version("v1", 1))],
+            stable: Some("v1"),
+            phases: vec![("v1", Stable)],
+            routing: vec![("v1", 100)],
+            ..Case::default()
+        },
+        Case {
+            name: "the next version waits for its pods, and the ones behind it wait too",
+            state: stable("v1"),
+            versions: vec![version("v1", 1), unready(version("v2", 2)), version("v3", 3)],
+            stable: Some("v1"),
+            phases: vec![("v1", Stable), ("v2", Pending), ("v3", Pending)],
+            routing: vec![("v1", 100)],
+            reason: Some(("v2", "waiting for its pods to be ready")),
+            ..Case::default()
+        },
+        Case {
+            name: "a promote annotation waits for the pods too",
+            state: stable("v1"),
+            versions: vec![version("v1", 1), unready(commanded(version("v2", 2), Command::Promote))],
+            stable: Some("v1"),
+            phases: vec![("v1", Stable), ("v2", Pending)],
+            routing: vec![("v1", 100)],
             ..Case::default()
         },
         Case {
@@ -582,6 +615,22 @@ fn decide_follows_the_rules() {
         }
         assert_eq!(decision.state.history.len(), decision.transitions.len().min(HISTORY_LIMIT), "{name}: history");
     }
+}
+
+#[test]
+fn the_version_waiting_for_its_pods_is_named_for_the_controller() {
+    let mut versions = vec![version("v1", 1), unready(version("v2", 2))];
+    let obs = |versions: &[VersionInfo]| {
+        decide(&policy(), &stable("v1"), &Observation { versions, ..observe(&Case::default()) })
+    };
+    let waiting = obs(&versions);
+    assert_eq!(waiting.starting.as_deref(), Some("v2"));
+    assert!(waiting.transitions.is_empty());
+    assert_eq!(waiting.requeue_after, ACTIVE_REQUEUE, "looks again soon, not at the idle period");
+    versions[1].ready = true;
+    let started = obs(&versions);
+    assert_eq!(started.starting, None);
+    assert_eq!(started.routing.shadow.as_deref(), Some("v2"), "ready: its shadow step starts");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{
     ACTIVE_REQUEUE, Command, Decision, HistoryEntry, IDLE_REQUEUE, Observation, RolloutState, VersionPhase,
-    VersionStatus, candidate_phase, elapsed_since, pending, step_label,
+    VersionStatus, candidate_phase, elapsed_since, pending, starting, step_label,
 };
 use crate::policy::{RolloutPolicy, Step};
 use reco_contracts::routing::{RoutedVersion, RoutingTable};
@@ -22,6 +22,7 @@ pub(super) fn decision(
 ) -> Decision {
     let routing = routing(policy, obs, &state);
     Decision {
+        starting: starting(&state, obs.versions).map(|version| version.name.clone()),
         versions: statuses(policy, obs, &state, &routing),
         requeue_after: requeue_after(policy, obs, &state),
         routing,
@@ -104,9 +105,13 @@ fn statuses(
             (version.name.clone(), status)
         })
         .collect();
+    let waiting_for_pods = starting(state, obs.versions).map(|version| version.name.as_str());
     for (position, version) in pending(state, obs.versions).enumerate() {
         let reason = match (&version.broken, &state.candidate) {
             (Some(broken), _) => format!("{paused}waiting until fixed: {broken}"),
+            (None, None) if waiting_for_pods == Some(version.name.as_str()) => {
+                format!("{paused}next: waiting for its pods to be ready")
+            }
             (None, Some(candidate)) => format!("{paused}queued ({}) behind {}", position + 1, candidate.version),
             (None, None) => format!("{paused}queued ({})", position + 1),
         };
@@ -119,11 +124,12 @@ fn statuses(
     statuses
 }
 
-/// Soon while a candidate is in flight (sooner if its step timer is due),
-/// rarely when idle or paused.
+/// Soon while a candidate is in flight (sooner if its step timer is due) or
+/// the next one waits for its pods, rarely when idle or paused.
 fn requeue_after(policy: &RolloutPolicy, obs: &Observation<'_>, state: &RolloutState) -> Duration {
     let Some(candidate) = state.candidate.as_ref().filter(|_| !obs.paused) else {
-        return IDLE_REQUEUE;
+        let waiting = !obs.paused && starting(state, obs.versions).is_some();
+        return if waiting { ACTIVE_REQUEUE } else { IDLE_REQUEUE };
     };
     let timer = match policy.steps.get(candidate.step as usize) {
         Some(Step::Shadow { duration }) => *duration,

@@ -328,6 +328,7 @@ fn version(name: &str, created_minute: i64) -> VersionInfo {
         created: Timestamp::UNIX_EPOCH + SignedDuration::from_mins(created_minute),
         offline_metrics: Default::default(),
         broken: None,
+        ready: true,
         command: None,
     }
 }

@@ -27,21 +27,39 @@ struct Args {
     /// How often pods are reconciled and probed.
     #[arg(long, default_value = "1000")]
     period_ms: u64,
+    /// Keep this Prometheus file service discovery file up to date with the
+    /// ready pods that Services select and that are annotated
+    /// `prometheus.io/scrape: "true"` (job = the Service's name).
+    #[arg(long)]
+    prometheus_targets: Option<PathBuf>,
+    /// Give pods no API access (no service account token, no forwarder to
+    /// the API server).
+    #[arg(long)]
+    no_api_access: bool,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     reco_runtime::tls::install_crypto_provider();
-    let client = kube::Client::try_default().await?;
+    let kube_config = kube::Config::infer().await?;
+    let api_server = kube_config.cluster_url.authority().map(|a| a.to_string()).filter(|_| !args.no_api_access);
+    let client = kube::Client::try_from(kube_config)?;
     let config = AgentConfig {
         state_dir: args.state_dir,
         network: args.network,
         namespaces: args.namespaces,
         period: Duration::from_millis(args.period_ms),
+        api_server,
+        prometheus_targets: args.prometheus_targets,
     };
+    // SIGINT or SIGTERM: stop the pods and exit.
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
     };
     agent::run(client, config, shutdown).await?;
     Ok(())
