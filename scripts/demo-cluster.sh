@@ -21,10 +21,16 @@
 #   7. `kubectl get rp,mv` and the events; everything is stopped at the end.
 #
 # Output: demo-cluster-out/ (report.json, ctr.png, manifests/, logs/).
+#
+#     scripts/demo-cluster.sh [RECO DEMO FLAGS...]   # steps 1-7, then stop everything
+#     eval "$(scripts/demo-cluster.sh --up)"        # steps 1-5 only, left running; prints
+#                                                   # the exports (KUBECONFIG, AWS_*, RECO_DEMO_*)
+#     scripts/demo-cluster.sh --down                # stop what --up (or RECO_DEMO_KEEP=1) left
+#
 # Environment: RECO_DEMO_PROFILE (release, or dev for a quicker build),
 # RECO_DEMO_STATE (state folder, default /tmp/reco-demo-cluster),
-# RECO_DEMO_KEEP=1 (leave everything running; stop it with
-# `scripts/demo-cluster.sh --down`). Extra arguments go to `reco demo`.
+# RECO_DEMO_OUT (output folder), RECO_DEMO_KEEP=1 (leave everything running
+# after the demo). Extra arguments go to `reco demo`. Progress on stderr.
 set -euo pipefail
 
 log() { printf '[demo-cluster] %s\n' "$*" >&2; }
@@ -62,19 +68,26 @@ down() {
   [[ -d "$state/kube" ]] && "$here/kube-down.sh" --purge "$state/kube" >&2 || true
 }
 
-if [[ "${1:-}" == --down ]]; then
-  down
-  exit 0
-fi
+mode=demo
+case "${1:-}" in
+  --down) down; exit 0 ;;
+  --up) mode=up; shift ;;
+esac
+# With --up, stdout carries only the export lines: everything else goes to stderr.
+exec 3>&1
+[[ $mode == up ]] && exec 1>&2
 
 t0=$SECONDS
-log "a cold run takes about 70 min here (API servers ~20, release build ~35, training ~5, the rollouts ~10);"
-log "with the tools, the build and the models cached, about 12 min. Output: $out"
+log "a cold run takes about 70 min here (API servers ~20, release build ~35, training ~5, the rollouts ~5);"
+log "with the tools, the build and the models cached, about 5 min. Output: $out"
 
 # --- 1. tools --------------------------------------------------------------------
 "$here/ensure-ml100k.sh" >/dev/null
-eval "$("$here/env.sh")"
-eval "$("$here/ensure-kube-apiserver.sh")"
+# Assignments first: a failing step stops the script (`eval "$(...)"` would not).
+tools_env="$("$here/env.sh")"
+eval "$tools_env"
+servers_env="$("$here/ensure-kube-apiserver.sh")"
+eval "$servers_env"
 command -v podman >/dev/null || die "podman is required (scripts/ensure-podman.sh could not install it)"
 
 # --- 2. binaries and images ------------------------------------------------------
@@ -88,6 +101,9 @@ rm -rf "$state" "$out"
 mkdir -p "$state/node" "$state/prometheus" "$out/logs"
 cleanup() {
   local rc=$?
+  if [[ $mode == up && $rc -eq 0 ]]; then
+    return
+  fi
   if [[ "${RECO_DEMO_KEEP:-0}" == 1 ]]; then
     log "left running (RECO_DEMO_KEEP=1): export KUBECONFIG=$state/kube/kubeconfig; stop with scripts/demo-cluster.sh --down"
   else
@@ -97,13 +113,16 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-eval "$("$here/kube-up.sh" --no-crds "$state/kube")"
+# Background processes get no fd 3: with --up, it is the caller's `$(...)`, which
+# would wait for them.
+kube_env="$("$here/kube-up.sh" --no-crds "$state/kube" 3>&-)"
+eval "$kube_env"
 
 podman network exists "$network" || podman network create "$network" >/dev/null
 gateway_ip="$(podman network inspect "$network" --format '{{(index .Subnets 0).Gateway}}')"
 setsid "$target_dir/reco-node" --state-dir "$state/node" --network "$network" \
   --namespace "$system_ns" --namespace "$demo_ns" \
-  --prometheus-targets "$state/prometheus/targets.json" </dev/null >"$out/logs/reco-node.log" 2>&1 &
+  --prometheus-targets "$state/prometheus/targets.json" </dev/null >"$out/logs/reco-node.log" 2>&1 3>&- &
 echo $! >"$state/reco-node.pid"
 log "reco-node (pid $!) runs the pods on podman network $network (host address $gateway_ip)"
 
@@ -119,13 +138,13 @@ helm template reco "$repo/charts/reco" --namespace "$system_ns" --include-crds \
   >"$out/install.yaml"
 kubectl apply --server-side --validate=false -f "$out/install.yaml" 2> >(grep -v 'memcache.go' >&2)
 kubectl wait --for condition=Established crd --all --timeout 60s >/dev/null
-"$here/kube-up.sh" --no-crds "$state/kube" >/dev/null # registers the new API group behind kube-apiserver
+"$here/kube-up.sh" --no-crds "$state/kube" >/dev/null 3>&- # registers the new API group behind kube-apiserver
 kubectl -n "$system_ns" rollout status deployment/reco --timeout 300s
 
 # --- 5. Prometheus and the object store, on the pod network ----------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 s3_port="$(free_port)"
-setsid "$MOTO_SERVER_BIN" -H "$gateway_ip" -p "$s3_port" </dev/null >"$out/logs/s3.log" 2>&1 &
+setsid "$MOTO_SERVER_BIN" -H "$gateway_ip" -p "$s3_port" </dev/null >"$out/logs/s3.log" 2>&1 3>&- &
 echo $! >"$state/s3.pid"
 prom_port="$(free_port)"
 cat >"$state/prometheus/prometheus.yml" <<EOF
@@ -136,7 +155,7 @@ scrape_configs:
 EOF
 setsid "$PROMETHEUS_BIN" --config.file="$state/prometheus/prometheus.yml" \
   --storage.tsdb.path="$state/prometheus/data" --web.listen-address="$gateway_ip:$prom_port" \
-  </dev/null >"$out/logs/prometheus.log" 2>&1 &
+  </dev/null >"$out/logs/prometheus.log" 2>&1 3>&- &
 echo $! >"$state/prometheus.pid"
 export AWS_ENDPOINT="http://$gateway_ip:$s3_port" AWS_ALLOW_HTTP=true AWS_ACCESS_KEY_ID=reco-demo \
   AWS_SECRET_ACCESS_KEY=reco-demo AWS_REGION=us-east-1
@@ -152,6 +171,21 @@ kubectl -n "$demo_ns" create secret generic model-store \
 
 # --- 6. the demo -----------------------------------------------------------------
 log "control plane, node, operator, Prometheus and S3 ready after $((SECONDS - t0)) s"
+{
+  printf 'export KUBECONFIG=%q\n' "$KUBECONFIG"
+  for var in AWS_ENDPOINT AWS_ALLOW_HTTP AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION; do
+    printf 'export %s=%q\n' "$var" "${!var}"
+  done
+  printf 'export RECO_DEMO_PROMETHEUS_URL=%q\n' "http://$gateway_ip:$prom_port"
+  printf 'export RECO_DEMO_PROMETHEUS_PID=%q\n' "$(cat "$state/prometheus.pid")"
+  printf 'export RECO_DEMO_NAMESPACE=%q RECO_DEMO_OPERATOR_NAMESPACE=%q\n' "$demo_ns" "$system_ns"
+  printf 'export RECO_DEMO_NODE_PORT=%q RECO_DEMO_STORE=s3://reco-demo RECO_DEMO_CREDENTIALS=model-store\n' "$node_port"
+} >"$state/env"
+if [[ $mode == up ]]; then
+  log "left running; stop with: scripts/demo-cluster.sh --down"
+  cat "$state/env" >&3
+  exit 0
+fi
 set +e
 "$target_dir/reco" demo --cluster --out "$out" --namespace "$demo_ns" --store s3://reco-demo \
   --credentials-secret model-store --prometheus-url "http://$gateway_ip:$prom_port" \

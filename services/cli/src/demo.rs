@@ -236,7 +236,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             kubectl: c.kubectl.clone(),
         };
         reco_runtime::tls::install_crypto_provider();
-        let report = runtime.block_on(run_cluster_demo(cluster))?;
+        let report = runtime.block_on(run_cluster_demo(cluster, &mut |_| {}))?;
         return summarize(&a, &report);
     }
     if let Some(runs) = a.aa_runs {

@@ -214,8 +214,14 @@ impl ClusterDemo {
     }
 
     /// Applies `version` and follows its rollout until the operator
-    /// promotes, rolls back or fails it.
-    async fn roll_out(&mut self, version: &str, manifest: &Value, started: Instant) -> Result<(), DemoError> {
+    /// promotes, rolls back or fails it; `hook` sees every tick (tests inject faults there).
+    async fn roll_out(
+        &mut self,
+        version: &str,
+        manifest: &Value,
+        started: Instant,
+        hook: &mut dyn FnMut(&TimelineEntry),
+    ) -> Result<(), DemoError> {
         let begun = Instant::now();
         let traffic_before = self.traffic().total();
         let candidate_before = self.traffic().version(version);
@@ -236,6 +242,7 @@ impl ClusterDemo {
                 println!("{}", entry.line());
             }
             transitions.extend(entry.transitions.iter().filter(|t| t.starts_with(&format!("{version} "))).cloned());
+            hook(&entry);
             self.timeline.push(entry);
             if matches!(phase, VersionPhase::Stable | VersionPhase::RolledBack | VersionPhase::Failed) {
                 let traffic = self.traffic();
@@ -303,8 +310,12 @@ async fn wait_for_gateway(base: &reqwest::Url, version: &str, within: Duration) 
     Err(DemoError::Cluster(format!("the gateway at {base} did not serve {version} within {within:?}: {last}")))
 }
 
-/// The whole scenario on the cluster: v1 stable, v2 promoted, v3 rolled back.
-pub async fn run_cluster_demo(opts: ClusterOptions) -> Result<DemoReport, DemoError> {
+/// The whole scenario on the cluster: v1 stable, v2 promoted, v3 rolled
+/// back. `hook` sees every tick of the two rollouts.
+pub async fn run_cluster_demo(
+    opts: ClusterOptions,
+    hook: &mut dyn FnMut(&TimelineEntry),
+) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
     let demo = &opts.demo;
     let out = demo.out.clone();
@@ -351,6 +362,10 @@ pub async fn run_cluster_demo(opts: ClusterOptions) -> Result<DemoReport, DemoEr
             noise: demo.noise,
             page_size: demo.page_size,
             context: json!({"attributes": {"surface": "demo"}}),
+            // One retry, as a client of a replicated gateway does: a pod that
+            // goes away fails the requests it had, the node port sends the
+            // retry to another.
+            retries: 1,
         },
         Arc::new(replay),
     )?;
@@ -366,7 +381,7 @@ pub async fn run_cluster_demo(opts: ClusterOptions) -> Result<DemoReport, DemoEr
     };
     tokio::time::sleep(WARMUP).await;
     for version in [BETTER, BROKEN] {
-        run.roll_out(version, &manifests[version], started).await?;
+        run.roll_out(version, &manifests[version], started, hook).await?;
     }
     tokio::time::sleep(demo.policy.interval).await;
 

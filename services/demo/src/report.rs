@@ -112,6 +112,9 @@ pub struct RequestTotals {
     pub shed: u64,
     /// Answers the gateway flagged degraded.
     pub degraded: u64,
+    /// Requests that succeeded only when sent again (the client's one retry).
+    #[serde(default)]
+    pub retried: u64,
 }
 
 impl RequestTotals {
@@ -126,6 +129,7 @@ impl RequestTotals {
             events_failed: t.events_failed,
             shed: stats.shed,
             degraded: t.degraded,
+            retried: t.retried,
         }
     }
 
@@ -138,6 +142,7 @@ impl RequestTotals {
         self.events_failed += other.events_failed;
         self.shed += other.shed;
         self.degraded += other.degraded;
+        self.retried += other.retried;
     }
 }
 

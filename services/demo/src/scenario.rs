@@ -232,6 +232,8 @@ impl Demo {
                 noise: opts.noise,
                 page_size: opts.page_size,
                 context: serde_json::json!({"attributes": {"surface": "demo"}}),
+                // The standalone is one process: a request it fails, it fails.
+                retries: 0,
             },
             Arc::new(replay),
         )?;

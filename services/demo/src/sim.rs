@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub page_size: u32,
     /// The `context` object sent with every request.
     pub context: serde_json::Value,
+    /// Times a request is sent again after a transport error or a 5xx, as a
+    /// client of a replicated service does (0: never).
+    pub retries: u32,
 }
 
 /// Why a simulation cannot start.
@@ -102,6 +105,8 @@ pub struct VersionCounts {
     pub clicks: u64,
     /// Click events the gateway did not accept (transport error or non-2xx).
     pub events_failed: u64,
+    /// Requests (recommend or click) that succeeded only when sent again.
+    pub retried: u64,
 }
 
 impl VersionCounts {
@@ -112,6 +117,7 @@ impl VersionCounts {
     fn add(&mut self, other: &VersionCounts) {
         self.requests += other.requests;
         self.failed += other.failed;
+        self.retried += other.retried;
         self.degraded += other.degraded;
         self.impressions += other.impressions;
         self.clicks += other.clicks;
@@ -303,38 +309,58 @@ async fn one_request(
     let Some(user) = data.users.get(user_index) else { return failed() };
     let Ok(url) = config.base.join("v1/recommend") else { return failed() };
     let body = serde_json::json!({"user_id": user.id, "page_size": config.page_size, "context": config.context});
-    let response = match client.post(url).json(&body).send().await {
-        Ok(response) if response.status().is_success() => response,
-        Ok(response) => {
-            tracing::debug!(status = %response.status(), "recommend failed");
-            return failed();
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "recommend failed");
-            return failed();
-        }
-    };
+    let (sent, mut retried) = send_with_retries(client, url, &body, config.retries).await;
+    let Some(response) = sent else { return failed() };
     let Ok(answer) = response.json::<RecommendAnswer>().await else { return failed() };
     let items: Vec<String> = answer.items.into_iter().map(|item| item.item_id).collect();
-    let mut counts = VersionCounts {
+    let Ok(events) = config.base.join("v1/events") else { return failed() };
+    let (mut clicks, mut events_failed) = (0, 0);
+    for item in clicked(user, &items, config.noise, &mut rng) {
+        let event = serde_json::json!({"token": answer.token, "user_id": user.id, "item_id": item, "type": "click"});
+        let (sent, again) = send_with_retries(client, events.clone(), &event, config.retries).await;
+        retried += again;
+        match sent.map(|response| response.json::<EventAnswer>()) {
+            Some(answer) => match answer.await {
+                Ok(EventAnswer { duplicate: false }) => clicks += 1,
+                Ok(EventAnswer { duplicate: true }) => {}
+                Err(_) => events_failed += 1,
+            },
+            None => events_failed += 1,
+        }
+    }
+    let counts = VersionCounts {
         requests: 1,
         degraded: u64::from(answer.degraded),
         impressions: items.len() as u64,
+        clicks,
+        events_failed,
+        retried,
         ..Default::default()
     };
-    let Ok(events) = config.base.join("v1/events") else { return failed() };
-    for item in clicked(user, &items, config.noise, &mut rng) {
-        let event = serde_json::json!({"token": answer.token, "user_id": user.id, "item_id": item, "type": "click"});
-        match client.post(events.clone()).json(&event).send().await {
-            Ok(response) if response.status().is_success() => match response.json::<EventAnswer>().await {
-                Ok(EventAnswer { duplicate: false }) => counts.clicks += 1,
-                Ok(EventAnswer { duplicate: true }) => {}
-                Err(_) => counts.events_failed += 1,
-            },
-            _ => counts.events_failed += 1,
+    (answer.model_version, counts, Some(answer.request_id))
+}
+
+/// Posts `body` to `url`, sending it again up to `retries` times after a
+/// transport error or a 5xx; the successful answer (2xx) if any, and
+/// whether it took a retry (0 or 1).
+async fn send_with_retries(
+    client: &reqwest::Client,
+    url: Url,
+    body: &serde_json::Value,
+    retries: u32,
+) -> (Option<reqwest::Response>, u64) {
+    for attempt in 0..=retries {
+        match client.post(url.clone()).json(body).send().await {
+            Ok(response) if response.status().is_success() => return (Some(response), u64::from(attempt > 0)),
+            Ok(response) if !response.status().is_server_error() => {
+                tracing::debug!(%url, status = %response.status(), "refused");
+                return (None, 0);
+            }
+            Ok(response) => tracing::debug!(%url, status = %response.status(), attempt, "failed"),
+            Err(e) => tracing::debug!(%url, error = %e, attempt, "failed"),
         }
     }
-    (answer.model_version, counts, Some(answer.request_id))
+    (None, 0)
 }
 
 #[cfg(test)]

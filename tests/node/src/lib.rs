@@ -312,11 +312,12 @@ impl Podman {
         Err(format!("not ready after {timeout:?}: {last}"))
     }
 
-    /// Whether every container of the pod still runs.
+    /// Whether every container of the pod still runs: a paused (frozen)
+    /// process has not exited, and a kubelet would not restart it either.
     pub fn running(&self, pod: &RunningPod) -> bool {
-        pod.containers
-            .iter()
-            .all(|(_, name)| self.run(&["inspect", "--format", "{{.State.Running}}", name]).is_ok_and(|s| s == "true"))
+        pod.containers.iter().all(|(_, name)| {
+            self.run(&["inspect", "--format", "{{.State.Status}}", name]).is_ok_and(|s| s == "running" || s == "paused")
+        })
     }
 
     /// How the pod's containers ended: exit code, and whether the memory limit killed them.

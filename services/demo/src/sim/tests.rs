@@ -13,7 +13,16 @@ fn user(id: &str, future: &[&str]) -> ReplayUser {
 }
 
 fn config(base: Url) -> SimConfig {
-    SimConfig { base, rate: 200.0, concurrency: 8, seed: 7, noise: 0.0, page_size: 3, context: serde_json::json!({}) }
+    SimConfig {
+        base,
+        rate: 200.0,
+        concurrency: 8,
+        seed: 7,
+        noise: 0.0,
+        page_size: 3,
+        context: serde_json::json!({}),
+        retries: 0,
+    }
 }
 
 /// A gateway double: user "bad" gets a 500, everyone else items a, b, c
@@ -147,4 +156,57 @@ async fn an_unreachable_gateway_counts_every_request_as_failed() {
         Simulator::start(config("http://127.0.0.1:9/".parse().unwrap()), Arc::new(ReplayData::default())),
         Err(SimError::NoUsers)
     ));
+}
+
+/// A gateway that answers every second recommend request with a 503 (a pod
+/// going away) and every click with a 400 (refused: never retried).
+async fn flaky_gateway(posts: Arc<AtomicU64>) -> SocketAddr {
+    let calls = Arc::new(AtomicU64::new(0));
+    let recommend = post(move || {
+        let calls = Arc::clone(&calls);
+        async move {
+            if calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                return Err(StatusCode::SERVICE_UNAVAILABLE);
+            }
+            let items = [serde_json::json!({"item_id": "a", "score": 1.0, "source": "x"})];
+            let id = format!("r{}", calls.load(Ordering::SeqCst));
+            Ok(Json(serde_json::json!({"request_id": id, "model_version": "v1", "token": id, "items": items})))
+        }
+    });
+    let events = post(move || {
+        let posts = Arc::clone(&posts);
+        async move {
+            posts.fetch_add(1, Ordering::SeqCst);
+            StatusCode::BAD_REQUEST
+        }
+    });
+    let app = axum::Router::new().route("/v1/recommend", recommend).route("/v1/events", events);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn a_retry_covers_a_server_error_but_not_a_refusal() {
+    let data = Arc::new(ReplayData { users: vec![user("u", &["a"])] });
+    // Concurrency 1: the 503s and successes alternate per request.
+    let run = |retries: u32| {
+        let data = Arc::clone(&data);
+        async move {
+            let posts = Arc::new(AtomicU64::new(0));
+            let addr = flaky_gateway(Arc::clone(&posts)).await;
+            let base = format!("http://{addr}/").parse().unwrap();
+            let sim =
+                Simulator::start(SimConfig { retries, rate: 50.0, concurrency: 1, ..config(base) }, data).unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (sim.stop().await.total(), posts.load(Ordering::SeqCst))
+        }
+    };
+    let (without, _) = run(0).await;
+    assert!(without.failed > 0 && without.retried == 0, "{without:?}");
+    let (with, posts) = run(1).await;
+    assert_eq!(with.failed, 0, "{with:?}");
+    assert_eq!(with.retried, with.requests, "each request took its retry: {with:?}");
+    assert_eq!(with.events_failed, posts, "a 400 is not sent again: {with:?}");
 }
