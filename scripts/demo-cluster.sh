@@ -28,6 +28,7 @@
 #     scripts/demo-cluster.sh --down                # stop what --up (or RECO_DEMO_KEEP=1) left
 #
 # Environment: RECO_DEMO_PROFILE (release, or dev for a quicker build),
+# RECO_DEMO_PREBUILT=1 (use the binaries and images as they are: make test),
 # RECO_DEMO_STATE (state folder, default /tmp/reco-demo-cluster),
 # RECO_DEMO_OUT (output folder), RECO_DEMO_KEEP=1 (leave everything running
 # after the demo). Extra arguments go to `reco demo`. Progress on stderr.
@@ -54,7 +55,7 @@ case "$profile" in release) target_dir="$repo/target/release" ;; dev) target_dir
 # Prometheus, the S3 server, the control plane.
 down() {
   local name pid
-  for name in reco-node prometheus s3; do
+  for name in stats reco-node prometheus s3; do
     pid="$(cat "$state/$name.pid" 2>/dev/null || true)"
     if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
       kill "$pid" 2>/dev/null || true
@@ -91,9 +92,16 @@ eval "$servers_env"
 command -v podman >/dev/null || die "podman is required (scripts/ensure-podman.sh could not install it)"
 
 # --- 2. binaries and images ------------------------------------------------------
-log "building the binaries and images ($profile; cargo shows its progress)"
-(cd "$repo" && cargo build --locked --profile "$profile" -p reco-node --bin reco-node)
-"$here/build-images.sh" --profile "$profile" all
+if [[ "${RECO_DEMO_PREBUILT:-0}" == 1 ]]; then
+  # make test: its build made the binaries and images already.
+  for bin in reco reco-node; do
+    [[ -x "$target_dir/$bin" ]] || die "RECO_DEMO_PREBUILT=1 but $target_dir/$bin is missing"
+  done
+else
+  log "building the binaries and images ($profile; cargo shows its progress)"
+  (cd "$repo" && cargo build --locked --profile "$profile" -p reco-node --bin reco-node)
+  "$here/build-images.sh" --profile "$profile" all
+fi
 
 # --- 3. control plane and node ---------------------------------------------------
 down
@@ -140,6 +148,14 @@ kubectl apply --server-side --validate=false -f "$out/install.yaml" 2> >(grep -v
 kubectl wait --for condition=Established crd --all --timeout 60s >/dev/null
 "$here/kube-up.sh" --no-crds "$state/kube" >/dev/null 3>&- # registers the new API group behind kube-apiserver
 kubectl -n "$system_ns" rollout status deployment/reco --timeout 300s
+
+# Every pod's CPU time and memory every 5 s (the operator's figures in BENCHMARKS.md).
+(while sleep 5; do
+  # shellcheck disable=SC2046 # one argument per container
+  podman stats --no-stream --format "$(date +%s) {{.Name}} {{.ContainerStats.CPUNano}} {{.ContainerStats.MemUsage}}" \
+    $(podman ps -q --filter "network=$network") 2>/dev/null
+done) </dev/null >"$out/logs/container-stats.log" 2>/dev/null 3>&- &
+echo $! >"$state/stats.pid"
 
 # --- 5. Prometheus and the object store, on the pod network ----------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -199,8 +215,13 @@ kubectl -n "$demo_ns" get recommenderpipelines,modelversions -o wide
 echo
 kubectl -n "$demo_ns" get events --sort-by=.lastTimestamp | tail -n 25
 kubectl -n "$demo_ns" get events --sort-by=.lastTimestamp >"$out/events.txt"
-podman stats --no-stream --format '{{.Name}} cpu {{.CPUPerc}} mem {{.MemUsage}}' \
-  $(podman ps --format '{{.Names}}' --filter "network=$network") >"$out/containers.txt" 2>/dev/null || true
-log "containers' CPU and memory at the end: $out/containers.txt; agent log: $out/logs/reco-node.log"
+# Per container: CPU seconds (the sum over its restarts) and peak memory.
+awk '{ if ($3 < last[$2]) used[$2] += last[$2]; last[$2] = $3; if ($4 > peak[$2]) peak[$2] = $4 }
+     END { for (c in last) printf "%-45s cpu %7.1f s  peak memory %6.1f MiB\n", c, (used[c] + last[c]) / 1e9, peak[c] / 1048576 }' \
+  "$out/logs/container-stats.log" | sort >"$out/containers.txt"
+echo
+echo "CPU time and peak memory of the pods (sampled every 5 s; $out/containers.txt):"
+cat "$out/containers.txt"
+log "agent log: $out/logs/reco-node.log"
 log "done in $((SECONDS - t0)) s (exit $rc)"
 exit "$rc"

@@ -41,13 +41,31 @@ if ! wait "$kube_build"; then
 fi
 eval "$(cat "$kube_log.env")"
 state="$(mktemp -d -t reco-kube.XXXXXX)"
-trap 'scripts/kube-down.sh --purge "$state" || true' EXIT
-eval "$(scripts/kube-up.sh "$state")"
-if cargo nextest --version >/dev/null 2>&1; then
-    # --workspace with a filter: the same feature set as the build above, so nothing recompiles.
-    RECO_REAL_CLUSTER=1 cargo nextest run --workspace -E 'binary(real_cluster) | binary(agent)' \
-        --run-ignored only --test-threads=1 --no-fail-fast || status=$?
-else
-    RECO_REAL_CLUSTER=1 cargo test --workspace --test real_cluster --test agent -- --ignored --test-threads=1 || status=$?
+demo_state="$(mktemp -d -t reco-demo-cluster.XXXXXX)"
+trap 'scripts/kube-down.sh --purge "$state" || true; RECO_DEMO_STATE="$demo_state" scripts/demo-cluster.sh --down || true' EXIT
+kube_env="$(scripts/kube-up.sh "$state")"
+eval "$kube_env"
+# nextest with --workspace and a filter: the same feature set as the build above, so nothing recompiles.
+ignored_tests() { # FILTER
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace -E "$1" --run-ignored only --test-threads=1 --no-fail-fast
+    else
+        local names
+        names="$(sed -E 's/binary\(([a-z_]+)\)/--test \1/g; s/ \| / /g' <<<"$1")"
+        # shellcheck disable=SC2086 # the --test flags split on spaces
+        cargo test --workspace $names -- --ignored --test-threads=1
+    fi
+}
+RECO_REAL_CLUSTER=1 ignored_tests 'binary(real_cluster) | binary(agent)' || status=$?
+scripts/kube-down.sh --purge "$state" >&2
+
+# The demo through the operator, with faults (tests/node/tests/demo_cluster.rs),
+# on the stack of `make demo-cluster` built from the test profile's binaries
+# and images (about 4 minutes).
+if command -v podman >/dev/null; then
+    demo_env="$(RECO_DEMO_PROFILE=dev RECO_DEMO_PREBUILT=1 RECO_DEMO_STATE="$demo_state" \
+        RECO_DEMO_OUT="$demo_state/out" scripts/demo-cluster.sh --up)"
+    eval "$demo_env"
+    ignored_tests 'binary(demo_cluster)' || status=$?
 fi
 exit "$status"

@@ -102,7 +102,8 @@ impl ModelOptions {
         o.threads = self.threads;
         o.pipeline = self.pipeline.clone();
         o.version = Some(version.to_owned());
-        o.progress = Progress::hidden();
+        // Bars with ETAs on a terminal; a log gets the "training vN" lines only.
+        o.progress = Progress { enabled: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
         if version == STABLE {
             o.two_tower.out_dim = self.v1_embedding_dim;
             o.two_tower.max_epochs = self.v1_epochs;
