@@ -133,7 +133,7 @@ pub struct ClusterArgs {
 
     /// Object-store prefix to upload the versions and the history to, e.g.
     /// `s3://reco-demo`; credentials and endpoint from the environment
-    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, ...).
     #[arg(long, requires = "cluster")]
     pub store: Option<String>,
 

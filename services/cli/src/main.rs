@@ -112,6 +112,33 @@ mod tests {
     }
 
     #[test]
+    fn cluster_demo_flags_need_the_cluster_flag_and_features_seed_flags_their_uri() {
+        let cli = Cli::try_parse_from(["reco", "demo"]).unwrap();
+        let Command::Demo(a) = cli.command else { panic!("not demo") };
+        assert!(!a.cluster.cluster, "the standalone demo by default");
+        let cli = Cli::try_parse_from([
+            "reco",
+            "demo",
+            "--cluster",
+            "--store",
+            "s3://b",
+            "--prometheus-url",
+            "http://10.0.0.1:9090",
+        ])
+        .unwrap();
+        let Command::Demo(a) = cli.command else { panic!("not demo") };
+        assert_eq!((a.cluster.namespace.as_str(), a.cluster.gateway_node_port), ("reco-demo", 30080));
+        for flags in [&["--store", "s3://b"][..], &["--gateway-node-port", "30000"]] {
+            let err = Cli::try_parse_from([&["reco", "demo"][..], flags].concat()).unwrap_err().to_string();
+            assert!(err.contains("--cluster"), "{flags:?}: {err}");
+        }
+        let err = Cli::try_parse_from(["reco", "serve", "features", "--pipeline", "p", "--seed-holdout", "0.1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--seed-from"), "{err}");
+    }
+
+    #[test]
     fn synthetic_catalog_refuses_an_empty_batch() {
         let err = Cli::try_parse_from(["reco", "synthetic-catalog", "--from", "a", "--out", "b", "--batch", "0"])
             .unwrap_err()

@@ -109,7 +109,7 @@ async fn a_verified_version_from_s3_serves_and_a_substituted_one_keeps_the_pod_u
         assert_eq!(wrong.status("/healthz"), Some(200), "alive while unready: no crash loop");
     });
     let log = wrong.log();
-    assert!(log.contains("cannot serve the version, not ready"), "{log}");
+    assert!(log.contains("cannot serve version v1 from s3://models/v2, not ready"), "{log}");
     assert!(log.contains(&format!("version digest is {other}, but the ModelVersion expects {digest}")), "{log}");
 }
 
