@@ -18,7 +18,8 @@
 #
 # The engine is podman where it is installed (scripts/ensure-podman.sh
 # configures it), docker otherwise; RECO_IMAGE_ENGINE picks one. VERSION is
-# the workspace version; RECO_IMAGE_REGISTRY replaces ghcr.io/reco-seed.
+# the workspace version; RECO_IMAGE_REGISTRY replaces ghcr.io/reco-seed;
+# RECO_BUILD_ALSO adds cargo package flags to the build (prebuilt mode).
 # Prints each image's name and size at the end.
 set -euo pipefail
 
@@ -79,6 +80,10 @@ else
   packages=()
   [[ "$what" == services ]] || packages+=(-p reco-operator --bin reco-operator)
   [[ "$what" == operator ]] || packages+=(-p reco-cli --bin reco)
+  # More binaries for the caller in the same cargo run (RECO_BUILD_ALSO="-p reco-node --bin reco-node"):
+  # one feature resolution, so no dependency compiles twice.
+  # shellcheck disable=SC2206 # cargo flags, split on spaces
+  packages+=(${RECO_BUILD_ALSO:-})
   log "cargo build --profile $profile ${packages[*]} (a cold release build takes tens of minutes)"
   (cd "$root" && cargo build --locked --profile "$profile" "${packages[@]}")
   context="$cache/image-context"

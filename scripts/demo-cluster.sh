@@ -99,8 +99,7 @@ if [[ "${RECO_DEMO_PREBUILT:-0}" == 1 ]]; then
   done
 else
   log "building the binaries and images ($profile; cargo shows its progress)"
-  (cd "$repo" && cargo build --locked --profile "$profile" -p reco-node --bin reco-node)
-  "$here/build-images.sh" --profile "$profile" all
+  RECO_BUILD_ALSO="-p reco-node --bin reco-node" "$here/build-images.sh" --profile "$profile" all
 fi
 
 # --- 3. control plane and node ---------------------------------------------------

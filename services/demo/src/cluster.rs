@@ -258,6 +258,7 @@ impl ClusterDemo {
                     decided_by,
                     reason: recorded.and_then(|s| s.reason).unwrap_or_default(),
                     wall_seconds: begun.elapsed().as_secs_f64(),
+                    decided_at_seconds: started.elapsed().as_secs_f64(),
                     impressions_to_decision: traffic.total().impressions.saturating_sub(traffic_before.impressions),
                     candidate_impressions_to_decision: served.impressions.saturating_sub(candidate_before.impressions),
                     transitions,

@@ -71,6 +71,9 @@ pub struct VersionOutcome {
     pub reason: String,
     /// Seconds from the start of its rollout to the decision.
     pub wall_seconds: f64,
+    /// Seconds from the start of the demo (training and set-up included) to the decision.
+    #[serde(default)]
+    pub decided_at_seconds: f64,
     /// Impressions served to all users (every version) from the start of its
     /// rollout to the decision: the simulated traffic the decision took.
     pub impressions_to_decision: u64,

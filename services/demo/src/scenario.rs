@@ -315,6 +315,7 @@ impl Demo {
                         .map_or(Cause::Lifecycle, |transition| transition.cause),
                     reason: tick.decision.versions.get(version).map(|s| s.reason.clone()).unwrap_or_default(),
                     wall_seconds: begun.elapsed().as_secs_f64(),
+                    decided_at_seconds: self.started.elapsed().as_secs_f64(),
                     impressions_to_decision: traffic.total().impressions.saturating_sub(traffic_before.impressions),
                     candidate_impressions_to_decision: served.impressions.saturating_sub(candidate_before.impressions),
                     transitions,
