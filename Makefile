@@ -13,7 +13,7 @@ bench: ## Run the benchmarks and record them in BENCHMARKS.md.
 	scripts/bench.sh
 
 demo: ## Run the whole product on one machine: v2 promoted, v3 rolled back (demo-out/report.json, ctr.png).
-	@echo "[demo] cold: ~60 min here (release build ~45, training ~5, rollouts ~5); with the build and models cached: ~6 min" >&2
+	@echo "[demo] a cold run takes about 35 min here (release build ~26, training ~5, rollouts ~4); with the build and models cached, about 5 min" >&2
 	scripts/ensure-ml100k.sh >/dev/null
 	eval "$$(scripts/env.sh)" && cargo build --release -p reco-cli --bin reco && target/release/reco demo --out ./demo-out
 

@@ -279,13 +279,15 @@ import json, re, sys
 out, log, total, builds = sys.argv[1], open(sys.argv[2]).read(), int(sys.argv[3]), sys.argv[4]
 report = json.load(open(f"{out}/report.json"))
 ready = int(re.search(r"Prometheus and S3 ready after (\d+) s", log).group(1))
+built = int(re.search(r"binaries and images ready after (\d+) s", log).group(1))
 control_plane = re.search(r"control plane ready in (\d+) s", log).group(1)
-print("Command: `make demo-cluster` (`scripts/demo-cluster.sh`: release build and images already made, models")
-print("cached; genuine kube-apiserver 1.20 + apiextensions-apiserver 1.36, reco-node running every pod with podman,")
+print("Command: `make demo-cluster` (`scripts/demo-cluster.sh`: release build incremental, models cached, API servers")
+print("built; genuine kube-apiserver 1.20 + apiextensions-apiserver 1.36, reco-node running every pod with podman,")
 print("the operator installed from the chart with two replicas, Prometheus, moto as S3), 50 requests/s of replayed")
 print("ml-100k users, the demo policy of docs/demo.md.\n")
 print("| step | seconds from `make demo-cluster` |")
 print("|---|---:|")
+print(f"| binaries and images ready (cargo, podman build) | {built} |")
 print(f"| control plane up (kube-up) | {control_plane} s of its own |")
 print(f"| control plane, node, operator, Prometheus, S3 ready | {ready} |")
 for name, v in report["versions"].items():

@@ -79,8 +79,8 @@ exec 3>&1
 [[ $mode == up ]] && exec 1>&2
 
 t0=$SECONDS
-log "a cold run takes about 70 min here (API servers ~20, release build ~35, training ~5, the rollouts ~5);"
-log "with the tools, the build and the models cached, about 5 min. Output: $out"
+log "a cold run takes about 50 min here (API servers ~18, release build ~26, training ~5, the rollouts ~3);"
+log "with the tools, the build and the models cached, about 3 min. Output: $out"
 
 # --- 1. tools --------------------------------------------------------------------
 "$here/ensure-ml100k.sh" >/dev/null
@@ -101,6 +101,7 @@ else
   log "building the binaries and images ($profile; cargo shows its progress)"
   RECO_BUILD_ALSO="-p reco-node --bin reco-node" "$here/build-images.sh" --profile "$profile" all
 fi
+log "binaries and images ready after $((SECONDS - t0)) s"
 
 # --- 3. control plane and node ---------------------------------------------------
 down

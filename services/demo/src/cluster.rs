@@ -57,25 +57,39 @@ pub struct ClusterOptions {
 /// object store's credentials, the users' history (held-out future left out).
 pub fn pipeline_manifest(opts: &ClusterOptions, seed_uri: &str) -> Result<Value, DemoError> {
     let demo = &opts.demo;
-    let mut spec: Value = serde_saphyr::from_str(&demo.policy_text)
-        .map_err(|e| DemoError::Serialize(format!("the rollout policy: {e}")))?;
-    let analysis = &mut spec["rollout"]["analysis"];
-    if !analysis.is_object() {
-        *analysis = json!({});
-    }
-    analysis["source"] = json!("Prometheus");
-    analysis["prometheusUrl"] = json!(opts.prometheus_url);
-    spec["gateway"] = json!({"deadlineMs": demo.deadline_ms});
-    spec["features"] = json!({"seed": {"uri": seed_uri, "holdoutFraction": crate::replay::HOLDOUT_FRACTION}});
+    let mut settings: Vec<(&[&str], Value)> = vec![
+        (&["rollout", "analysis", "source"], json!("Prometheus")),
+        (&["rollout", "analysis", "prometheusUrl"], json!(opts.prometheus_url)),
+        (&["gateway", "deadlineMs"], json!(demo.deadline_ms)),
+        (&["features", "seed"], json!({"uri": seed_uri, "holdoutFraction": crate::replay::HOLDOUT_FRACTION})),
+    ];
     if let Some(secret) = &opts.credentials_secret {
-        spec["artifacts"] = json!({"credentialsSecret": secret});
+        settings.push((&["artifacts", "credentialsSecret"], json!(secret)));
     }
     Ok(json!({
         "apiVersion": "reco.seed.dev/v1alpha1",
         "kind": "RecommenderPipeline",
         "metadata": {"name": demo.pipeline, "namespace": opts.namespace},
-        "spec": spec,
+        "spec": with_settings(&demo.policy_text, settings)?,
     }))
+}
+
+/// The pipeline spec `spec_yaml` (the demo policy, or a whole spec from
+/// `--policy`) with each setting at its path, everything else kept. Pure.
+fn with_settings(spec_yaml: &str, settings: Vec<(&[&str], Value)>) -> Result<Value, DemoError> {
+    let mut spec: Value =
+        serde_saphyr::from_str(spec_yaml).map_err(|e| DemoError::Serialize(format!("the rollout policy: {e}")))?;
+    for (path, value) in settings {
+        let mut at = &mut spec;
+        for key in path {
+            if !at.is_object() {
+                *at = json!({});
+            }
+            at = &mut at[*key];
+        }
+        *at = value;
+    }
+    Ok(spec)
 }
 
 /// A NodePort Service in front of the pipeline's gateway pods, as a user
@@ -407,4 +421,33 @@ pub async fn run_cluster_demo(
     };
     write_report(&out, &report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_go_into_the_spec_and_keep_what_it_had() {
+        let spec = "gateway: {replicas: 3}\nrollout:\n  steps: [{shadow: {duration: 10s}}]\n";
+        let settings: Vec<(&[&str], Value)> = vec![
+            (&["gateway", "deadlineMs"], json!(500)),
+            (&["rollout", "analysis", "source"], json!("Prometheus")),
+            (&["features", "seed"], json!({"uri": "s3://b/h"})),
+        ];
+        let merged = with_settings(spec, settings).unwrap();
+        assert_eq!(merged["gateway"], json!({"replicas": 3, "deadlineMs": 500}));
+        assert_eq!(merged["rollout"]["steps"][0]["shadow"]["duration"], "10s");
+        assert_eq!(merged["rollout"]["analysis"]["source"], "Prometheus");
+        assert_eq!(merged["features"]["seed"]["uri"], "s3://b/h");
+        assert!(with_settings("steps: [unclosed", Vec::new()).is_err());
+    }
+
+    #[test]
+    fn the_demo_policy_makes_a_valid_pipeline_spec() {
+        let spec =
+            with_settings(crate::policy::DEMO_PIPELINE_SPEC, vec![(&["gateway", "deadlineMs"], json!(1000))]).unwrap();
+        let parsed: reco_api::RecommenderPipelineSpec = serde_json::from_value(spec).expect("the CRD's shape");
+        assert_eq!(parsed.gateway.deadline_ms, 1000);
+    }
 }
