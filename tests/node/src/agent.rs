@@ -440,10 +440,13 @@ fn target_port(port: &ServicePort, pod: &Desired) -> Option<u16> {
     u16::try_from(number).ok()
 }
 
+/// An open port: where its forwarder sends connections, and the forwarder.
+type Forwarding = (watch::Sender<Vec<SocketAddr>>, JoinHandle<()>);
+
 /// The node ports open on 127.0.0.1, by `(namespace, service, nodePort)`.
 #[derive(Default)]
 struct NodePorts {
-    open: BTreeMap<(String, String, i32), (watch::Sender<Vec<SocketAddr>>, JoinHandle<()>)>,
+    open: BTreeMap<(String, String, i32), Forwarding>,
 }
 
 impl NodePorts {

@@ -165,7 +165,7 @@ async fn flaky_gateway(posts: Arc<AtomicU64>) -> SocketAddr {
     let recommend = post(move || {
         let calls = Arc::clone(&calls);
         async move {
-            if calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 return Err(StatusCode::SERVICE_UNAVAILABLE);
             }
             let items = [serde_json::json!({"item_id": "a", "score": 1.0, "source": "x"})];
