@@ -10,10 +10,7 @@
 //! nextest test group, and a lock for `cargo test`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use reco_demo::models::ModelOptions;
-use reco_demo::policy::{DEMO_PIPELINE_SPEC, demo_policy};
 use reco_demo::report::TimelineEntry;
 use reco_demo::scenario::{Demo, DemoOptions, Fault};
 use reco_demo::stack::prometheus_bin;
@@ -44,38 +41,11 @@ fn cache_root() -> PathBuf {
     home.join(".cache/reco/demo-models")
 }
 
-/// `reco demo`'s defaults (seed 42), so the model cache is shared with `make demo`.
+/// `reco demo`'s defaults (seed 42, so the model cache is shared with `make demo`), with Prometheus when asked.
 fn options(out: &Path, prometheus: bool) -> DemoOptions {
     DemoOptions {
-        out: out.to_owned(),
-        reco_bin: PathBuf::from(env!("CARGO_BIN_EXE_reco")),
-        models: ModelOptions {
-            data: ml100k(),
-            seed: 42,
-            pipeline: "demo".into(),
-            max_users: None,
-            v1_embedding_dim: 8,
-            v1_epochs: 1,
-            v1_candidates: 10,
-            v1_ranker_epochs: 1,
-            v2_epochs: 30,
-            threads: None,
-        },
-        cache_root: cache_root(),
         prometheus: prometheus.then(prometheus_bin),
-        pipeline: "demo".into(),
-        policy: demo_policy().expect("the demo policy is valid"),
-        policy_text: DEMO_PIPELINE_SPEC.into(),
-        seed: 42,
-        rate: 50.0,
-        concurrency: 64,
-        noise: 0.001,
-        page_size: 10,
-        max_wall: Duration::from_secs(25 * 60),
-        ready_timeout: Duration::from_secs(180),
-        deadline_ms: 1000,
-        resume: false,
-        print_timeline: true,
+        ..DemoOptions::defaults(out.to_owned(), PathBuf::from(env!("CARGO_BIN_EXE_reco")), ml100k(), cache_root())
     }
 }
 

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -27,10 +26,9 @@ use reco_rollout::{Cause, VersionPhase};
 use serde_json::{Value, json};
 
 use crate::models::{self, BETTER, BROKEN, STABLE};
-use crate::replay::ReplayData;
-use crate::report::{DemoReport, RequestTotals, TimelineEntry, Traffic, VersionOutcome, outcome_name};
-use crate::scenario::{DemoError, DemoOptions, WARMUP, write_report};
-use crate::sim::{SimConfig, SimStats, Simulator};
+use crate::report::{DemoReport, RequestTotals, RolloutStart, TimelineEntry, Traffic, VersionOutcome};
+use crate::scenario::{DemoError, DemoOptions, WARMUP, start_replay, write_report};
+use crate::sim::{SimStats, Simulator};
 
 /// Where the cluster demo runs and how it reaches what runs there.
 #[derive(Clone, Debug)]
@@ -236,9 +234,7 @@ impl ClusterDemo {
         started: Instant,
         hook: &mut dyn FnMut(&TimelineEntry),
     ) -> Result<(), DemoError> {
-        let begun = Instant::now();
-        let traffic_before = self.traffic().total();
-        let candidate_before = self.traffic().version(version);
+        let start = RolloutStart::now(version, &self.traffic());
         apply(&self.opts, version, std::slice::from_ref(manifest))?;
         let mut transitions = Vec::new();
         loop {
@@ -259,27 +255,14 @@ impl ClusterDemo {
             hook(&entry);
             self.timeline.push(entry);
             if matches!(phase, VersionPhase::Stable | VersionPhase::RolledBack | VersionPhase::Failed) {
-                let traffic = self.traffic();
-                let served = traffic.version(version);
                 let decided_by = status
                     .history
                     .iter()
                     .map(history_entry)
                     .rfind(|h| h.version == version && h.to == phase)
                     .map_or(Cause::Lifecycle, |h| h.cause);
-                let outcome = VersionOutcome {
-                    outcome: outcome_name(phase).to_owned(),
-                    decided_by,
-                    reason: recorded.and_then(|s| s.reason).unwrap_or_default(),
-                    wall_seconds: begun.elapsed().as_secs_f64(),
-                    decided_at_seconds: started.elapsed().as_secs_f64(),
-                    impressions_to_decision: traffic.total().impressions.saturating_sub(traffic_before.impressions),
-                    candidate_impressions_to_decision: served.impressions.saturating_sub(candidate_before.impressions),
-                    transitions,
-                    impressions: served.impressions,
-                    clicks: served.clicks,
-                    ctr: served.ctr(),
-                };
+                let reason = recorded.and_then(|s| s.reason).unwrap_or_default();
+                let outcome = start.outcome(phase, (decided_by, reason), transitions, &self.traffic(), started);
                 println!("==> {version}: {} after {:.0} s: {}", outcome.outcome, outcome.wall_seconds, outcome.reason);
                 self.outcomes.insert(version.to_owned(), outcome);
                 return Ok(());
@@ -363,27 +346,9 @@ pub async fn run_cluster_demo(
     wait_for_gateway(&base, STABLE, ready_within).await?;
     println!("{STABLE} serves through {base} after {:.0} s", started.elapsed().as_secs_f64());
 
-    let (data, max_users) = (demo.models.data.clone(), demo.models.max_users);
-    let replay = tokio::task::spawn_blocking(move || ReplayData::load(&data, max_users))
-        .await
-        .map_err(|e| DemoError::Join(e.to_string()))??;
-    println!("replaying {} users at {} requests/s", replay.users.len(), demo.rate);
-    let sim = Simulator::start(
-        SimConfig {
-            base: base.clone(),
-            rate: demo.rate,
-            concurrency: demo.concurrency,
-            seed: demo.seed,
-            noise: demo.noise,
-            page_size: demo.page_size,
-            context: json!({"attributes": {"surface": "demo"}}),
-            // One retry, as a client of a replicated gateway does: a pod that
-            // goes away fails the requests it had, the node port sends the
-            // retry to another.
-            retries: 1,
-        },
-        Arc::new(replay),
-    )?;
+    // One retry, as a client of a replicated gateway does: a pod that goes
+    // away fails the requests it had, the node port sends the retry to another.
+    let sim = start_replay(demo, base.clone(), 1).await?;
     let mut run = ClusterDemo {
         pipelines: Api::namespaced(client.clone(), &opts.namespace),
         versions: Api::namespaced(client, &opts.namespace),

@@ -1,11 +1,58 @@
 //! What a demo run leaves in `DIR/report.json`, and the terminal timeline.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use reco_rollout::{AnalysisVerdict, Cause, VersionPhase};
 use serde::{Deserialize, Serialize};
 
 use crate::sim::{SimStats, VersionCounts};
+
+/// Where the traffic stood when a rollout began: what its decision took is
+/// counted from here.
+pub struct RolloutStart {
+    pub version: String,
+    at: Instant,
+    total: VersionCounts,
+    candidate: VersionCounts,
+}
+
+impl RolloutStart {
+    pub fn now(version: &str, traffic: &SimStats) -> Self {
+        Self {
+            version: version.to_owned(),
+            at: Instant::now(),
+            total: traffic.total(),
+            candidate: traffic.version(version),
+        }
+    }
+
+    /// The outcome of the rollout, ended now in `phase`; `demo_started` is
+    /// when the whole demo began.
+    pub fn outcome(
+        &self,
+        phase: VersionPhase,
+        (decided_by, reason): (Cause, String),
+        transitions: Vec<String>,
+        traffic: &SimStats,
+        demo_started: Instant,
+    ) -> VersionOutcome {
+        let served = traffic.version(&self.version);
+        VersionOutcome {
+            outcome: outcome_name(phase).to_owned(),
+            decided_by,
+            reason,
+            wall_seconds: self.at.elapsed().as_secs_f64(),
+            decided_at_seconds: demo_started.elapsed().as_secs_f64(),
+            impressions_to_decision: traffic.total().impressions.saturating_sub(self.total.impressions),
+            candidate_impressions_to_decision: served.impressions.saturating_sub(self.candidate.impressions),
+            transitions,
+            impressions: served.impressions,
+            clicks: served.clicks,
+            ctr: served.ctr(),
+        }
+    }
+}
 
 /// One analysis tick of a rollout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

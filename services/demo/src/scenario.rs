@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::models::{self, BETTER, BROKEN, ModelOptions, STABLE};
 use crate::policy::DemoPolicy;
 use crate::replay::ReplayData;
-use crate::report::{DemoReport, RequestTotals, TimelineEntry, Traffic, VersionOutcome, outcome_name};
+use crate::report::{DemoReport, RequestTotals, RolloutStart, TimelineEntry, Traffic, VersionOutcome};
 use crate::runner::{self, LocalRunner, RunnerConfig};
 use crate::sim::{SimConfig, SimStats, Simulator};
 use crate::stack::{Gateway, GatewayConfig, Prometheus};
@@ -218,25 +218,8 @@ impl Demo {
             let _ = scrape.scrape().await;
         }
 
-        let (data, max_users) = (opts.models.data.clone(), opts.models.max_users);
-        let replay = tokio::task::spawn_blocking(move || ReplayData::load(&data, max_users))
-            .await
-            .map_err(|e| DemoError::Join(e.to_string()))??;
-        println!("replaying {} users at {} requests/s", replay.users.len(), opts.rate);
-        let sim = Simulator::start(
-            SimConfig {
-                base: gateway.url(""),
-                rate: opts.rate,
-                concurrency: opts.concurrency,
-                seed: opts.seed,
-                noise: opts.noise,
-                page_size: opts.page_size,
-                context: serde_json::json!({"attributes": {"surface": "demo"}}),
-                // The standalone is one process: a request it fails, it fails.
-                retries: 0,
-            },
-            Arc::new(replay),
-        )?;
+        // The standalone is one process: a request it fails, it fails (no retry).
+        let sim = start_replay(&opts, gateway.url(""), 0).await?;
         Ok(Demo {
             opts,
             started,
@@ -279,9 +262,7 @@ impl Demo {
         version: &str,
         hook: &mut dyn FnMut(&TimelineEntry) -> Vec<Fault>,
     ) -> Result<VersionOutcome, DemoError> {
-        let begun = Instant::now();
-        let traffic_before = self.traffic().total();
-        let candidate_before = self.traffic().version(version);
+        let start = RolloutStart::now(version, &self.traffic());
         self.runner.add_version(version, Timestamp::now())?;
         let mut transitions = Vec::new();
         loop {
@@ -303,26 +284,14 @@ impl Demo {
             }
             let phase = runner::phase_of(&tick.decision, version);
             if let Some(phase @ (VersionPhase::Stable | VersionPhase::RolledBack | VersionPhase::Failed)) = phase {
-                let traffic = self.traffic();
-                let served = traffic.version(version);
-                let outcome = VersionOutcome {
-                    outcome: outcome_name(phase).to_owned(),
-                    decided_by: tick
-                        .decision
-                        .transitions
-                        .iter()
-                        .rfind(|transition| transition.version == version && transition.to == phase)
-                        .map_or(Cause::Lifecycle, |transition| transition.cause),
-                    reason: tick.decision.versions.get(version).map(|s| s.reason.clone()).unwrap_or_default(),
-                    wall_seconds: begun.elapsed().as_secs_f64(),
-                    decided_at_seconds: self.started.elapsed().as_secs_f64(),
-                    impressions_to_decision: traffic.total().impressions.saturating_sub(traffic_before.impressions),
-                    candidate_impressions_to_decision: served.impressions.saturating_sub(candidate_before.impressions),
-                    transitions,
-                    impressions: served.impressions,
-                    clicks: served.clicks,
-                    ctr: served.ctr(),
-                };
+                let decided_by = tick
+                    .decision
+                    .transitions
+                    .iter()
+                    .rfind(|transition| transition.version == version && transition.to == phase)
+                    .map_or(Cause::Lifecycle, |transition| transition.cause);
+                let reason = tick.decision.versions.get(version).map(|s| s.reason.clone()).unwrap_or_default();
+                let outcome = start.outcome(phase, (decided_by, reason), transitions, &self.traffic(), self.started);
                 self.outcomes.insert(version.to_owned(), outcome.clone());
                 return Ok(outcome);
             }
@@ -425,6 +394,64 @@ impl Demo {
         };
         write_report(&self.opts.out, &report)?;
         Ok(report)
+    }
+}
+
+/// Loads the replayed users and starts sending their requests to the gateway at `base`.
+pub(crate) async fn start_replay(opts: &DemoOptions, base: reqwest::Url, retries: u32) -> Result<Simulator, DemoError> {
+    let (data, max_users) = (opts.models.data.clone(), opts.models.max_users);
+    let replay = tokio::task::spawn_blocking(move || ReplayData::load(&data, max_users))
+        .await
+        .map_err(|e| DemoError::Join(e.to_string()))??;
+    println!("replaying {} users at {} requests/s", replay.users.len(), opts.rate);
+    let config = SimConfig {
+        base,
+        rate: opts.rate,
+        concurrency: opts.concurrency,
+        seed: opts.seed,
+        noise: opts.noise,
+        page_size: opts.page_size,
+        context: serde_json::json!({"attributes": {"surface": "demo"}}),
+        retries,
+    };
+    Ok(Simulator::start(config, Arc::new(replay))?)
+}
+
+impl DemoOptions {
+    /// `reco demo`'s defaults (seed 42, so the model cache is shared with
+    /// `make demo`), writing to `out`, for tests.
+    pub fn defaults(out: PathBuf, reco_bin: PathBuf, data: PathBuf, cache_root: PathBuf) -> DemoOptions {
+        DemoOptions {
+            out,
+            reco_bin,
+            models: ModelOptions {
+                data,
+                seed: 42,
+                pipeline: "demo".into(),
+                max_users: None,
+                v1_embedding_dim: 8,
+                v1_epochs: 1,
+                v1_candidates: 10,
+                v1_ranker_epochs: 1,
+                v2_epochs: 30,
+                threads: None,
+            },
+            cache_root,
+            prometheus: None,
+            pipeline: "demo".into(),
+            policy: crate::policy::demo_policy().expect("the built-in demo policy is valid"),
+            policy_text: crate::policy::DEMO_PIPELINE_SPEC.into(),
+            seed: 42,
+            rate: 50.0,
+            concurrency: 64,
+            noise: 0.001,
+            page_size: 10,
+            max_wall: Duration::from_secs(25 * 60),
+            ready_timeout: Duration::from_secs(180),
+            deadline_ms: 1000,
+            resume: false,
+            print_timeline: true,
+        }
     }
 }
 

@@ -26,8 +26,6 @@ use std::time::Duration;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use reco_demo::cluster::{ClusterOptions, run_cluster_demo};
-use reco_demo::models::ModelOptions;
-use reco_demo::policy::{DEMO_PIPELINE_SPEC, demo_policy};
 use reco_demo::report::TimelineEntry;
 use reco_demo::scenario::DemoOptions;
 use reco_rollout::{AnalysisVerdict, VersionPhase};
@@ -139,37 +137,14 @@ fn options(out: PathBuf) -> ClusterOptions {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     ClusterOptions {
         demo: DemoOptions {
-            out,
-            reco_bin: PathBuf::from("reco"),
-            // `reco demo`'s defaults (seed 42): the model cache is shared with `make demo`.
-            models: ModelOptions {
-                data: reco_trainer::pipeline::resolve_data("ml-100k").expect("ml-100k (scripts/ensure-ml100k.sh)"),
-                seed: 42,
-                pipeline: "demo".into(),
-                max_users: None,
-                v1_embedding_dim: 8,
-                v1_epochs: 1,
-                v1_candidates: 10,
-                v1_ranker_epochs: 1,
-                v2_epochs: 30,
-                threads: None,
-            },
-            cache_root: std::env::var_os("RECO_DEMO_CACHE")
-                .map_or_else(|| home.join(".cache/reco/demo-models"), PathBuf::from),
-            prometheus: None,
-            pipeline: "demo".into(),
-            policy: demo_policy().expect("the demo policy is valid"),
-            policy_text: DEMO_PIPELINE_SPEC.into(),
-            seed: 42,
-            rate: 50.0,
-            concurrency: 64,
-            noise: 0.001,
-            page_size: 10,
             max_wall: Duration::from_secs(20 * 60),
             ready_timeout: Duration::from_secs(300),
-            deadline_ms: 1000,
-            resume: false,
-            print_timeline: true,
+            ..DemoOptions::defaults(
+                out,
+                PathBuf::from("reco"),
+                reco_trainer::pipeline::resolve_data("ml-100k").expect("ml-100k (scripts/ensure-ml100k.sh)"),
+                std::env::var_os("RECO_DEMO_CACHE").map_or_else(|| home.join(".cache/reco/demo-models"), PathBuf::from),
+            )
         },
         namespace: env("RECO_DEMO_NAMESPACE"),
         store: env("RECO_DEMO_STORE"),
