@@ -61,7 +61,7 @@ scripts/kube-down.sh --purge "$state" >&2
 
 # The demo through the operator, with faults (tests/node/tests/demo_cluster.rs),
 # on the stack of `make demo-cluster` built from the test profile's binaries
-# and images (about 4 minutes).
+# and images (about 5 minutes).
 if command -v podman >/dev/null; then
     demo_env="$(RECO_DEMO_PROFILE=dev RECO_DEMO_PREBUILT=1 RECO_DEMO_STATE="$demo_state" \
         RECO_DEMO_OUT="$demo_state/out" scripts/demo-cluster.sh --up)"

@@ -26,6 +26,7 @@ use std::time::Duration;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use reco_demo::cluster::{ClusterOptions, run_cluster_demo};
+use reco_demo::policy::{DEMO_PIPELINE_SPEC, parse_policy};
 use reco_demo::report::TimelineEntry;
 use reco_demo::scenario::DemoOptions;
 use reco_rollout::{AnalysisVerdict, VersionPhase};
@@ -129,6 +130,13 @@ impl Faults {
     }
 }
 
+/// The demo policy with a 5 s p99 guardrail instead of 1 s.
+fn relaxed_policy() -> String {
+    let relaxed = DEMO_PIPELINE_SPEC.replace("maxP99LatencyMs: 1000", "maxP99LatencyMs: 5000");
+    assert_ne!(relaxed, DEMO_PIPELINE_SPEC, "the demo policy names its p99 guardrail");
+    relaxed
+}
+
 fn lease_holder(namespace: &str) -> String {
     run("kubectl", &["-n", namespace, "get", "lease", "reco-operator", "-o", "jsonpath={.spec.holderIdentity}"], None)
 }
@@ -137,6 +145,12 @@ fn options(out: PathBuf) -> ClusterOptions {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     ClusterOptions {
         demo: DemoOptions {
+            // The test build's pods on two cores, three versions at once: fewer requests, and a
+            // latency guardrail far above what a starved debug build takes (this test is about
+            // faults, and a slow shadow must not end a rollout before they are injected).
+            rate: 30.0,
+            policy: parse_policy(&relaxed_policy()).expect("the relaxed demo policy is valid"),
+            policy_text: relaxed_policy(),
             max_wall: Duration::from_secs(20 * 60),
             ready_timeout: Duration::from_secs(300),
             ..DemoOptions::defaults(

@@ -446,6 +446,9 @@ struct PodsReady {
     held: Arc<Mutex<BTreeSet<String>>>,
 }
 
+/// The field manager of the Deployment status [`PodsReady`] writes.
+pub const PODS_READY_MANAGER: &str = "reco-test-pods";
+
 impl PodsReady {
     fn start(deployments: Api<Deployment>) -> Self {
         let held = Arc::new(Mutex::new(BTreeSet::new()));
@@ -466,7 +469,9 @@ impl PodsReady {
                         "observedGeneration": d.metadata.generation, "replicas": replicas, "updatedReplicas": replicas,
                         "readyReplicas": ready, "availableReplicas": ready,
                     }});
-                    let _ = deployments.patch_status(&name, &Default::default(), &kube::api::Patch::Merge(patch)).await;
+                    let params =
+                        kube::api::PatchParams { field_manager: Some(PODS_READY_MANAGER.into()), ..Default::default() };
+                    let _ = deployments.patch_status(&name, &params, &kube::api::Patch::Merge(patch)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
