@@ -183,9 +183,13 @@ pub async fn a_worse_version_is_rolled_back_and_stable_keeps_serving(s: &Scenari
     let routing = s.routing("explore").await;
     assert_eq!(routing.versions.iter().map(|v| (v.name.as_str(), v.weight)).collect::<Vec<_>>(), [("v1", 100)]);
     assert_eq!(s.version("v1").await.status.unwrap().phase, Some(VersionPhase::Stable));
-    let p = s.pipelines().get("explore").await.unwrap();
-    let degraded = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap();
-    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "RolledBack"));
+    // The version's status is written before the pipeline's: the pipeline says so a moment later.
+    s.eventually("the pipeline Degraded by the rollback", || async {
+        let p = s.pipelines().get("explore").await.ok()?;
+        let degraded = p.status?.conditions.into_iter().find(|c| c.type_ == "Degraded")?;
+        (degraded.status == "True" && degraded.reason == "RolledBack").then_some(())
+    })
+    .await;
     assert!(s.events_with_reason("RolledBack").await >= 1);
     // Stable never stopped being routed while the canary ran.
     assert!(s.routing_log.always_serves("v1"));
