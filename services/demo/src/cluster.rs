@@ -26,7 +26,7 @@ use reco_rollout::{Cause, VersionPhase};
 use serde_json::{Value, json};
 
 use crate::models::{self, BETTER, BROKEN, STABLE};
-use crate::report::{DemoReport, RequestTotals, RolloutStart, TimelineEntry, Traffic, VersionOutcome};
+use crate::report::{DemoReport, RequestTotals, RolloutStart, TickHead, TimelineEntry, Traffic, VersionOutcome};
 use crate::scenario::{DemoError, DemoOptions, WARMUP, start_replay, write_report};
 use crate::sim::{SimStats, Simulator};
 
@@ -202,27 +202,17 @@ impl ClusterDemo {
         if let Some(last) = new.last() {
             self.seen_transitions = Some(last.time.0);
         }
-        TimelineEntry {
+        let head = TickHead {
             t: self.traffic_started.elapsed().as_secs_f64(),
             version: version.to_owned(),
             phase,
             step,
             weight: status.canary_weight,
             stable: status.stable_version.clone().unwrap_or_default(),
-            stable_impressions: analysis.as_ref().map_or(0, |a| a.stable_impressions),
-            stable_clicks: analysis.as_ref().map_or(0, |a| a.stable_clicks),
-            stable_ctr: analysis.as_ref().map_or(0.0, |a| a.stable_ctr),
-            canary_impressions: analysis.as_ref().map_or(0, |a| a.canary_impressions),
-            canary_clicks: analysis.as_ref().map_or(0, |a| a.canary_clicks),
-            canary_ctr: analysis.as_ref().map_or(0.0, |a| a.canary_ctr),
-            verdict: analysis.as_ref().map(|a| a.verdict),
-            message: analysis.as_ref().map_or_else(|| "no look yet".to_owned(), |a| a.message.clone()),
-            transitions: new
-                .iter()
-                .map(|t| format!("{} {:?} -> {:?}: {}", t.version, t.from, t.to, t.reason))
-                .collect(),
             traffic: self.traffic().versions,
-        }
+        };
+        let transitions: Vec<_> = new.into_iter().map(history_entry).collect();
+        TimelineEntry::new(head, analysis.as_ref(), "no look yet", &transitions)
     }
 
     /// Applies `version` and follows its rollout until the operator

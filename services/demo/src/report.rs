@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use reco_rollout::analysis::AnalysisReport;
+use reco_rollout::engine::HistoryEntry;
 use reco_rollout::{AnalysisVerdict, Cause, VersionPhase};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,45 @@ impl RolloutStart {
             impressions: served.impressions,
             clicks: served.clicks,
             ctr: served.ctr(),
+        }
+    }
+}
+
+/// Where a rollout stands at a tick, apart from its look's figures.
+pub struct TickHead {
+    pub t: f64,
+    pub version: String,
+    pub phase: VersionPhase,
+    pub step: String,
+    pub weight: u8,
+    pub stable: String,
+    pub traffic: BTreeMap<String, VersionCounts>,
+}
+
+impl TimelineEntry {
+    /// The entry of a tick: its look's figures from `analysis` (`no_look`
+    /// says why there is none), its transitions as the engine records them.
+    pub fn new(head: TickHead, analysis: Option<&AnalysisReport>, no_look: &str, transitions: &[HistoryEntry]) -> Self {
+        TimelineEntry {
+            t: head.t,
+            version: head.version,
+            phase: head.phase,
+            step: head.step,
+            weight: head.weight,
+            stable: head.stable,
+            stable_impressions: analysis.map_or(0, |a| a.stable_impressions),
+            stable_clicks: analysis.map_or(0, |a| a.stable_clicks),
+            stable_ctr: analysis.map_or(0.0, |a| a.stable_ctr),
+            canary_impressions: analysis.map_or(0, |a| a.canary_impressions),
+            canary_clicks: analysis.map_or(0, |a| a.canary_clicks),
+            canary_ctr: analysis.map_or(0.0, |a| a.canary_ctr),
+            verdict: analysis.map(|a| a.verdict),
+            message: analysis.map_or_else(|| no_look.to_owned(), |a| a.message.clone()),
+            transitions: transitions
+                .iter()
+                .map(|h| format!("{} {:?} -> {:?}: {}", h.version, h.from, h.to, h.reason))
+                .collect(),
+            traffic: head.traffic,
         }
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::models::{self, BETTER, BROKEN, ModelOptions, STABLE};
 use crate::policy::DemoPolicy;
 use crate::replay::ReplayData;
-use crate::report::{DemoReport, RequestTotals, RolloutStart, TimelineEntry, Traffic, VersionOutcome};
+use crate::report::{DemoReport, RequestTotals, RolloutStart, TickHead, TimelineEntry, Traffic, VersionOutcome};
 use crate::runner::{self, LocalRunner, RunnerConfig};
 use crate::sim::{SimConfig, SimStats, Simulator};
 use crate::stack::{Gateway, GatewayConfig, Prometheus};
@@ -337,29 +337,16 @@ impl Demo {
             Some(candidate) => step_label(policy, candidate.step),
             None => "done".to_owned(),
         };
-        let analysis = tick.analysis.as_ref();
-        TimelineEntry {
+        let head = TickHead {
             t: self.traffic_started.elapsed().as_secs_f64(),
             version: version.to_owned(),
             phase,
             step,
             weight: decision.canary_weight(),
             stable: decision.state.stable.clone().unwrap_or_default(),
-            stable_impressions: analysis.map_or(0, |a| a.stable_impressions),
-            stable_clicks: analysis.map_or(0, |a| a.stable_clicks),
-            stable_ctr: analysis.map_or(0.0, |a| a.stable_ctr),
-            canary_impressions: analysis.map_or(0, |a| a.canary_impressions),
-            canary_clicks: analysis.map_or(0, |a| a.canary_clicks),
-            canary_ctr: analysis.map_or(0.0, |a| a.canary_ctr),
-            verdict: analysis.map(|a| a.verdict),
-            message: analysis.map_or_else(|| "no look (step just started)".to_owned(), |a| a.message.clone()),
-            transitions: decision
-                .transitions
-                .iter()
-                .map(|h| format!("{} {:?} -> {:?}: {}", h.version, h.from, h.to, h.reason))
-                .collect(),
             traffic: self.traffic().versions,
-        }
+        };
+        TimelineEntry::new(head, tick.analysis.as_ref(), "no look (step just started)", &decision.transitions)
     }
 
     /// Keeps the traffic going for `duration` more (stable serving after the last rollout).
