@@ -5,11 +5,13 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use reco_runtime::buckets::latency_histogram;
 
+use crate::embedded::StoreMetrics;
 use crate::sink::SinkMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,7 +41,12 @@ pub struct Metrics {
     pub fsync_batch_records: Histogram,
     pub fsync_seconds: Histogram,
     pub store_op_seconds: HistogramFamily<StoreOpLabel>,
-    pub snapshot_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
+    pub events_duplicate: Counter,
+    pub events_replayed: Counter,
+    pub event_log_corrupt_records: Counter,
+    pub users_in_memory: Gauge,
+    pub user_evictions: Counter,
 }
 
 impl Metrics {
@@ -51,7 +58,12 @@ impl Metrics {
             fsync_batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             fsync_seconds: latency_histogram(),
             store_op_seconds: Family::new_with_constructor(latency_histogram),
-            snapshot_seconds: latency_histogram(),
+            checkpoint_seconds: latency_histogram(),
+            events_duplicate: Counter::default(),
+            events_replayed: Counter::default(),
+            event_log_corrupt_records: Counter::default(),
+            users_in_memory: Gauge::default(),
+            user_evictions: Counter::default(),
         };
         registry.register(
             "events_ingested",
@@ -79,11 +91,41 @@ impl Metrics {
             m.store_op_seconds.clone(),
         );
         registry.register(
-            "snapshot_duration_seconds",
-            "Time to write one embedded store snapshot",
-            m.snapshot_seconds.clone(),
+            "checkpoint_duration_seconds",
+            "Time to save one checkpoint of the embedded store (changed records and log position)",
+            m.checkpoint_seconds.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Retried events acknowledged again without being logged or applied twice",
+            m.events_duplicate.clone(),
+        );
+        registry.register(
+            "events_replayed",
+            "Events re-applied from the event log at start (logged after the last checkpoint)",
+            m.events_replayed.clone(),
+        );
+        registry.register(
+            "event_log_corrupt_records",
+            "Event log lines skipped because they are not records (each logged with its offset)",
+            m.event_log_corrupt_records.clone(),
+        );
+        registry.register("users_in_memory", "Users held in memory by the embedded store", m.users_in_memory.clone());
+        registry.register(
+            "user_evictions",
+            "Users dropped from memory by the embedded store (saved; read back when next used)",
+            m.user_evictions.clone(),
         );
         m
+    }
+
+    /// The metrics the embedded store records into.
+    pub fn store(&self) -> StoreMetrics {
+        StoreMetrics {
+            checkpoint_seconds: Some(self.checkpoint_seconds.clone()),
+            users_in_memory: self.users_in_memory.clone(),
+            user_evictions: self.user_evictions.clone(),
+        }
     }
 
     /// The histograms the file sink's writer records into.

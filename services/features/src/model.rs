@@ -3,6 +3,7 @@
 //! so the shared behaviour tests pin one set of semantics.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use reco_proto::EventType;
 use serde::{Deserialize, Serialize};
@@ -12,16 +13,30 @@ pub const DEFAULT_HISTORY_LEN: usize = 200;
 /// Default number of session events kept per user.
 pub const DEFAULT_SESSION_LEN: usize = 20;
 
-/// How much history each user keeps.
+/// Default age past which session events no longer count: a session is the recent past.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30 * 60);
+/// Default time after which Redis drops the features of a user or item nobody touched.
+pub const DEFAULT_STATE_TTL: Duration = Duration::from_secs(180 * 24 * 60 * 60);
+
+/// How much each user keeps, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub history_len: usize,
     pub session_len: usize,
+    /// Session events older than this are dropped when read (and Redis expires idle sessions).
+    pub session_ttl: Duration,
+    /// Redis keys of users and items expire after this long without an event.
+    pub state_ttl: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { history_len: DEFAULT_HISTORY_LEN, session_len: DEFAULT_SESSION_LEN }
+        Self {
+            history_len: DEFAULT_HISTORY_LEN,
+            session_len: DEFAULT_SESSION_LEN,
+            session_ttl: DEFAULT_SESSION_TTL,
+            state_ttl: DEFAULT_STATE_TTL,
+        }
     }
 }
 
@@ -149,6 +164,12 @@ pub fn apply_to_user(user: &mut UserState, event: &FeatureEvent, limits: Limits)
     }
 }
 
+/// Drops the session events older than `ttl` at `now_ms`.
+pub fn expire_session(user: &mut UserState, now_ms: i64, ttl: Duration) {
+    let oldest = now_ms.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    user.session.retain(|e| e.at_ms >= oldest);
+}
+
 /// Applies one event to an item's engagement counters.
 pub fn apply_to_item(counters: &mut BTreeMap<String, u64>, event: &FeatureEvent) {
     *counters.entry(event.kind.name().to_owned()).or_default() += 1;
@@ -228,7 +249,7 @@ mod tests {
 
     #[test]
     fn session_is_bounded_and_keeps_the_newest() {
-        let limits = Limits { history_len: 10, session_len: 3 };
+        let limits = Limits { history_len: 10, session_len: 3, ..Limits::default() };
         let mut u = UserState::default();
         for i in 0..5 {
             apply_to_user(&mut u, &ev(&format!("i{i}"), EventKind::Click), limits);
@@ -240,12 +261,23 @@ mod tests {
 
     #[test]
     fn history_dedups_moves_to_newest_and_is_bounded() {
-        let limits = Limits { history_len: 3, session_len: 20 };
+        let limits = Limits { history_len: 3, session_len: 20, ..Limits::default() };
         let mut u = UserState::default();
         for item in ["a", "b", "c", "a", "d"] {
             apply_to_user(&mut u, &ev(item, EventKind::Like), limits);
         }
         assert_eq!(Vec::from(u.history.clone()), ["c", "a", "d"]);
+    }
+
+    #[test]
+    fn old_session_events_expire() {
+        let mut u = UserState::default();
+        for at_ms in [1_000, 50_000, 61_000] {
+            apply_to_user(&mut u, &FeatureEvent { at_ms, ..ev("x", EventKind::Click) }, Limits::default());
+        }
+        expire_session(&mut u, 70_000, Duration::from_secs(20));
+        assert_eq!(u.session.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [50_000, 61_000]);
+        assert_eq!(u.counters["click"], 3, "counters are long-term");
     }
 
     #[test]
@@ -265,7 +297,8 @@ mod tests {
         }];
         let inter = |u: &str, i: &str, t| SeedInteraction { user_id: u.into(), item_id: i.into(), at_ms: t };
         let interactions = vec![inter("1", "b", 20), inter("1", "a", 10), inter("1", "c", 30), inter("2", "z", 5)];
-        let seeded = seeded_users(&users, &interactions, Limits { history_len: 2, session_len: 5 });
+        let seeded =
+            seeded_users(&users, &interactions, Limits { history_len: 2, session_len: 5, ..Limits::default() });
         assert_eq!(Vec::from(seeded["1"].history.clone()), ["b", "c"]);
         assert_eq!(seeded["1"].demographics.age, Some(25));
         assert_eq!(Vec::from(seeded["2"].history.clone()), ["z"]);

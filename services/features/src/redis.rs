@@ -204,8 +204,4 @@ impl FeatureStore for RedisStore {
         }
         Ok(())
     }
-
-    async fn persist(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
 }

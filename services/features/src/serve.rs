@@ -10,11 +10,12 @@ use reco_proto::features_server::FeaturesServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::dedup::RecentEvents;
 use crate::embedded::EmbeddedStore;
 use crate::metrics::Metrics;
 use crate::model::{DEFAULT_HISTORY_LEN, Limits};
 use crate::redis::RedisStore;
-use crate::service::FeatureService;
+use crate::service::{FeatureService, RecoverError};
 use crate::sink::{EventSink, FileSink, SinkError};
 use crate::store::{FeatureStore, StoreError};
 
@@ -49,12 +50,30 @@ pub struct FeaturesArgs {
     /// Kafka topic for `--event-sink=kafka`.
     #[arg(long)]
     pub kafka_topic: Option<String>,
-    /// Seconds between snapshots of the embedded store (0: only at shutdown).
+    /// Seconds between checkpoints of the embedded store (0: only at shutdown and when memory
+    /// fills with unsaved changes). Events after the last checkpoint are replayed from the log
+    /// at start, so this bounds the replay, not what survives a crash.
     #[arg(long, default_value_t = 60)]
-    pub snapshot_interval_seconds: u64,
+    pub checkpoint_interval_seconds: u64,
     /// Session events kept per user.
     #[arg(long, default_value_t = crate::model::DEFAULT_SESSION_LEN, value_parser = session_len_parser())]
     pub session_len: usize,
+    /// Session events older than this no longer count (and Redis expires idle sessions).
+    #[arg(long, default_value_t = crate::model::DEFAULT_SESSION_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_ttl_seconds: u64,
+    /// Redis drops the features of a user or item after this many days without an event.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub state_ttl_days: u64,
+    /// Most users the embedded store keeps in memory; the least recently used beyond that are
+    /// read back from its file when next needed.
+    #[arg(long, default_value_t = crate::embedded::DEFAULT_MAX_USERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_users_in_memory: usize,
+    /// How long a retried event is recognised (applied once, acknowledged again).
+    #[arg(long, default_value_t = 600)]
+    pub dedup_window_seconds: u64,
+    /// Most event ids remembered for recognising retries (about 50 bytes each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub dedup_capacity: usize,
 }
 
 fn session_len_parser() -> impl clap::builder::TypedValueParser<Value = usize> {
@@ -90,34 +109,36 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error("replaying the event log: {0}")]
+    Recover(#[from] RecoverError),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShutdownError {
     #[error("closing the event log: {0}")]
     Sink(#[from] SinkError),
-    #[error("final snapshot: {0}")]
+    #[error("final checkpoint: {0}")]
     Store(#[from] StoreError),
 }
 
 /// Owns the background work of a built service; [`ServiceHandle::shutdown`] ends it cleanly.
 pub struct ServiceHandle {
-    store: Arc<dyn FeatureStore>,
+    service: FeatureService,
     sink: Arc<dyn EventSink>,
     stop: watch::Sender<bool>,
-    snapshots: Option<JoinHandle<()>>,
+    checkpoints: Option<JoinHandle<()>>,
 }
 
 impl ServiceHandle {
-    /// Stops periodic snapshots, closes the event log (finishing pending appends) and writes a
-    /// final snapshot. Call it after the servers stopped taking requests.
+    /// Stops periodic checkpoints, closes the event log (finishing pending appends) and takes a
+    /// final checkpoint. Call it after the servers stopped taking requests.
     pub async fn shutdown(mut self) -> Result<(), ShutdownError> {
         let _ = self.stop.send(true);
-        if let Some(task) = self.snapshots.take() {
+        if let Some(task) = self.checkpoints.take() {
             let _ = task.await;
         }
         let closed = self.sink.close().await;
-        self.store.persist().await?;
+        self.service.checkpoint().await?;
         Ok(closed?)
     }
 }
@@ -130,8 +151,8 @@ fn valid_pipeline(name: &str) -> bool {
         && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
-/// Builds the service from its flags: opens (and reloads) the store, opens the event log and
-/// starts periodic snapshots of the embedded store.
+/// Builds the service from its flags: opens the store and the event log, replays the events
+/// logged after the store's last checkpoint, and starts periodic checkpoints.
 pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureService, ServiceHandle), BuildError> {
     if args.event_sink == EventSinkKind::Kafka {
         return Err(BuildError::KafkaNotBuilt);
@@ -139,12 +160,16 @@ pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureSer
     if !valid_pipeline(&args.pipeline) {
         return Err(BuildError::InvalidPipeline(args.pipeline.clone()));
     }
-    let limits = Limits { history_len: DEFAULT_HISTORY_LEN, session_len: args.session_len };
+    let limits = Limits {
+        history_len: DEFAULT_HISTORY_LEN,
+        session_len: args.session_len,
+        session_ttl: Duration::from_secs(args.session_ttl_seconds),
+        state_ttl: Duration::from_secs(args.state_ttl_days * 24 * 60 * 60),
+    };
     let dir = args.data_dir.join(&args.pipeline);
     let store: Arc<dyn FeatureStore> = match args.backend {
         Backend::Embedded => Arc::new(
-            EmbeddedStore::open(limits, dir.join("features-snapshot.json"), Some(metrics.snapshot_seconds.clone()))
-                .await?,
+            EmbeddedStore::open(limits, &dir.join("features.redb"), args.max_users_in_memory, metrics.store()).await?,
         ),
         Backend::Redis => {
             let url = args.redis_url.as_deref().ok_or(BuildError::MissingRedisUrl)?;
@@ -153,30 +178,35 @@ pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureSer
     };
     let log = dir.join("events.jsonl");
     let sink_metrics = metrics.sink();
-    let sink: Arc<dyn EventSink> =
-        Arc::new(tokio::task::spawn_blocking(move || FileSink::open(&log, sink_metrics)).await.map_err(|e| {
-            SinkError::Write { path: dir.join("events.jsonl"), reason: format!("opening task failed: {e}") }
-        })??);
+    let opened = log.clone();
+    let sink: Arc<dyn EventSink> = Arc::new(
+        tokio::task::spawn_blocking(move || FileSink::open(&opened, sink_metrics))
+            .await
+            .map_err(|e| SinkError::Write { path: log.clone(), reason: format!("opening task failed: {e}") })??,
+    );
+    let recent = RecentEvents::new(Duration::from_secs(args.dedup_window_seconds), args.dedup_capacity);
+    let service = FeatureService::new(&args.pipeline, store, sink.clone(), recent, metrics.clone());
+    service.recover(&log).await?;
     let (stop, stopped) = watch::channel(false);
-    let snapshots = (args.backend == Backend::Embedded && args.snapshot_interval_seconds > 0).then(|| {
-        tokio::spawn(snapshot_loop(store.clone(), Duration::from_secs(args.snapshot_interval_seconds), stopped))
-    });
-    let service = FeatureService::new(&args.pipeline, store.clone(), sink.clone(), metrics.clone());
-    Ok((service, ServiceHandle { store, sink, stop, snapshots }))
+    let every = (args.checkpoint_interval_seconds > 0).then(|| Duration::from_secs(args.checkpoint_interval_seconds));
+    let checkpoints =
+        (args.backend == Backend::Embedded).then(|| tokio::spawn(checkpoint_loop(service.clone(), every, stopped)));
+    Ok((service.clone(), ServiceHandle { service, sink, stop, checkpoints }))
 }
 
-async fn snapshot_loop(store: Arc<dyn FeatureStore>, every: Duration, mut stopped: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(every);
+/// Checkpoints every `every` (if set) and whenever the store asks for one.
+async fn checkpoint_loop(service: FeatureService, every: Option<Duration>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(every.unwrap_or(Duration::MAX / 4));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await; // the first tick is immediate; the store was just loaded
+    ticks.tick().await; // the first tick is immediate; the store was just opened
     loop {
         tokio::select! {
-            _ = ticks.tick() => {
-                if let Err(e) = store.persist().await {
-                    tracing::warn!(error = %e, "periodic feature snapshot failed; will retry");
-                }
-            }
+            _ = ticks.tick(), if every.is_some() => {}
+            () = service.checkpoint_due() => {}
             _ = stopped.changed() => return,
+        }
+        if let Err(e) = service.checkpoint().await {
+            tracing::warn!(error = %e, "checkpoint of the feature store failed; will retry");
         }
     }
 }
@@ -221,7 +251,7 @@ mod tests {
         assert_eq!((a.backend, a.event_sink), (Backend::Redis, EventSinkKind::Embedded));
         assert_eq!(a.grpc.port(), 50051);
         assert_eq!(a.session_len, 20);
-        assert_eq!(a.snapshot_interval_seconds, 60);
+        assert_eq!(a.checkpoint_interval_seconds, 60);
         let a = Cli::try_parse_from(operator_flags("embedded", "kafka")).unwrap().args;
         assert_eq!((a.backend, a.event_sink), (Backend::Embedded, EventSinkKind::Kafka));
         let a = Cli::try_parse_from(operator_flags("embedded", "file")).unwrap().args;
@@ -252,50 +282,109 @@ mod tests {
         assert!(matches!(err, BuildError::InvalidPipeline(_)), "{err}");
     }
 
+    fn like(user: &str, item: &str, request_id: &str) -> reco_proto::Event {
+        reco_proto::Event {
+            user_id: user.into(),
+            item_id: item.into(),
+            r#type: reco_proto::EventType::Like as i32,
+            request_id: request_id.into(),
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
-    async fn shutdown_snapshots_and_a_restart_reloads_instead_of_reseeding() {
+    async fn shutdown_checkpoints_and_a_restart_reloads_instead_of_reseeding() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::register(&mut Default::default());
-        let a = args(dir.path(), &["--snapshot-interval-seconds=0"]);
+        let a = args(dir.path(), &["--checkpoint-interval-seconds=0"]);
         let (service, handle) = build(&a, &metrics).await.unwrap();
         let users = [crate::model::SeedUser { user_id: "7".into(), demographics: Default::default() }];
         assert_eq!(service.seed(&users, &[]).await.unwrap(), crate::store::SeedOutcome::Seeded { users: 1 });
-        let event = reco_proto::Event {
-            user_id: "7".into(),
-            item_id: "i1".into(),
-            r#type: reco_proto::EventType::Like as i32,
-            ..Default::default()
-        };
-        assert_eq!(service.ingest(&[event]).await.unwrap(), 1);
+        assert_eq!(service.ingest(&[like("7", "i1", "r1")]).await.unwrap().accepted, 1);
         handle.shutdown().await.unwrap();
-        assert!(dir.path().join("explore/features-snapshot.json").exists());
-        assert_eq!(crate::sink::read_log(&dir.path().join("explore/events.jsonl")).unwrap().events.len(), 1);
+        drop(service); // closes the database, as the process exiting does
+        let log = dir.path().join("explore/events.jsonl");
+        assert_eq!(crate::sink::read_log(&log).unwrap().events.len(), 1);
 
         let (service, handle) = build(&a, &metrics).await.unwrap();
+        let position = service.store().checkpointed().await.unwrap().unwrap();
+        assert_eq!(position.log_offset, std::fs::metadata(&log).unwrap().len(), "the checkpoint covers the log");
         let other = [crate::model::SeedUser { user_id: "8".into(), demographics: Default::default() }];
         assert_eq!(service.seed(&other, &[]).await.unwrap(), crate::store::SeedOutcome::AlreadyPopulated);
         let user = service.store().get_user("7").await.unwrap().unwrap();
         assert_eq!(Vec::from(user.history), ["i1"]);
         assert!(service.store().get_user("8").await.unwrap().is_none());
+        let again = service.ingest(&[like("7", "i1", "r1")]).await.unwrap();
+        assert_eq!((again.accepted, again.duplicates), (1, 1), "the id window survives a clean restart");
         handle.shutdown().await.unwrap();
     }
 
+    /// A crash in-process: everything dropped without a final checkpoint.
     #[tokio::test]
-    async fn snapshots_are_taken_periodically() {
+    async fn events_after_the_last_checkpoint_are_replayed_once_and_retries_stay_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, log) = (dir.path().join("f.redb"), dir.path().join("events.jsonl"));
+        let open = || async {
+            let metrics = Metrics::register(&mut Default::default());
+            let store = EmbeddedStore::open(Limits::default(), &db, 1000, metrics.store()).await.unwrap();
+            let sink = Arc::new(FileSink::open(&log, metrics.sink()).unwrap());
+            let recent = RecentEvents::new(Duration::from_secs(600), 1000);
+            let service = FeatureService::new("explore", Arc::new(store), sink.clone(), recent, metrics);
+            let recovery = service.recover(&log).await.unwrap();
+            (service, sink, recovery)
+        };
+        let (service, sink, _) = open().await;
+        service.ingest(&[like("u", "a", "r1"), like("u", "b", "r1")]).await.unwrap();
+        service.checkpoint().await.unwrap();
+        service.ingest(&[like("u", "c", "r2"), like("v", "a", "r2")]).await.unwrap();
+        // A store failure after the log append, then the client's retry: the log holds it twice.
+        let retry = [like("v", "d", "r3")];
+        let logged = crate::validate::validate_batch(
+            &retry,
+            &crate::validate::IngestContext { pipeline: "explore", catalog: None, now_ms: now() },
+        )
+        .unwrap()
+        .into_iter()
+        .map(|(_, mut l)| {
+            l.event_id = crate::dedup::event_id(&retry[0]).map(crate::dedup::format_id);
+            l
+        })
+        .collect::<Vec<_>>();
+        sink.append(&logged).await.unwrap();
+        service.ingest(&retry).await.unwrap();
+        drop((service, sink));
+
+        let (service, _, recovery) = open().await;
+        assert_eq!((recovery.replayed, recovery.duplicates), (3, 1), "{recovery:?}");
+        let u = service.store().get_user("u").await.unwrap().unwrap();
+        assert_eq!(Vec::from(u.history), ["a", "b", "c"]);
+        let v = service.store().get_user("v").await.unwrap().unwrap();
+        assert_eq!((Vec::from(v.history), v.counters["like"]), (vec!["a".to_owned(), "d".to_owned()], 2));
+        let again = service.ingest(&[like("u", "c", "r2"), like("u", "a", "r1")]).await.unwrap();
+        assert_eq!(again.duplicates, 2, "ids from before and after the checkpoint are both remembered");
+        assert_eq!(service.store().get_item_counters(&["a".into()]).await.unwrap()[0]["like"], 2);
+    }
+
+    fn now() -> i64 {
+        1_700_000_000_000
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_taken_periodically() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::register(&mut Default::default());
-        let (service, handle) = build(&args(dir.path(), &["--snapshot-interval-seconds=1"]), &metrics).await.unwrap();
-        let users = [crate::model::SeedUser { user_id: "1".into(), demographics: Default::default() }];
-        service.seed(&users, &[]).await.unwrap();
-        let snapshot = dir.path().join("explore/features-snapshot.json");
-        assert!(!snapshot.exists());
+        let (service, handle) = build(&args(dir.path(), &["--checkpoint-interval-seconds=1"]), &metrics).await.unwrap();
+        service.ingest(&[like("1", "a", "r")]).await.unwrap();
+        let mut position = service.store().checkpointed().await.unwrap().unwrap();
+        assert_eq!(position.log_offset, 0);
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if snapshot.exists() {
+            position = service.store().checkpointed().await.unwrap().unwrap();
+            if position.log_offset > 0 {
                 break;
             }
         }
-        assert!(snapshot.exists(), "no snapshot after 10 s");
+        assert!(position.log_offset > 0, "no checkpoint after 10 s");
         handle.shutdown().await.unwrap();
     }
 }

@@ -1,11 +1,19 @@
 //! The gRPC face: `Features` (reads) and `Events` (ingestion) on one service.
 //!
-//! Ingest order: validate the whole batch, append it to the training log (durable), apply it to
-//! the store, answer. The answer therefore means "durable and visible to the next GetUser". If the
-//! store fails after the log append, the request fails although the events are logged; a retry
-//! then logs them twice (at-least-once), which training tolerates better than a lost event.
+//! Ingest order: validate the whole batch, set aside retries of events already applied
+//! ([`crate::dedup`]), append the new ones to the training log (durable), apply them to the
+//! store, answer. An answer therefore means "durable, applied once, and visible to the next
+//! GetUser"; an error means "not durable", and the client's retry is applied once whatever
+//! happened to the first try. If the store fails after the log append, the log holds the event
+//! twice once the retry succeeds; both the replay at start and training count it once, by id.
+//!
+//! Checkpoints: each ingest holds [`Inner::gate`] shared from its claim to its apply, and a
+//! checkpoint takes it exclusively for the moment it captures the store's changes and the log's
+//! end, so the capture holds exactly the events before that position. At start,
+//! [`FeatureService::recover`] replays the log from the last checkpoint.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,12 +23,14 @@ use reco_proto::{
     GetItemCountersRequest, GetItemCountersResponse, GetUserRequest, IngestRequest, IngestResponse, ItemCounters,
     UserFeatures,
 };
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
+use crate::dedup::{Claim, EventId, RecentEvents, event_id, format_id, parse_id};
 use crate::metrics::{EventTypeLabel, Metrics, RejectLabel};
-use crate::model::{SeedInteraction, SeedUser, to_proto_user};
-use crate::sink::{EventSink, SinkError};
-use crate::store::{FeatureStore, SeedOutcome, StoreError, seed_if_empty};
+use crate::model::{SeedInteraction, SeedUser, expire_session, to_proto_user};
+use crate::sink::{EventSink, LogEntry, LogReader, SinkError};
+use crate::store::{FeatureStore, LogPosition, SeedOutcome, StoreError, seed_if_empty};
 use crate::validate::{IngestContext, MAX_ITEM_IDS, Rejection, check_id, validate_batch};
 
 /// Why an ingest request failed.
@@ -32,13 +42,47 @@ pub enum IngestError {
     Sink(#[from] SinkError),
     #[error("events are durable in the log but the features were not updated: {0}")]
     Store(#[from] StoreError),
+    #[error("an earlier copy of an event in this batch failed to be written; retry")]
+    EarlierCopyFailed,
+}
+
+/// What an accepted batch came to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Every event of the batch: durable and applied, now or before.
+    pub accepted: usize,
+    /// Of those, retries of events already applied.
+    pub duplicates: usize,
+}
+
+/// What [`FeatureService::recover`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Events applied from the log (logged after the last checkpoint).
+    pub replayed: u64,
+    /// Records of the log seen twice (a retry after a failed apply), applied once.
+    pub duplicates: u64,
+    /// Lines skipped as corrupt.
+    pub corrupt: u64,
+    /// Bytes of log read.
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
 }
 
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            IngestError::Sink(_) | IngestError::Store(_) => Status::unavailable(e.to_string()),
+            IngestError::Sink(_) | IngestError::Store(_) | IngestError::EarlierCopyFailed => {
+                Status::unavailable(e.to_string())
+            }
         }
     }
 }
@@ -56,6 +100,13 @@ struct Inner {
     sink: Arc<dyn EventSink>,
     catalog: RwLock<Option<Arc<HashSet<String>>>>,
     metrics: Metrics,
+    recent: RecentEvents,
+    /// Shared by each ingest from claim to apply; exclusive while a checkpoint captures.
+    gate: tokio::sync::RwLock<()>,
+    /// One checkpoint at a time.
+    checkpointing: tokio::sync::Mutex<()>,
+    /// Wakes the checkpoint loop early (the store's memory is full of unsaved changes).
+    checkpoint_due: Notify,
 }
 
 fn now_ms() -> i64 {
@@ -67,9 +118,25 @@ fn store_status(e: StoreError) -> Status {
 }
 
 impl FeatureService {
-    pub fn new(pipeline: &str, store: Arc<dyn FeatureStore>, sink: Arc<dyn EventSink>, metrics: Metrics) -> Self {
+    pub fn new(
+        pipeline: &str,
+        store: Arc<dyn FeatureStore>,
+        sink: Arc<dyn EventSink>,
+        recent: RecentEvents,
+        metrics: Metrics,
+    ) -> Self {
         Self {
-            inner: Arc::new(Inner { pipeline: pipeline.to_owned(), store, sink, catalog: RwLock::new(None), metrics }),
+            inner: Arc::new(Inner {
+                pipeline: pipeline.to_owned(),
+                store,
+                sink,
+                catalog: RwLock::new(None),
+                metrics,
+                recent,
+                gate: tokio::sync::RwLock::new(()),
+                checkpointing: tokio::sync::Mutex::new(()),
+                checkpoint_due: Notify::new(),
+            }),
         }
     }
 
@@ -91,8 +158,8 @@ impl FeatureService {
         out
     }
 
-    /// Validates, logs durably and applies a batch; returns the number accepted.
-    pub async fn ingest(&self, events: &[reco_proto::Event]) -> Result<usize, IngestError> {
+    /// Validates a batch, logs durably and applies its new events, and recognises retries.
+    pub async fn ingest(&self, events: &[reco_proto::Event]) -> Result<Ingested, IngestError> {
         let catalog = self.inner.catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let ctx = IngestContext { pipeline: &self.inner.pipeline, catalog: catalog.as_deref(), now_ms: now_ms() };
         let valid = match validate_batch(events, &ctx) {
@@ -104,21 +171,141 @@ impl FeatureService {
             }
         };
         if valid.is_empty() {
-            return Ok(0);
+            return Ok(Ingested::default());
         }
-        let (features, logged): (Vec<_>, Vec<_>) = valid.into_iter().unzip();
-        self.inner.sink.append(&logged).await?;
-        let started = Instant::now();
-        let applied = self.inner.store.apply(&features).await;
-        self.inner.metrics.observe_store(self.inner.store.backend(), "apply", started);
-        applied?;
+        let ids: Vec<Option<EventId>> = events.iter().map(event_id).collect();
+        let shared = self.inner.gate.read().await;
+        let (claims, reservation) = self.inner.recent.claim(&ids);
+        let (mut features, mut logged, mut in_flight, mut duplicates) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for ((claim, (feature, mut log)), id) in claims.into_iter().zip(valid).zip(&ids) {
+            match claim {
+                Claim::Fresh => {
+                    log.event_id = id.map(format_id);
+                    features.push(feature);
+                    logged.push(log);
+                }
+                Claim::Duplicate => duplicates += 1,
+                Claim::InFlight(outcome) => in_flight.push(outcome),
+            }
+        }
+        if !logged.is_empty() {
+            let range = self.inner.sink.append(&logged).await?;
+            let started = Instant::now();
+            let applied = self.inner.store.apply(&features).await;
+            self.inner.metrics.observe_store(self.inner.store.backend(), "apply", started);
+            applied?;
+            reservation.applied(range.start);
+        }
+        drop(shared);
+        if self.inner.store.wants_checkpoint() {
+            self.inner.checkpoint_due.notify_one();
+        }
+        // A copy being written by another request counts as a retry once that write succeeds.
+        for outcome in in_flight {
+            if !crate::dedup::outcome(outcome).await {
+                return Err(IngestError::EarlierCopyFailed);
+            }
+            duplicates += 1;
+        }
         for e in &features {
             let label = EventTypeLabel { event_type: e.kind.name().to_owned() };
             self.inner.metrics.events_ingested.get_or_create(&label).inc();
         }
-        Ok(features.len())
+        self.inner.metrics.events_duplicate.inc_by(duplicates as u64);
+        Ok(Ingested { accepted: events.len(), duplicates })
+    }
+
+    /// Saves the store's changes with the log position they cover (see the module doc). A
+    /// no-op for backends that persist each write (Redis).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.inner.checkpointing.lock().await;
+        let (capture, position) = {
+            let _exclusive = self.inner.gate.write().await;
+            let end = self.inner.sink.end();
+            let window_offset = self.inner.recent.oldest_offset().unwrap_or(end).min(end);
+            (self.inner.store.capture(), LogPosition { log_offset: end, window_offset })
+        };
+        self.inner.store.save(capture, position).await
+    }
+
+    /// Resolves when the store asks for an early checkpoint.
+    pub async fn checkpoint_due(&self) {
+        self.inner.checkpoint_due.notified().await;
+    }
+
+    /// Brings the store up to the end of the event log at `log`: replays the events logged after
+    /// its last checkpoint (applying each id once) and rebuilds the window of recent ids. Call it
+    /// once, before serving.
+    pub async fn recover(&self, log: &Path) -> Result<Recovery, RecoverError> {
+        let mut recovery = Recovery::default();
+        let Some(position) = self.inner.store.checkpointed().await? else { return Ok(recovery) };
+        let end = self.inner.sink.end();
+        if position.log_offset > end {
+            tracing::warn!(
+                log = %log.display(), checkpoint = position.log_offset, end,
+                "the event log is shorter than the store's checkpoint (replaced or truncated?); nothing to replay"
+            );
+            return Ok(recovery);
+        }
+        let from = position.window_offset.min(position.log_offset);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<LogEntry>, SinkError>>(4);
+        let path = log.to_owned();
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut reader = match LogReader::open(&path, from) {
+                Ok(r) => r,
+                Err(e) => return drop(tx.blocking_send(Err(e))),
+            };
+            loop {
+                let batch: Result<Vec<_>, _> = reader.by_ref().take(REPLAY_BATCH).collect();
+                let done = batch.as_ref().map_or(true, Vec::is_empty);
+                if tx.blocking_send(batch).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            let mut features = Vec::with_capacity(batch.len());
+            for entry in batch {
+                match entry {
+                    LogEntry::Record { offset, end, event } => {
+                        let id = event.event_id.as_deref().and_then(parse_id);
+                        let fresh = id.is_none_or(|id| self.inner.recent.replayed(id, offset));
+                        if offset >= position.log_offset {
+                            recovery.bytes += end - offset;
+                            if fresh {
+                                features.push(event.feature());
+                            } else {
+                                recovery.duplicates += 1;
+                            }
+                        }
+                    }
+                    LogEntry::Corrupt { offset, .. } if offset >= position.log_offset => {
+                        recovery.corrupt += 1;
+                        self.inner.metrics.event_log_corrupt_records.inc();
+                    }
+                    LogEntry::Corrupt { .. } => {}
+                }
+            }
+            recovery.replayed += features.len() as u64;
+            self.inner.store.apply(&features).await?;
+        }
+        let _ = reader.await;
+        self.inner.metrics.events_replayed.inc_by(recovery.replayed);
+        if recovery.replayed + recovery.duplicates + recovery.corrupt > 0 {
+            tracing::info!(
+                log = %log.display(), from = position.log_offset, replayed = recovery.replayed,
+                duplicates = recovery.duplicates, corrupt = recovery.corrupt,
+                seconds = started.elapsed().as_secs_f64(), "replayed the event log after the last checkpoint"
+            );
+        }
+        Ok(recovery)
     }
 }
+
+/// Log entries read per step of a replay.
+const REPLAY_BATCH: usize = 4096;
 
 #[tonic::async_trait]
 impl Features for FeatureService {
@@ -128,7 +315,11 @@ impl Features for FeatureService {
         let started = Instant::now();
         let user = self.inner.store.get_user(&user_id).await;
         self.inner.metrics.observe_store(self.inner.store.backend(), "get_user", started);
-        Ok(Response::new(to_proto_user(&user_id, user.map_err(store_status)?)))
+        let mut user = user.map_err(store_status)?;
+        if let Some(user) = &mut user {
+            expire_session(user, now_ms(), self.inner.store.limits().session_ttl);
+        }
+        Ok(Response::new(to_proto_user(&user_id, user)))
     }
 
     async fn get_item_counters(
@@ -160,8 +351,9 @@ impl Features for FeatureService {
 #[tonic::async_trait]
 impl Events for FeatureService {
     async fn ingest(&self, request: Request<IngestRequest>) -> Result<Response<IngestResponse>, Status> {
-        let accepted = FeatureService::ingest(self, &request.into_inner().events).await?;
+        let ingested = FeatureService::ingest(self, &request.into_inner().events).await?;
         // validate_batch caps a batch at MAX_BATCH, far below u32::MAX.
-        Ok(Response::new(IngestResponse { accepted: u32::try_from(accepted).unwrap_or(u32::MAX) }))
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(IngestResponse { accepted: count(ingested.accepted), duplicates: count(ingested.duplicates) }))
     }
 }

@@ -7,8 +7,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tonic::async_trait;
 
-use crate::model::EventKind;
+use crate::model::{EventKind, FeatureEvent};
 
 /// One line of the training log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,22 @@ pub struct LoggedEvent {
     pub pipeline: String,
     pub model_version: String,
     pub request_id: String,
+    /// The event's id ([`crate::dedup::event_id`]) in hex; absent for an event without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+impl LoggedEvent {
+    /// The event as the feature store applies it.
+    pub fn feature(&self) -> FeatureEvent {
+        FeatureEvent {
+            user_id: self.user_id.clone(),
+            item_id: self.item_id.clone(),
+            kind: self.kind,
+            at_ms: self.at_ms,
+            dwell_ms: self.dwell_ms,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,18 +59,20 @@ pub enum SinkError {
     Write { path: PathBuf, reason: String },
     #[error("event log {path}: a failed write could not be rolled back; the sink refuses further appends")]
     Broken { path: PathBuf },
-    #[error("event log {path}: line {line} is corrupt: {reason}")]
-    Corrupt { path: PathBuf, line: usize, reason: String },
     #[error("cannot encode event: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("the event sink is closed")]
     Closed,
 }
 
-/// Where accepted events are appended for training. `append` returns once the events are durable.
+/// Where accepted events are appended for training. `append` returns once the events are
+/// durable, with the log positions (byte offsets) its records occupy.
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    async fn append(&self, events: &[LoggedEvent]) -> Result<(), SinkError>;
+    async fn append(&self, events: &[LoggedEvent]) -> Result<Range<u64>, SinkError>;
+
+    /// The end of the log: where the next record will go.
+    fn end(&self) -> u64;
 
     /// Finishes pending appends and releases the log; later appends fail with [`SinkError::Closed`].
     async fn close(&self) -> Result<(), SinkError>;
@@ -69,7 +89,7 @@ pub struct SinkMetrics {
 struct Append {
     bytes: Vec<u8>,
     records: usize,
-    done: oneshot::Sender<Result<(), SinkError>>,
+    done: oneshot::Sender<Result<Range<u64>, SinkError>>,
 }
 
 /// Append-only JSON-lines log with batched fsync.
@@ -77,6 +97,8 @@ pub struct FileSink {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Append>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The durable length of the log.
+    end: Arc<AtomicU64>,
 }
 
 impl FileSink {
@@ -91,11 +113,13 @@ impl FileSink {
         let len = cut_torn_tail(&mut file, path).map_err(io)?;
         let (tx, rx) = mpsc::channel();
         let writer_path = path.to_owned();
+        let end = Arc::new(AtomicU64::new(len));
+        let writer_end = end.clone();
         let writer = std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || write_loop(file, len, &writer_path, &rx, &metrics))
+            .spawn(move || write_loop(file, &writer_end, &writer_path, &rx, &metrics))
             .map_err(io)?;
-        Ok(Self { path: path.to_owned(), tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+        Ok(Self { path: path.to_owned(), tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), end })
     }
 
     pub fn path(&self) -> &Path {
@@ -127,7 +151,8 @@ fn cut_torn_tail(file: &mut File, path: &Path) -> std::io::Result<u64> {
     Ok(end)
 }
 
-fn write_loop(mut file: File, mut len: u64, path: &Path, rx: &mpsc::Receiver<Append>, metrics: &SinkMetrics) {
+fn write_loop(mut file: File, end: &AtomicU64, path: &Path, rx: &mpsc::Receiver<Append>, metrics: &SinkMetrics) {
+    let mut len = end.load(Ordering::Acquire);
     let mut broken = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -144,14 +169,13 @@ fn write_loop(mut file: File, mut len: u64, path: &Path, rx: &mpsc::Receiver<App
         let result = file.write_all(&bytes).and_then(|()| file.sync_data());
         let reply = match result {
             Ok(()) => {
-                len += bytes.len() as u64;
                 if let Some(h) = &metrics.fsync_seconds {
                     h.observe(started.elapsed().as_secs_f64());
                 }
                 if let Some(h) = &metrics.batch_size {
                     h.observe(records as f64);
                 }
-                Ok(())
+                Ok(len)
             }
             Err(e) => {
                 // Roll back a partial write so the log stays line-aligned for later appends.
@@ -162,8 +186,21 @@ fn write_loop(mut file: File, mut len: u64, path: &Path, rx: &mpsc::Receiver<App
                 Err(e.to_string())
             }
         };
-        for a in batch {
-            let r = reply.clone().map_err(|reason| SinkError::Write { path: path.to_owned(), reason });
+        let mut start = len;
+        let ranges: Vec<Range<u64>> = batch
+            .iter()
+            .map(|a| {
+                let range = start..start + a.bytes.len() as u64;
+                start = range.end;
+                range
+            })
+            .collect();
+        if reply.is_ok() {
+            len = start;
+            end.store(len, Ordering::Release);
+        }
+        for (a, range) in batch.into_iter().zip(ranges) {
+            let r = reply.clone().map(|_| range).map_err(|reason| SinkError::Write { path: path.to_owned(), reason });
             let _ = a.done.send(r);
         }
     }
@@ -171,9 +208,10 @@ fn write_loop(mut file: File, mut len: u64, path: &Path, rx: &mpsc::Receiver<App
 
 #[async_trait]
 impl EventSink for FileSink {
-    async fn append(&self, events: &[LoggedEvent]) -> Result<(), SinkError> {
+    async fn append(&self, events: &[LoggedEvent]) -> Result<Range<u64>, SinkError> {
         if events.is_empty() {
-            return Ok(());
+            let end = self.end();
+            return Ok(end..end);
         }
         let mut bytes = Vec::with_capacity(events.len() * 160);
         for e in events {
@@ -187,6 +225,10 @@ impl EventSink for FileSink {
             tx.send(Append { bytes, records: events.len(), done }).map_err(|_| SinkError::Closed)?;
         }
         wait.await.map_err(|_| SinkError::Closed)?
+    }
+
+    fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
     }
 
     async fn close(&self) -> Result<(), SinkError> {
@@ -203,38 +245,95 @@ impl EventSink for FileSink {
     }
 }
 
+/// One entry of the log as [`LogReader`] finds it.
+#[derive(Debug)]
+pub enum LogEntry {
+    /// A record, starting at byte `offset` and ending (after its newline) at `end`.
+    Record { offset: u64, end: u64, event: LoggedEvent },
+    /// A line that is not a record (disk corruption, a hand edit): skipped, never fatal, so a
+    /// bad record cannot put the service into a crash loop.
+    Corrupt { offset: u64, reason: String },
+}
+
+/// Reads a training log from a byte offset, record by record (blocking I/O). A torn last line
+/// (a crash mid-write, never acknowledged) ends the log.
+pub struct LogReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    offset: u64,
+    line: Vec<u8>,
+    /// Set when the log ended with a torn record.
+    pub torn_tail: bool,
+}
+
+impl LogReader {
+    pub fn open(path: &Path, from: u64) -> Result<Self, SinkError> {
+        let io = |source| SinkError::Io { path: path.to_owned(), source };
+        let mut file = File::open(path).map_err(io)?;
+        file.seek(SeekFrom::Start(from)).map_err(io)?;
+        Ok(Self {
+            path: path.to_owned(),
+            reader: BufReader::with_capacity(1 << 20, file),
+            offset: from,
+            line: Vec::new(),
+            torn_tail: false,
+        })
+    }
+
+    /// Where the next entry starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<LogEntry, SinkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.line.clear();
+        match self.reader.read_until(b'\n', &mut self.line) {
+            Err(source) => return Some(Err(SinkError::Io { path: self.path.clone(), source })),
+            Ok(0) => return None,
+            Ok(_) => {}
+        }
+        if self.line.last() != Some(&b'\n') {
+            tracing::warn!(path = %self.path.display(), offset = self.offset, "event log ends with a torn record; skipping it");
+            self.torn_tail = true;
+            return None;
+        }
+        let offset = self.offset;
+        self.offset += self.line.len() as u64;
+        Some(Ok(match serde_json::from_slice(&self.line) {
+            Ok(event) => LogEntry::Record { offset, end: self.offset, event },
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), offset, error = %e, "skipping a corrupt event log record");
+                LogEntry::Corrupt { offset, reason: e.to_string() }
+            }
+        }))
+    }
+}
+
 /// What [`read_log`] found.
 #[derive(Debug, Default)]
 pub struct LogContents {
     pub events: Vec<LoggedEvent>,
     /// True when the last line was torn (a crash mid-write) and skipped; it was never acknowledged.
     pub torn_tail: bool,
+    /// Byte offsets of the lines skipped as corrupt.
+    pub corrupt: Vec<u64>,
 }
 
-/// Reads a training log back. A torn last line is skipped with a warning; a bad line anywhere
-/// else is corruption and an error.
+/// Reads a whole training log back (see [`LogReader`]).
 pub fn read_log(path: &Path) -> Result<LogContents, SinkError> {
-    let io = |source| SinkError::Io { path: path.to_owned(), source };
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut reader = LogReader::open(path, 0)?;
     let mut out = LogContents::default();
-    let mut line = Vec::new();
-    for number in 1.. {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
-            break;
+    for entry in reader.by_ref() {
+        match entry? {
+            LogEntry::Record { event, .. } => out.events.push(event),
+            LogEntry::Corrupt { offset, .. } => out.corrupt.push(offset),
         }
-        if line.last() != Some(&b'\n') {
-            tracing::warn!(path = %path.display(), line = number, "event log ends with a torn record; skipping it");
-            out.torn_tail = true;
-            break;
-        }
-        let event = serde_json::from_slice(&line).map_err(|e| SinkError::Corrupt {
-            path: path.to_owned(),
-            line: number,
-            reason: e.to_string(),
-        })?;
-        out.events.push(event);
     }
+    out.torn_tail = reader.torn_tail;
     Ok(out)
 }
 
@@ -254,6 +353,7 @@ mod tests {
             pipeline: "p".into(),
             model_version: "v1".into(),
             request_id: format!("r{n}"),
+            event_id: None,
         }
     }
 
@@ -335,13 +435,16 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_line_in_the_middle_is_corruption() {
+    fn a_bad_line_in_the_middle_is_skipped_and_named_by_its_offset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let good = serde_json::to_string(&event(1)).unwrap();
         std::fs::write(&path, format!("{good}\nnot json\n{good}\n")).unwrap();
-        let err = read_log(&path).unwrap_err();
-        assert!(matches!(err, SinkError::Corrupt { line: 2, .. }), "{err}");
+        let contents = read_log(&path).unwrap();
+        assert_eq!(contents.events, [event(1), event(1)]);
+        assert_eq!(contents.corrupt, [good.len() as u64 + 1]);
+        let entries: Vec<_> = LogReader::open(&path, good.len() as u64 + 1).unwrap().map(Result::unwrap).collect();
+        assert!(matches!(entries[..], [LogEntry::Corrupt { .. }, LogEntry::Record { .. }]), "{entries:?}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The online feature store: one small object-safe trait with an embedded and a Redis backend.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
 use tonic::async_trait;
 
 use crate::model::{FeatureEvent, Limits, SeedInteraction, SeedUser, UserState, seeded_users};
@@ -16,14 +16,26 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("redis key {key} holds malformed data: {reason}")]
     Malformed { key: String, reason: String },
-    #[error("snapshot {path}: {source}")]
-    SnapshotIo { path: PathBuf, source: std::io::Error },
-    #[error("snapshot {path} is not a valid snapshot: {source}")]
-    SnapshotFormat { path: PathBuf, source: serde_json::Error },
-    #[error("snapshot {path} has format version {found}; this build reads version {expected}")]
-    SnapshotVersion { path: PathBuf, found: u32, expected: u32 },
-    #[error("snapshot task failed: {0}")]
+    #[error("embedded store {0}")]
+    Embedded(String),
+    #[error("feature store task failed: {0}")]
     Task(String),
+}
+
+/// Where persisted state stands in the event log: it holds exactly the events logged before
+/// `log_offset`; the ids applied from `window_offset` on rebuild the deduplication window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub log_offset: u64,
+    pub window_offset: u64,
+}
+
+/// The records changed since the last checkpoint, with their change counts, as
+/// [`FeatureStore::capture`] took them.
+#[derive(Default)]
+pub struct Capture {
+    pub users: Vec<(String, UserState, u64)>,
+    pub items: Vec<(String, Counters, u64)>,
 }
 
 /// Online user and item features. Every write is visible to the next read (read-your-writes),
@@ -50,9 +62,27 @@ pub trait FeatureStore: Send + Sync {
     /// Bulk-writes whole users, replacing any with the same id.
     async fn put_users(&self, users: BTreeMap<String, UserState>) -> Result<(), StoreError>;
 
-    /// Makes the current state durable where the backend owns durability (the embedded
-    /// snapshot); a no-op for Redis, which persists on its own.
-    async fn persist(&self) -> Result<(), StoreError>;
+    /// Where the persisted state stands in the event log, which is replayed from there at start.
+    /// `None` for a backend that makes each write durable itself (Redis): nothing to replay.
+    async fn checkpointed(&self) -> Result<Option<LogPosition>, StoreError> {
+        Ok(None)
+    }
+
+    /// Takes the changes not yet saved. Called while no event is being applied, so that the
+    /// capture holds exactly the events logged so far.
+    fn capture(&self) -> Capture {
+        Capture::default()
+    }
+
+    /// Saves a capture together with the log position it covers, atomically.
+    async fn save(&self, _capture: Capture, _position: LogPosition) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// True when unsaved changes hold memory above the store's bound: checkpoint soon.
+    fn wants_checkpoint(&self) -> bool {
+        false
+    }
 }
 
 /// What [`seed_if_empty`] did.

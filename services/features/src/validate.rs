@@ -111,6 +111,7 @@ fn validate_event(
         pipeline: ctx.pipeline.to_owned(),
         model_version: e.model_version.clone(),
         request_id: e.request_id.clone(),
+        event_id: None,
     };
     Ok((feature, logged))
 }

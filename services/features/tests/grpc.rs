@@ -4,7 +4,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use reco_features::dedup::RecentEvents;
 use reco_features::sink::SinkMetrics;
 use reco_features::{EmbeddedStore, FeatureService, FeatureStore, FileSink, Limits, Metrics, RedisStore, read_log};
 use reco_proto::events_client::EventsClient;
@@ -32,7 +35,7 @@ impl Harness {
         let metrics = Metrics::register(&mut registry);
         let log = dir.path().join("events.jsonl");
         let sink = Arc::new(FileSink::open(&log, metrics.sink()).unwrap());
-        let service = FeatureService::new("explore", store, sink, metrics);
+        let service = FeatureService::new("explore", store, sink, recent(), metrics);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -71,16 +74,22 @@ impl Harness {
     }
 }
 
+/// An event of its own served page (a fresh request id), so no two are retries of each other.
 fn event(user: &str, item: &str, kind: EventType) -> Event {
+    static REQUESTS: AtomicU64 = AtomicU64::new(0);
     Event {
         user_id: user.into(),
         item_id: item.into(),
         r#type: kind as i32,
         dwell_ms: if kind == EventType::Dwell { 4000 } else { 0 },
         model_version: "v1".into(),
-        request_id: "req-1".into(),
+        request_id: format!("req-{}", REQUESTS.fetch_add(1, Ordering::Relaxed)),
         ..Default::default()
     }
+}
+
+fn recent() -> RecentEvents {
+    RecentEvents::new(Duration::from_secs(600), 10_000)
 }
 
 async fn ingest(h: &mut Harness, events: Vec<Event>) -> Result<u32, tonic::Status> {
@@ -205,7 +214,8 @@ async fn concurrent_ingest_is_durable_and_counted_exactly() {
             let mut events = h.events.clone();
             tokio::spawn(async move {
                 for i in 0..20 {
-                    let batch = vec![event(&format!("u{t}"), &format!("m{i}"), EventType::Click); 2];
+                    let batch: Vec<_> =
+                        (0..2).map(|_| event(&format!("u{t}"), &format!("m{i}"), EventType::Click)).collect();
                     let accepted = events.ingest(IngestRequest { events: batch }).await.unwrap().into_inner().accepted;
                     assert_eq!(accepted, 2);
                 }
@@ -229,9 +239,53 @@ async fn a_closed_sink_makes_ingest_unavailable_and_applies_nothing() {
     let sink = Arc::new(FileSink::open(&dir.path().join("e.jsonl"), SinkMetrics::default()).unwrap());
     let store = Arc::new(EmbeddedStore::in_memory(Limits::default()));
     let metrics = Metrics::register(&mut Default::default());
-    let service = FeatureService::new("explore", store.clone(), sink.clone(), metrics);
+    let service = FeatureService::new("explore", store.clone(), sink.clone(), recent(), metrics);
     reco_features::EventSink::close(sink.as_ref()).await.unwrap();
     let err = service.ingest(&[event("u", "i", EventType::Click)]).await.unwrap_err();
     assert_eq!(tonic::Status::from(err).code(), Code::Unavailable);
     assert!(store.get_user("u").await.unwrap().is_none(), "an event that is not durable must not be applied");
+}
+
+/// A client that timed out retries: every copy is acknowledged, the event is logged and applied
+/// once, and concurrent copies wait for the first one's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_are_acknowledged_and_applied_once() {
+    let h = Harness::start(Arc::new(EmbeddedStore::in_memory(Limits::default()))).await;
+    let hide = event("7", "m1", EventType::Hide);
+    let with_client_id =
+        Event { event_id: "client-1".into(), request_id: String::new(), ..event("7", "m2", EventType::Save) };
+    let copies: Vec<_> = (0..16)
+        .map(|_| {
+            let mut events = h.events.clone();
+            let batch = vec![hide.clone(), with_client_id.clone()];
+            tokio::spawn(async move { events.ingest(IngestRequest { events: batch }).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut duplicates = 0;
+    for copy in copies {
+        let answer = copy.await.unwrap();
+        assert_eq!(answer.accepted, 2);
+        duplicates += answer.duplicates;
+    }
+    assert!(duplicates >= 15 * 2 - 2, "{duplicates}");
+    let logged = read_log(&h.log).unwrap().events;
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(logged.iter().all(|e| e.event_id.as_ref().is_some_and(|id| id.len() == 32)));
+    let user = h.service.store().get_user("7").await.unwrap().unwrap();
+    assert_eq!((user.counters["hide"], user.counters["save"]), (1, 1));
+    // The same page's event of another type, or another page's, is a new event.
+    let again = h
+        .events
+        .clone()
+        .ingest(IngestRequest {
+            events: vec![
+                Event { r#type: EventType::Click as i32, ..hide.clone() },
+                Event { request_id: "other".into(), ..hide },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.accepted, again.duplicates), (2, 0));
+    h.stop().await;
 }

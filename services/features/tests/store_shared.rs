@@ -11,7 +11,12 @@ use reco_features::{
     Demographics, EmbeddedStore, FeatureStore, Limits, RedisStore, SeedInteraction, SeedOutcome, SeedUser,
 };
 
-const LIMITS: Limits = Limits { history_len: 4, session_len: 3 };
+const LIMITS: Limits = Limits {
+    history_len: 4,
+    session_len: 3,
+    session_ttl: reco_features::model::DEFAULT_SESSION_TTL,
+    state_ttl: reco_features::model::DEFAULT_STATE_TTL,
+};
 
 fn ev(user: &str, item: &str, kind: EventKind, at_ms: i64) -> FeatureEvent {
     let dwell_ms = if kind == EventKind::Dwell { 1500 } else { 0 };

@@ -15,9 +15,7 @@ use std::time::Duration;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use reco_core::token::MAX_CLOCK_SKEW;
-use reco_proto::EventType;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::args::Settings;
 use crate::error::GatewayError;
@@ -37,7 +35,7 @@ pub enum Claim {
 #[error("{0}")]
 pub struct DedupUnavailable(String);
 
-/// The events already recorded, by [`event_key`].
+/// The events already recorded, by [`reco_proto::event_key`].
 pub enum Dedup {
     Memory(Cache<u128, ()>),
     Redis(RedisDedup),
@@ -49,19 +47,6 @@ pub struct RedisDedup {
     prefix: String,
     ttl_secs: u64,
     timeout: Duration,
-}
-
-/// One event's identity: a 128-bit hash of request id, item id and type, so an entry is small
-/// whatever the ids (a chance collision, which would drop one event, is about 2^-128 per pair).
-pub fn event_key(request_id: &str, item_id: &str, event_type: EventType) -> u128 {
-    let mut hasher = Xxh3::new();
-    // Length-prefixed: ("ab", "c") and ("a", "bc") are different events.
-    hasher.update(&(request_id.len() as u64).to_be_bytes());
-    hasher.update(request_id.as_bytes());
-    hasher.update(&(item_id.len() as u64).to_be_bytes());
-    hasher.update(item_id.as_bytes());
-    hasher.update(&i32::from(event_type).to_be_bytes());
-    hasher.digest128()
 }
 
 impl Dedup {
@@ -148,26 +133,13 @@ impl RedisDedup {
 #[cfg(test)]
 mod tests {
     use prometheus_client::registry::Registry;
+    use reco_proto::{EventType, event_key};
 
     use super::*;
 
     fn settings(flags: &[&str]) -> Settings {
         let args = [&["gateway", "--pipeline=p"], flags].concat();
         crate::args::parse_flags(&args).expect("flags").settings().expect("valid")
-    }
-
-    #[test]
-    fn keys_separate_requests_items_and_types() {
-        let key = event_key("r1", "i1", EventType::Click);
-        assert_eq!(key, event_key("r1", "i1", EventType::Click));
-        for other in [
-            event_key("r2", "i1", EventType::Click),
-            event_key("r1", "i2", EventType::Click),
-            event_key("r1", "i1", EventType::Like),
-            event_key("r1i", "1", EventType::Click),
-        ] {
-            assert_ne!(key, other);
-        }
     }
 
     #[tokio::test]

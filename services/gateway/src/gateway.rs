@@ -23,7 +23,7 @@ use crate::api::{EventError, EventInput, Item, MAX_PAGE_SIZE, RecommendQuery, Re
 use crate::args::Settings;
 use crate::backends::VersionBackend;
 use crate::config::{ConfigError, Snapshot};
-use crate::dedup::{Claim, Dedup, event_key};
+use crate::dedup::{Claim, Dedup};
 use crate::metrics::{
     CacheLabels, EventLabels, GroupLabels, Metrics, PipelineLabels, ReasonLabels, StageLabels, VersionLabels,
 };
@@ -558,7 +558,7 @@ impl Gateway {
         let event_type = input.event_type.name().unwrap_or("unspecified");
         let labels =
             EventLabels { pipeline: claims.pipeline.clone(), model_version: claims.model_version.clone(), event_type };
-        let key = event_key(&claims.request_id, &input.item_id, input.event_type);
+        let key = reco_proto::event_key(&claims.request_id, &input.item_id, input.event_type);
         let claim = self.inner.dedup.claim(key).await.map_err(|error| {
             tracing::warn!(%error, "cannot tell whether an event is new; refusing it");
             EventError::DedupUnavailable(error.to_string())
@@ -576,6 +576,8 @@ impl Gateway {
             pipeline: claims.pipeline,
             model_version: claims.model_version.clone(),
             request_id: claims.request_id,
+            // The events service derives the same key the dedup above used from the request id.
+            event_id: String::new(),
         };
         if let Err(error) = self.forward(event).await {
             self.inner.dedup.release(key).await;

@@ -106,7 +106,7 @@ impl Events for MemoryEvents {
             }
         }
         self.received.lock().expect("lock").extend(events.iter().cloned());
-        Ok(Response::new(IngestResponse { accepted: u32::try_from(events.len()).unwrap_or(u32::MAX) }))
+        Ok(Response::new(IngestResponse { accepted: u32::try_from(events.len()).unwrap_or(u32::MAX), duplicates: 0 }))
     }
 }
 
