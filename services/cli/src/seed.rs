@@ -1,6 +1,8 @@
 //! Seeding an empty feature store with a data set's users and history:
 //! `reco standalone --seed-data` and `reco serve features --seed-from`.
 
+use std::collections::HashSet;
+
 use reco_features::{Demographics, SeedInteraction, SeedUser};
 use reco_trainer::pipeline::load_dataset;
 use reco_trainer::split::chronological_split;
@@ -8,10 +10,19 @@ use reco_trainer::split::chronological_split;
 /// The largest share of each user's interactions that may be held out.
 pub const MAX_HOLDOUT: f64 = 0.5;
 
+/// What a data set seeds a feature store with.
+pub struct SeedMaterial {
+    pub users: Vec<SeedUser>,
+    pub interactions: Vec<SeedInteraction>,
+    /// The catalog: events naming other items are refused.
+    pub items: HashSet<String>,
+}
+
 /// The users of the data set in `dir` and their interactions, less the
 /// latest `holdout` fraction of each user's (the held-out future that a
-/// replay or an evaluation uses, as the trainer's chronological split does).
-pub fn seed_material(dir: &std::path::Path, holdout: f64) -> anyhow::Result<(Vec<SeedUser>, Vec<SeedInteraction>)> {
+/// replay or an evaluation uses, as the trainer's chronological split does),
+/// and its items.
+pub fn seed_material(dir: &std::path::Path, holdout: f64) -> anyhow::Result<SeedMaterial> {
     anyhow::ensure!(
         (0.0..=MAX_HOLDOUT).contains(&holdout),
         "the held-out fraction must be between 0 and {MAX_HOLDOUT}, not {holdout}"
@@ -40,5 +51,6 @@ pub fn seed_material(dir: &std::path::Path, holdout: f64) -> anyhow::Result<(Vec
             at_ms: x.timestamp.saturating_mul(1000),
         })
         .collect();
-    Ok((users, interactions))
+    let items = ds.items.iter().map(|i| i.id.clone()).collect();
+    Ok(SeedMaterial { users, interactions, items })
 }

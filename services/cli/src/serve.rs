@@ -86,7 +86,8 @@ where
     }
 }
 
-/// Seeds the store from `--seed-from` unless it holds users already.
+/// Seeds the store from `--seed-from` unless it holds users already, and restricts ingestion to
+/// the data set's items.
 async fn seed_features(
     args: &FeaturesServeArgs,
     service: &reco_features::FeatureService,
@@ -97,10 +98,14 @@ async fn seed_features(
     let attempt = || async {
         let fetched = reco_artifacts::fetch(uri, &StoreOptions::default(), &cache, None).await?;
         let (dir, holdout) = (fetched.dir.clone(), args.seed_holdout);
-        let (users, interactions) =
-            tokio::task::spawn_blocking(move || crate::seed::seed_material(&dir, holdout)).await??;
-        let outcome = service.seed(&users, &interactions).await?;
-        tracing::info!(uri, digest = %fetched.digest, ?outcome, users = users.len(), interactions = interactions.len(), "feature store seeding");
+        let seed = tokio::task::spawn_blocking(move || crate::seed::seed_material(&dir, holdout)).await??;
+        let outcome = service.seed(&seed.users, &seed.interactions).await?;
+        tracing::info!(
+            uri, digest = %fetched.digest, ?outcome, users = seed.users.len(),
+            interactions = seed.interactions.len(), items = seed.items.len(), "feature store seeding"
+        );
+        // The data set's catalog: events naming other items are refused from now on.
+        service.set_catalog(seed.items);
         anyhow::Ok(())
     };
     retry_until_done(&format!("cannot seed the feature store from {uri}"), attempt, shutdown).await

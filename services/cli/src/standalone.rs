@@ -120,13 +120,14 @@ pub async fn run(mut args: StandaloneArgs) -> anyhow::Result<()> {
     features.set_catalog(catalog);
     if let Some(data) = &args.seed_data {
         let data = data.clone();
-        let (users, interactions) = tokio::task::spawn_blocking(move || {
+        let seed = tokio::task::spawn_blocking(move || {
             let dir = reco_trainer::pipeline::resolve_data(&data)?;
             crate::seed::seed_material(&dir, reco_demo::replay::HOLDOUT_FRACTION)
         })
         .await??;
-        let outcome = features.seed(&users, &interactions).await?;
-        tracing::info!(?outcome, users = users.len(), interactions = interactions.len(), "feature store seeding");
+        let outcome = features.seed(&seed.users, &seed.interactions).await?;
+        let (users, interactions) = (seed.users.len(), seed.interactions.len());
+        tracing::info!(?outcome, users, interactions, "feature store seeding");
     }
 
     let backends = Backends {

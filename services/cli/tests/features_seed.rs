@@ -27,6 +27,7 @@ fn free_port() -> u16 {
 struct Features {
     child: Child,
     http: String,
+    grpc: String,
     log: Arc<Mutex<String>>,
 }
 
@@ -58,7 +59,7 @@ impl Features {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        Features { child, http: format!("http://127.0.0.1:{http}"), log }
+        Features { child, http: format!("http://127.0.0.1:{http}"), grpc: format!("http://127.0.0.1:{grpc}"), log }
     }
 
     fn ready(&self) -> Option<u16> {
@@ -110,6 +111,18 @@ async fn an_empty_store_is_seeded_once_from_the_object_store() {
     });
     let log = first.log();
     assert!(log.contains("Seeded") && log.contains("943"), "all 943 users: {log}");
+    // The data set's catalog bounds ingestion: an item it does not have is refused.
+    let mut events = reco_proto::events_client::EventsClient::connect(first.grpc.clone()).await.unwrap();
+    let event = |item_id: &str| reco_proto::Event {
+        user_id: "1".into(),
+        item_id: item_id.into(),
+        r#type: reco_proto::EventType::Click as i32,
+        ..Default::default()
+    };
+    let refused = events.ingest(reco_proto::IngestRequest { events: vec![event("no-such-item")] }).await.unwrap_err();
+    assert_eq!(refused.message(), "events[0].item_id: unknown item");
+    let known = events.ingest(reco_proto::IngestRequest { events: vec![event("50")] }).await.unwrap();
+    assert_eq!(known.into_inner().accepted, 1);
     tokio::task::block_in_place(|| first.terminate());
 
     // A restart finds its store populated (the snapshot on its volume): no second seeding.

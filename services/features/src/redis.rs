@@ -6,7 +6,11 @@
 //! - `user:hist:{id}` list of item ids, oldest first, trimmed to the history bound
 //! - `user:sess:{id}` list of JSON session entries, trimmed to the session bound
 //! - `user:cnt:{id}` / `item:cnt:{id}` hashes of counters by event type
-//! - `users` set of every known user id
+//! - `populated`: set once any user was written (seeding loads only an empty store)
+//!
+//! Every key of a user or item carries a TTL, renewed by each event: the session
+//! `Limits::session_ttl`, the rest `Limits::state_ttl`, so Redis forgets idle users instead of
+//! growing with every user id ever seen. A user is known while any of its keys exists.
 //!
 //! Writes and reads go through MULTI/EXEC, so a reader sees a batch of events entirely or not at all.
 
@@ -41,8 +45,13 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    fn users_key(&self) -> String {
-        format!("{}users", self.prefix)
+    fn populated_key(&self) -> String {
+        format!("{}populated", self.prefix)
+    }
+
+    fn ttls(&self) -> (i64, i64) {
+        let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
+        (secs(self.limits.session_ttl), secs(self.limits.state_ttl))
     }
 
     fn add_user(&self, pipe: &mut redis::Pipeline, id: &str, user: &UserState) -> Result<(), StoreError> {
@@ -73,7 +82,12 @@ impl RedisStore {
         if !counters.is_empty() {
             pipe.hset_multiple(&cnt, &counters).ignore();
         }
-        pipe.sadd(self.users_key(), id).ignore();
+        let (session_ttl, state_ttl) = self.ttls();
+        pipe.expire(&sess, session_ttl).ignore();
+        for key in [&demo, &hist, &cnt] {
+            pipe.expire(key, state_ttl).ignore();
+        }
+        pipe.set(self.populated_key(), 1).ignore();
         Ok(())
     }
 }
@@ -104,17 +118,16 @@ impl FeatureStore for RedisStore {
             self.key("user:sess", user_id),
             self.key("user:cnt", user_id),
         );
-        type Reply = (bool, HashMap<String, String>, Vec<String>, Vec<String>, HashMap<String, String>);
-        let (known, mut demo, history, session, counters): Reply = redis::pipe()
+        type Reply = (HashMap<String, String>, Vec<String>, Vec<String>, HashMap<String, String>);
+        let (mut demo, history, session, counters): Reply = redis::pipe()
             .atomic()
-            .sismember(self.users_key(), user_id)
             .hgetall(&demo_key)
             .lrange(&hist, 0, -1)
             .lrange(&sess_key, 0, -1)
             .hgetall(&cnt_key)
             .query_async(&mut self.conn.clone())
             .await?;
-        if !known {
+        if demo.is_empty() && history.is_empty() && session.is_empty() && counters.is_empty() {
             return Ok(None);
         }
         let age = match demo.remove("age").filter(|a| !a.is_empty()) {
@@ -159,8 +172,10 @@ impl FeatureStore for RedisStore {
         }
         let session_len = isize::try_from(self.limits.session_len).unwrap_or(isize::MAX);
         let history_len = isize::try_from(self.limits.history_len).unwrap_or(isize::MAX);
+        let (session_ttl, state_ttl) = self.ttls();
         let mut pipe = redis::pipe();
         pipe.atomic();
+        pipe.set(self.populated_key(), 1).ignore();
         for e in events {
             let sess = self.key("user:sess", &e.user_id);
             let entry = SessionEntry {
@@ -171,25 +186,32 @@ impl FeatureStore for RedisStore {
             };
             let entry = serde_json::to_string(&entry)
                 .map_err(|err| StoreError::Malformed { key: sess.clone(), reason: err.to_string() })?;
-            pipe.sadd(self.users_key(), &e.user_id).ignore();
             pipe.rpush(&sess, entry).ignore();
             pipe.ltrim(&sess, -session_len, -1).ignore();
-            pipe.hincr(self.key("user:cnt", &e.user_id), e.kind.name(), 1).ignore();
+            pipe.expire(&sess, session_ttl).ignore();
+            let cnt = self.key("user:cnt", &e.user_id);
+            pipe.hincr(&cnt, e.kind.name(), 1).ignore();
+            pipe.expire(&cnt, state_ttl).ignore();
+            let hist = self.key("user:hist", &e.user_id);
             if e.kind.is_positive() {
-                let hist = self.key("user:hist", &e.user_id);
                 pipe.lrem(&hist, 0, &e.item_id).ignore();
                 pipe.rpush(&hist, &e.item_id).ignore();
                 pipe.ltrim(&hist, -history_len, -1).ignore();
             }
-            pipe.hincr(self.key("item:cnt", &e.item_id), e.kind.name(), 1).ignore();
+            // EXPIRE on a missing key is a no-op, so these renew only what exists.
+            pipe.expire(&hist, state_ttl).ignore();
+            pipe.expire(self.key("user:demo", &e.user_id), state_ttl).ignore();
+            let item = self.key("item:cnt", &e.item_id);
+            pipe.hincr(&item, e.kind.name(), 1).ignore();
+            pipe.expire(&item, state_ttl).ignore();
         }
         pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(())
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {
-        let n: u64 = redis::cmd("SCARD").arg(self.users_key()).query_async(&mut self.conn.clone()).await?;
-        Ok(n == 0)
+        let populated: bool = redis::cmd("EXISTS").arg(self.populated_key()).query_async(&mut self.conn.clone()).await?;
+        Ok(!populated)
     }
 
     async fn put_users(&self, users: BTreeMap<String, UserState>) -> Result<(), StoreError> {

@@ -189,3 +189,32 @@ async fn redis_down_is_an_error_not_a_hang_or_panic() {
     let res = tokio::time::timeout(std::time::Duration::from_secs(30), store.get_user("u")).await;
     assert!(matches!(res, Ok(Err(_))), "expected an error from a stopped server");
 }
+
+/// Every key of a user or item carries a TTL, renewed by each event, so Redis forgets idle
+/// users instead of growing with every user id it ever saw.
+#[tokio::test]
+async fn redis_keys_expire_with_idle_users() {
+    let Some(server) = common::start_redis().await else { return };
+    let limits = Limits {
+        session_ttl: std::time::Duration::from_secs(1),
+        state_ttl: std::time::Duration::from_secs(2),
+        ..LIMITS
+    };
+    let store = RedisStore::connect(&server.url, "ttl", limits).await.unwrap();
+    let users = [SeedUser { user_id: "seeded".into(), demographics: Demographics::default() }];
+    reco_features::seed_if_empty(&store, &users, &[]).await.unwrap();
+    store.apply(&[ev("u", "i", EventKind::Like, 1)]).await.unwrap();
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("reco:ttl:*").query_async(&mut conn).await.unwrap();
+    for key in keys.iter().filter(|k| !k.ends_with(":populated")) {
+        let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut conn).await.unwrap();
+        assert!((1..=2).contains(&ttl), "{key} has TTL {ttl}");
+    }
+    assert!(keys.len() >= 6, "{keys:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(store.get_user("u").await.unwrap(), None, "an idle user is forgotten");
+    assert_eq!(store.get_user("seeded").await.unwrap(), None);
+    assert!(store.get_item_counters(&["i".into()]).await.unwrap()[0].is_empty());
+    assert!(!store.is_empty().await.unwrap(), "a store that was seeded is not seeded again");
+}
