@@ -35,6 +35,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Users kept in memory by default.
 pub const DEFAULT_MAX_USERS: usize = 100_000;
 
+/// The database's own page cache (redb's default is 1 GiB): users in use are cached above it.
+const DB_CACHE_BYTES: usize = 64 << 20;
+
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const ITEMS: TableDefinition<&str, &[u8]> = TableDefinition::new("items");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -141,7 +144,10 @@ impl EmbeddedStore {
             if let Some(dir) = owned.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Embedded(format!("{}: {e}", dir.display())))?;
             }
-            let db = redb::Database::create(&owned).map_err(|e| StoreError::Embedded(format!("{name}: {e}")))?;
+            let db = redb::Database::builder()
+                .set_cache_size(DB_CACHE_BYTES)
+                .create(&owned)
+                .map_err(|e| StoreError::Embedded(format!("{name}: {e}")))?;
             Self::with(db, name, limits, max_users.max(1), metrics)
         })
         .await
