@@ -2,11 +2,13 @@
 //! hyper-parameter search with `reco tune`), each
 //! serving service (`reco serve ...`), all of them in one process
 //! (`reco standalone`), the local end-to-end scenario (`reco demo`), a
-//! load generator (`reco loadgen`) and a catalogue grower to load-test at
-//! scale (`reco synthetic-catalog`).
+//! load generator (`reco loadgen`), a catalogue grower to load-test at
+//! scale (`reco synthetic-catalog`) and the event log's export to training
+//! data (`reco events export`).
 
 mod catalog;
 mod demo;
+mod events;
 mod loadgen;
 mod seed;
 mod serve;
@@ -55,6 +57,9 @@ enum Command {
     /// roll v2 out (promoted) and then v3 (rolled back) with the operator's
     /// rollout engine; writes report.json and ctr.png.
     Demo(Box<demo::DemoArgs>),
+    /// Work with the features service's event log (the training log).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
 }
 
 /// The async runtime of the serving commands.
@@ -71,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Tune(args) => train::tune(*args),
         Command::Demo(args) => demo::run(*args),
         Command::SyntheticCatalog(args) => catalog::run(args),
+        Command::Events(command) => events::run(command),
         Command::Serve(service) => runtime().and_then(|rt| rt.block_on(serve::run(service))),
         Command::Standalone(args) => runtime().and_then(|rt| rt.block_on(standalone::run(*args))),
         Command::Loadgen(args) => runtime().and_then(|rt| {

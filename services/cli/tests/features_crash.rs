@@ -204,4 +204,19 @@ fn sigkill_at_random_points_under_load_loses_no_acknowledged_event_and_applies_e
     assert!(kills >= KILLS / 2, "the load ended before enough kills ({kills}); make it longer");
     assert!(retried.load(Ordering::Relaxed) > 0, "no kill landed on an in-flight request");
     server.kill();
+
+    // The training data from the same log: every positive event once, whatever was retried.
+    let out = tempfile::tempdir().unwrap();
+    let log = data.path().join("explore/events.jsonl");
+    let status = Command::new(env!("CARGO_BIN_EXE_reco"))
+        .args(["events", "export", "--log"])
+        .arg(&log)
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rows = std::fs::read_to_string(out.path().join("interactions.csv")).unwrap().lines().count() - 1;
+    let positive = events.iter().filter(|e| e.r#type != EventType::Hide as i32).count();
+    assert_eq!(rows, positive);
 }

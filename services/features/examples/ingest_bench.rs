@@ -173,13 +173,8 @@ async fn memory(cli: &Cli) {
         let batch: Vec<_> = (n..(n + 1000).min(cli.users as u64)).map(|k| event(k, u64::MAX)).collect();
         service.ingest(&batch).await.unwrap();
         let seen = n as usize + batch.len();
-        if seen % step == 0 {
-            rows.push(format!(
-                "| {} | {seen} | {:.0} | {} |",
-                cli.max_users,
-                rss_mib(),
-                metrics.users_in_memory.get()
-            ));
+        if seen.is_multiple_of(step) {
+            rows.push(format!("| {} | {seen} | {:.0} | {} |", cli.max_users, rss_mib(), metrics.users_in_memory.get()));
         }
         tokio::task::yield_now().await;
     }

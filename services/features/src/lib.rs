@@ -8,6 +8,7 @@
 //! - [`service::FeatureService`]: implements the `Features` and `Events` gRPC services. An
 //!   acknowledged event is durable in the log, applied once ([`dedup`]) and visible to the very
 //!   next `GetUser`; after a crash the log is replayed from the store's last checkpoint.
+//! - [`export`]: the log as the trainer's input (`reco events export`).
 //! - [`serve`]: the `reco serve features` flags, [`serve::build`] and [`serve::serve_grpc`].
 //!
 //! Seeding ([`service::FeatureService::seed`]) loads a dataset's users only into an EMPTY store:
@@ -15,6 +16,7 @@
 
 pub mod dedup;
 pub mod embedded;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod redis;

@@ -210,7 +210,8 @@ impl FeatureStore for RedisStore {
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {
-        let populated: bool = redis::cmd("EXISTS").arg(self.populated_key()).query_async(&mut self.conn.clone()).await?;
+        let populated: bool =
+            redis::cmd("EXISTS").arg(self.populated_key()).query_async(&mut self.conn.clone()).await?;
         Ok(!populated)
     }
 

@@ -365,6 +365,35 @@ mod tests {
         assert_eq!(service.store().get_item_counters(&["a".into()]).await.unwrap()[0]["like"], 2);
     }
 
+    /// A corrupt record in the log (disk damage, a hand edit) costs that record, with a warning
+    /// naming its offset and a counter, never the start-up: no crash loop.
+    #[tokio::test]
+    async fn a_corrupt_record_is_skipped_at_start_and_the_rest_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = args(dir.path(), &["--checkpoint-interval-seconds=0"]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let (service, handle) = build(&a, &metrics).await.unwrap();
+        service.ingest(&[like("u", "a", "r1")]).await.unwrap();
+        handle.shutdown().await.unwrap();
+        drop(service);
+        let log = dir.path().join("explore/events.jsonl");
+        let good = std::fs::read_to_string(&log).unwrap();
+        let mut later: crate::sink::LoggedEvent = serde_json::from_str(good.trim()).unwrap();
+        (later.item_id, later.event_id) = ("b".into(), None);
+        let later = serde_json::to_string(&later).unwrap() + "\n";
+        std::fs::write(&log, format!("{good}{{\"user_id\": 12, garbage\n{later}")).unwrap();
+
+        let (service, handle) = build(&a, &metrics).await.unwrap();
+        let user = service.store().get_user("u").await.unwrap().unwrap();
+        assert_eq!(Vec::from(user.history), ["a", "b"]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("reco_features_event_log_corrupt_records_total 1"), "{text}");
+        assert!(text.contains("reco_features_events_replayed_total 1"), "{text}");
+        handle.shutdown().await.unwrap();
+    }
+
     fn now() -> i64 {
         1_700_000_000_000
     }
