@@ -6,8 +6,14 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
     /// Event logs to read, in order (`<data-dir>/<pipeline>/events.jsonl` of each features pod).
-    #[arg(long = "log", required = true, num_args = 1..)]
+    #[arg(long = "log", num_args = 1.., required_unless_present = "kafka_topic", conflicts_with = "kafka_topic")]
     pub logs: Vec<PathBuf>,
+    /// Kafka bootstrap servers of the topic to read (with --kafka-topic) instead of files.
+    #[arg(long, requires = "kafka_topic")]
+    pub kafka_brokers: Option<String>,
+    /// The Kafka topic of the training log (`spec.events.kafkaTopic`), read whole.
+    #[arg(long, requires = "kafka_brokers")]
+    pub kafka_topic: Option<String>,
     /// Directory to write `interactions.csv` (user_id,item_id,timestamp) into.
     #[arg(long)]
     pub out: PathBuf,
@@ -28,7 +34,18 @@ pub enum EventsCommand {
 pub fn run(command: EventsCommand) -> anyhow::Result<()> {
     match command {
         EventsCommand::Export(args) => {
-            let summary = reco_features::export::export_interactions(&args.logs, &args.out, args.since_ms)?;
+            let logs = match (&args.kafka_brokers, &args.kafka_topic) {
+                (Some(brokers), Some(topic)) => {
+                    let topic = reco_features::kafka::KafkaTopic {
+                        brokers: brokers.clone(),
+                        topic: topic.clone(),
+                        group: "reco-events-export".into(),
+                    };
+                    vec![reco_features::kafka::read_topic(&topic)?]
+                }
+                _ => reco_features::export::file_logs(&args.logs)?,
+            };
+            let summary = reco_features::export::export_interactions(logs, &args.out, args.since_ms)?;
             tracing::info!(
                 records = summary.records,
                 interactions = summary.interactions,

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use crate::sink::{LogPoint, Offsets};
 use xxhash_rust::xxh3::Xxh3;
 
 /// An event's identity (see [`event_id`]).
@@ -60,9 +62,9 @@ type Outcome = watch::Receiver<Option<bool>>;
 
 enum State {
     Pending(Outcome),
-    /// Applied; the log offset of its record's batch, to rebuild the window from after a restart.
+    /// Applied; where its record is in the log, to rebuild the window from after a restart.
     Applied {
-        log_offset: u64,
+        at: LogPoint,
     },
 }
 
@@ -135,25 +137,29 @@ impl RecentEvents {
 
     /// Records ids applied while rebuilding the window from the log. Returns false for an id
     /// already in the window (a record logged twice: apply it once).
-    pub fn replayed(&self, id: EventId, log_offset: u64) -> bool {
+    pub fn replayed(&self, id: EventId, at: LogPoint) -> bool {
         let mut window = self.lock();
         if window.states.contains_key(&id) {
             return false;
         }
-        window.states.insert(id, State::Applied { log_offset });
+        window.states.insert(id, State::Applied { at });
         window.order.push_back((id, Instant::now()));
         window.expire(self.window, self.capacity);
         true
     }
 
-    /// The log offset from which replaying the log rebuilds the current window: the batch of
-    /// its oldest id; `None` when the window is empty.
-    pub fn oldest_offset(&self) -> Option<u64> {
+    /// The offsets from which replaying the log rebuilds the current window: each partition's
+    /// oldest record of an id in it (partitions without one are absent).
+    pub fn oldest_offsets(&self) -> Offsets {
         let window = self.lock();
-        window.order.iter().find_map(|(id, _)| match window.states.get(id) {
-            Some(State::Applied { log_offset }) => Some(*log_offset),
-            _ => None,
-        })
+        let mut oldest = Offsets::new();
+        for state in window.states.values() {
+            if let State::Applied { at } = state {
+                let offset = oldest.entry(at.partition).or_insert(at.offset);
+                *offset = (*offset).min(at.offset);
+            }
+        }
+        oldest
     }
 
     /// Ids held (pending or applied), for the metrics.
@@ -181,13 +187,13 @@ impl Window {
 }
 
 impl Reservation<'_> {
-    /// Marks the reserved ids applied (their batch starts at `log_offset`) and wakes waiters.
-    pub fn applied(mut self, log_offset: u64) {
-        let ids = std::mem::take(&mut self.ids);
+    /// Marks the reserved ids applied, each with where its record went, and wakes waiters.
+    pub fn applied(mut self, points: &[(EventId, LogPoint)]) {
+        self.ids.clear();
         let now = Instant::now();
         let mut window = self.recent.lock();
-        for id in ids {
-            window.states.insert(id, State::Applied { log_offset });
+        for &(id, at) in points {
+            window.states.insert(id, State::Applied { at });
             window.order.push_back((id, now));
         }
         window.expire(self.recent.window, self.recent.capacity);
@@ -233,6 +239,10 @@ pub async fn outcome(mut pending: Outcome) -> bool {
 mod tests {
     use super::*;
 
+    fn at(offset: u64) -> LogPoint {
+        LogPoint { partition: 0, offset }
+    }
+
     fn event(request_id: &str, event_id: &str, at_ms: i64) -> reco_proto::Event {
         reco_proto::Event {
             user_id: "u".into(),
@@ -266,11 +276,11 @@ mod tests {
         let (claims, _second) = recent.claim(&[Some(1)]);
         let Claim::InFlight(pending) = claims.into_iter().next().unwrap() else { panic!("not in flight") };
         let waiter = tokio::spawn(outcome(pending));
-        first.applied(10);
+        first.applied(&[(1, at(10))]);
         assert!(waiter.await.unwrap());
         let (claims, _third) = recent.claim(&[Some(1)]);
         assert!(matches!(claims[..], [Claim::Duplicate]));
-        assert_eq!(recent.oldest_offset(), Some(10));
+        assert_eq!(recent.oldest_offsets(), Offsets::from([(0, 10)]));
     }
 
     #[tokio::test]
@@ -289,13 +299,14 @@ mod tests {
     fn the_window_is_bounded_by_capacity_and_time() {
         let recent = RecentEvents::new(Duration::from_secs(60), 3);
         for id in 0..5 {
-            assert!(recent.replayed(id, id as u64));
+            assert!(recent.replayed(id, at(id as u64)));
         }
-        assert!(!recent.replayed(4, 9), "already there");
+        assert!(!recent.replayed(4, at(9)), "already there");
+        assert!(recent.replayed(9, LogPoint { partition: 3, offset: 7 }));
         assert_eq!(recent.len(), 3);
-        assert_eq!(recent.oldest_offset(), Some(2));
+        assert_eq!(recent.oldest_offsets(), Offsets::from([(0, 3), (3, 7)]));
         let recent = RecentEvents::new(Duration::ZERO, 100);
-        recent.replayed(1, 0);
+        recent.replayed(1, at(0));
         std::thread::sleep(Duration::from_millis(2));
         let (claims, _) = recent.claim(&[Some(1)]);
         assert!(matches!(claims[..], [Claim::Fresh]), "expired");

@@ -76,7 +76,6 @@ type Shard<V> = RwLock<HashMap<String, Slot<V>>>;
 #[derive(Serialize, Deserialize)]
 struct CheckpointRecord {
     format: u32,
-    #[serde(flatten)]
     position: LogPosition,
 }
 
@@ -319,7 +318,7 @@ impl EmbeddedStore {
         self.inner.resident.load(Ordering::Relaxed)
     }
 
-    fn write_capture(&self, capture: &Capture, position: LogPosition) -> Result<(), StoreError> {
+    fn write_capture(&self, capture: &Capture, position: &LogPosition) -> Result<(), StoreError> {
         let txn = self.inner.db.begin_write().map_err(|e| self.error(e))?;
         {
             let mut users = txn.open_table(USERS).map_err(|e| self.error(e))?;
@@ -333,7 +332,7 @@ impl EmbeddedStore {
                 items.insert(id.as_str(), bytes.as_slice()).map_err(|e| self.error(e))?;
             }
             let mut meta = txn.open_table(META).map_err(|e| self.error(e))?;
-            let record = CheckpointRecord { format: FORMAT_VERSION, position };
+            let record = CheckpointRecord { format: FORMAT_VERSION, position: position.clone() };
             let bytes = serde_json::to_vec(&record).map_err(|e| self.error(e))?;
             meta.insert(CHECKPOINT, bytes.as_slice()).map_err(|e| self.error(e))?;
         }
@@ -467,7 +466,7 @@ impl FeatureStore for EmbeddedStore {
         let store = self.clone();
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            store.write_capture(&capture, position)?;
+            store.write_capture(&capture, &position)?;
             mark_saved(&store.inner.users, capture.users.into_iter().map(|(id, _, v)| (id, v)));
             mark_saved(&store.inner.items, capture.items.into_iter().map(|(id, _, v)| (id, v)));
             store.inner.wants_checkpoint.store(false, Ordering::Relaxed);
@@ -496,8 +495,9 @@ mod tests {
         FeatureEvent { user_id: user.into(), item_id: item.into(), kind: EventKind::Click, at_ms: 5, dwell_ms: 0 }
     }
 
-    async fn checkpoint(store: &EmbeddedStore, log_offset: u64) {
-        store.save(store.capture(), LogPosition { log_offset, window_offset: log_offset }).await.unwrap();
+    async fn checkpoint(store: &EmbeddedStore, offset: u64) {
+        let log = crate::sink::Offsets::from([(0, offset)]);
+        store.save(store.capture(), LogPosition { log: log.clone(), window: log }).await.unwrap();
     }
 
     #[tokio::test]
@@ -513,7 +513,7 @@ mod tests {
         drop(store);
 
         let reopened = EmbeddedStore::open(Limits::default(), &path, 10, StoreMetrics::default()).await.unwrap();
-        assert_eq!(reopened.checkpointed().await.unwrap().unwrap().log_offset, 42);
+        assert_eq!(reopened.checkpointed().await.unwrap().unwrap().log[&0], 42);
         let user = reopened.get_user("u1").await.unwrap().unwrap();
         assert_eq!(Vec::from(user.history), ["i1", "i2"], "the event after the checkpoint is the log's to replay");
         assert_eq!(before.history.len(), 3);

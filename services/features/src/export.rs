@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::dedup::parse_id;
-use crate::sink::{LogEntry, LogReader, SinkError};
+use crate::sink::{LogEntries, LogEntry, LogReader, SinkError};
 
 /// What [`export_interactions`] read and wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,16 +31,25 @@ pub enum ExportError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+/// The file logs at `paths`, one after the other.
+pub fn file_logs(paths: &[PathBuf]) -> Result<Vec<LogEntries>, SinkError> {
+    paths.iter().map(|p| Ok(Box::new(LogReader::open(p, 0)?) as LogEntries)).collect()
+}
+
 /// Reads the logs in order and writes `out/interactions.csv` atomically. `since_ms` keeps only
 /// the events at or after that time (the interactions logged since a version was trained).
-pub fn export_interactions(logs: &[PathBuf], out: &Path, since_ms: Option<i64>) -> Result<ExportSummary, ExportError> {
+pub fn export_interactions(
+    logs: Vec<LogEntries>,
+    out: &Path,
+    since_ms: Option<i64>,
+) -> Result<ExportSummary, ExportError> {
     let mut summary = ExportSummary::default();
     let mut seen = HashSet::new();
     let mut rows = csv::Writer::from_writer(Vec::new());
     let write_err = |source: std::io::Error| ExportError::Write { path: out.join("interactions.csv"), source };
     rows.write_record(["user_id", "item_id", "timestamp"]).map_err(|e| write_err(e.into()))?;
     for log in logs {
-        for entry in LogReader::open(log, 0)? {
+        for entry in log {
             let event = match entry? {
                 LogEntry::Record { event, .. } => event,
                 LogEntry::Corrupt { .. } => {
@@ -111,7 +120,7 @@ mod tests {
         )
         .unwrap();
         let out = dir.path().join("out");
-        let summary = export_interactions(&[a, b], &out, Some(2_000)).unwrap();
+        let summary = export_interactions(file_logs(&[a, b]).unwrap(), &out, Some(2_000)).unwrap();
         assert_eq!(
             summary,
             ExportSummary { records: 5, interactions: 2, duplicates: 1, skipped: 2, corrupt: 1 },
@@ -124,7 +133,7 @@ mod tests {
     #[test]
     fn a_missing_log_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = export_interactions(&[dir.path().join("nope.jsonl")], dir.path(), None).unwrap_err();
+        let err = file_logs(&[dir.path().join("nope.jsonl")]).err().unwrap();
         assert!(err.to_string().contains("nope.jsonl"), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 //!   and item engagement counters, with an [`embedded::EmbeddedStore`] (a bounded in-memory
 //!   cache over a redb file, checkpointed with its event-log position) and a
 //!   [`redis::RedisStore`] backend.
-//! - [`sink::EventSink`]: the training log; [`sink::FileSink`] appends JSON lines with group commit.
+//! - [`sink::EventSink`]: the training log; [`sink::FileSink`] appends JSON lines with group commit,
+//!   [`kafka::KafkaSink`] produces to a Kafka topic (idempotent, `acks=all`).
 //! - [`service::FeatureService`]: implements the `Features` and `Events` gRPC services. An
 //!   acknowledged event is durable in the log, applied once ([`dedup`]) and visible to the very
 //!   next `GetUser`; after a crash the log is replayed from the store's last checkpoint.
@@ -17,6 +18,7 @@
 pub mod dedup;
 pub mod embedded;
 pub mod export;
+pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod redis;

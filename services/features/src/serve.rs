@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::dedup::RecentEvents;
 use crate::embedded::EmbeddedStore;
+use crate::kafka::{KafkaSink, KafkaTopic};
 use crate::metrics::Metrics;
 use crate::model::{DEFAULT_HISTORY_LEN, Limits};
 use crate::redis::RedisStore;
@@ -44,10 +45,10 @@ pub struct FeaturesArgs {
     /// Redis address for `--backend=redis`, e.g. `redis://redis.reco.svc:6379`.
     #[arg(long)]
     pub redis_url: Option<String>,
-    /// Kafka bootstrap servers for `--event-sink=kafka`.
+    /// Kafka bootstrap servers for `--event-sink=kafka`, e.g. `kafka-0.kafka:9092,kafka-1.kafka:9092`.
     #[arg(long)]
     pub kafka_brokers: Option<String>,
-    /// Kafka topic for `--event-sink=kafka`.
+    /// Kafka topic for `--event-sink=kafka`: the training log, keyed by user id. It must exist.
     #[arg(long)]
     pub kafka_topic: Option<String>,
     /// Seconds between checkpoints of the embedded store (0: only at shutdown and when memory
@@ -99,8 +100,8 @@ pub enum EventSinkKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("the Kafka sink is not built yet; use --event-sink=embedded (the file log)")]
-    KafkaNotBuilt,
+    #[error("--event-sink=kafka needs --kafka-brokers and --kafka-topic")]
+    MissingKafka,
     #[error("--backend=redis needs --redis-url")]
     MissingRedisUrl,
     #[error("--pipeline {0:?} is not a valid pipeline name (lowercase letters, digits, '-', '.'; at most 253)")]
@@ -154,9 +155,6 @@ fn valid_pipeline(name: &str) -> bool {
 /// Builds the service from its flags: opens the store and the event log, replays the events
 /// logged after the store's last checkpoint, and starts periodic checkpoints.
 pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureService, ServiceHandle), BuildError> {
-    if args.event_sink == EventSinkKind::Kafka {
-        return Err(BuildError::KafkaNotBuilt);
-    }
     if !valid_pipeline(&args.pipeline) {
         return Err(BuildError::InvalidPipeline(args.pipeline.clone()));
     }
@@ -176,17 +174,28 @@ pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureSer
             Arc::new(RedisStore::connect(url, &args.pipeline, limits).await?)
         }
     };
-    let log = dir.join("events.jsonl");
-    let sink_metrics = metrics.sink();
-    let opened = log.clone();
-    let sink: Arc<dyn EventSink> = Arc::new(
-        tokio::task::spawn_blocking(move || FileSink::open(&opened, sink_metrics))
-            .await
-            .map_err(|e| SinkError::Write { path: log.clone(), reason: format!("opening task failed: {e}") })??,
-    );
+    let sink: Arc<dyn EventSink> = match args.event_sink {
+        EventSinkKind::Embedded => {
+            let log = dir.join("events.jsonl");
+            let sink_metrics = metrics.sink();
+            let opened = log.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || FileSink::open(&opened, sink_metrics)).await.map_err(|e| {
+                    SinkError::Write { path: log.clone(), reason: format!("opening task failed: {e}") }
+                })??,
+            )
+        }
+        EventSinkKind::Kafka => {
+            let (Some(brokers), Some(topic)) = (&args.kafka_brokers, &args.kafka_topic) else {
+                return Err(BuildError::MissingKafka);
+            };
+            let group = format!("reco-features-{}", args.pipeline);
+            Arc::new(KafkaSink::connect(KafkaTopic { brokers: brokers.clone(), topic: topic.clone(), group }).await?)
+        }
+    };
     let recent = RecentEvents::new(Duration::from_secs(args.dedup_window_seconds), args.dedup_capacity);
     let service = FeatureService::new(&args.pipeline, store, sink.clone(), recent, metrics.clone());
-    service.recover(&log).await?;
+    service.recover().await?;
     let (stop, stopped) = watch::channel(false);
     let every = (args.checkpoint_interval_seconds > 0).then(|| Duration::from_secs(args.checkpoint_interval_seconds));
     let checkpoints =
@@ -269,11 +278,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kafka_is_a_clear_error_not_a_silent_fallback() {
+    async fn missing_or_unreachable_backends_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::register(&mut Default::default());
         let err = build(&args(dir.path(), &["--event-sink=kafka"]), &metrics).await.err().unwrap();
-        assert!(err.to_string().contains("the Kafka sink is not built yet"), "{err}");
+        assert!(matches!(err, BuildError::MissingKafka), "{err}");
         let err = build(&args(dir.path(), &["--backend=redis"]), &metrics).await.err().unwrap();
         assert!(matches!(err, BuildError::MissingRedisUrl), "{err}");
         let mut escaping = args(dir.path(), &[]);
@@ -308,7 +317,7 @@ mod tests {
 
         let (service, handle) = build(&a, &metrics).await.unwrap();
         let position = service.store().checkpointed().await.unwrap().unwrap();
-        assert_eq!(position.log_offset, std::fs::metadata(&log).unwrap().len(), "the checkpoint covers the log");
+        assert_eq!(position.log[&0], std::fs::metadata(&log).unwrap().len(), "the checkpoint covers the log");
         let other = [crate::model::SeedUser { user_id: "8".into(), demographics: Default::default() }];
         assert_eq!(service.seed(&other, &[]).await.unwrap(), crate::store::SeedOutcome::AlreadyPopulated);
         let user = service.store().get_user("7").await.unwrap().unwrap();
@@ -330,7 +339,7 @@ mod tests {
             let sink = Arc::new(FileSink::open(&log, metrics.sink()).unwrap());
             let recent = RecentEvents::new(Duration::from_secs(600), 1000);
             let service = FeatureService::new("explore", Arc::new(store), sink.clone(), recent, metrics);
-            let recovery = service.recover(&log).await.unwrap();
+            let recovery = service.recover().await.unwrap();
             (service, sink, recovery)
         };
         let (service, sink, _) = open().await;
@@ -405,15 +414,15 @@ mod tests {
         let (service, handle) = build(&args(dir.path(), &["--checkpoint-interval-seconds=1"]), &metrics).await.unwrap();
         service.ingest(&[like("1", "a", "r")]).await.unwrap();
         let mut position = service.store().checkpointed().await.unwrap().unwrap();
-        assert_eq!(position.log_offset, 0);
+        assert!(position.log.is_empty());
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             position = service.store().checkpointed().await.unwrap().unwrap();
-            if position.log_offset > 0 {
+            if position.log.get(&0) > Some(&0) {
                 break;
             }
         }
-        assert!(position.log_offset > 0, "no checkpoint after 10 s");
+        assert!(position.log.get(&0) > Some(&0), "no checkpoint after 10 s");
         handle.shutdown().await.unwrap();
     }
 }

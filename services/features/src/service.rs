@@ -13,7 +13,6 @@
 //! [`FeatureService::recover`] replays the log from the last checkpoint.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::dedup::{Claim, EventId, RecentEvents, event_id, format_id, parse_id};
 use crate::metrics::{EventTypeLabel, Metrics, RejectLabel};
 use crate::model::{SeedInteraction, SeedUser, expire_session, to_proto_user};
-use crate::sink::{EventSink, LogEntry, LogReader, SinkError};
+use crate::sink::{EventSink, LogEntry, LogPoint, Offsets, SinkError};
 use crate::store::{FeatureStore, LogPosition, SeedOutcome, StoreError, seed_if_empty};
 use crate::validate::{IngestContext, MAX_ITEM_IDS, Rejection, check_id, validate_batch};
 
@@ -64,7 +63,7 @@ pub struct Recovery {
     pub duplicates: u64,
     /// Lines skipped as corrupt.
     pub corrupt: u64,
-    /// Bytes of log read.
+    /// Size of the records replayed (bytes of the file log, records of a Kafka topic).
     pub bytes: u64,
 }
 
@@ -176,25 +175,28 @@ impl FeatureService {
         let ids: Vec<Option<EventId>> = events.iter().map(event_id).collect();
         let shared = self.inner.gate.read().await;
         let (claims, reservation) = self.inner.recent.claim(&ids);
-        let (mut features, mut logged, mut in_flight, mut duplicates) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let (mut features, mut logged, mut fresh_ids, mut in_flight, mut duplicates) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
         for ((claim, (feature, mut log)), id) in claims.into_iter().zip(valid).zip(&ids) {
             match claim {
                 Claim::Fresh => {
                     log.event_id = id.map(format_id);
                     features.push(feature);
                     logged.push(log);
+                    fresh_ids.push(*id);
                 }
                 Claim::Duplicate => duplicates += 1,
                 Claim::InFlight(outcome) => in_flight.push(outcome),
             }
         }
         if !logged.is_empty() {
-            let range = self.inner.sink.append(&logged).await?;
+            let points = self.inner.sink.append(&logged).await?;
             let started = Instant::now();
             let applied = self.inner.store.apply(&features).await;
             self.inner.metrics.observe_store(self.inner.store.backend(), "apply", started);
             applied?;
-            reservation.applied(range.start);
+            let ids: Vec<_> = fresh_ids.into_iter().zip(points).filter_map(|(id, at)| Some((id?, at))).collect();
+            reservation.applied(&ids);
         }
         drop(shared);
         if self.inner.store.wants_checkpoint() {
@@ -221,11 +223,17 @@ impl FeatureService {
         let _one_at_a_time = self.inner.checkpointing.lock().await;
         let (capture, position) = {
             let _exclusive = self.inner.gate.write().await;
-            let end = self.inner.sink.end();
-            let window_offset = self.inner.recent.oldest_offset().unwrap_or(end).min(end);
-            (self.inner.store.capture(), LogPosition { log_offset: end, window_offset })
+            let log = self.inner.sink.ends();
+            let oldest = self.inner.recent.oldest_offsets();
+            let window = log.iter().map(|(p, end)| (*p, oldest.get(p).map_or(*end, |o| (*o).min(*end)))).collect();
+            (self.inner.store.capture(), LogPosition { log, window })
         };
-        self.inner.store.save(capture, position).await
+        let log = position.log.clone();
+        self.inner.store.save(capture, position).await?;
+        if let Err(e) = self.inner.sink.covered(&log).await {
+            tracing::warn!(error = %e, "cannot record the event log position the features cover");
+        }
+        Ok(())
     }
 
     /// Resolves when the store asks for an early checkpoint.
@@ -233,30 +241,34 @@ impl FeatureService {
         self.inner.checkpoint_due.notified().await;
     }
 
-    /// Brings the store up to the end of the event log at `log`: replays the events logged after
-    /// its last checkpoint (applying each id once) and rebuilds the window of recent ids. Call it
+    /// Brings the store up to the end of the event log: replays the events logged after its
+    /// last checkpoint (applying each id once) and rebuilds the window of recent ids. Call it
     /// once, before serving.
-    pub async fn recover(&self, log: &Path) -> Result<Recovery, RecoverError> {
+    pub async fn recover(&self) -> Result<Recovery, RecoverError> {
         let mut recovery = Recovery::default();
         let Some(position) = self.inner.store.checkpointed().await? else { return Ok(recovery) };
-        let end = self.inner.sink.end();
-        if position.log_offset > end {
-            tracing::warn!(
-                log = %log.display(), checkpoint = position.log_offset, end,
-                "the event log is shorter than the store's checkpoint (replaced or truncated?); nothing to replay"
-            );
-            return Ok(recovery);
+        let ends = self.inner.sink.ends();
+        let mut shorter = false;
+        for (partition, offset) in &position.log {
+            if ends.get(partition).is_none_or(|end| offset > end) {
+                tracing::warn!(
+                    partition,
+                    checkpoint = offset,
+                    end = ends.get(partition),
+                    "the event log is shorter than the store's checkpoint (replaced or truncated?); checkpointing at its end"
+                );
+                shorter = true;
+            }
         }
-        let from = position.window_offset.min(position.log_offset);
+        let start = |p: &i32| position.log.get(p).copied().unwrap_or(0);
+        let from: Offsets =
+            ends.keys().map(|p| (*p, position.window.get(p).copied().unwrap_or(start(p)).min(start(p)))).collect();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<LogEntry>, SinkError>>(4);
-        let path = log.to_owned();
+        let entries = self.inner.sink.read(&from, &ends)?;
         let reader = tokio::task::spawn_blocking(move || {
-            let mut reader = match LogReader::open(&path, from) {
-                Ok(r) => r,
-                Err(e) => return drop(tx.blocking_send(Err(e))),
-            };
+            let mut entries = entries;
             loop {
-                let batch: Result<Vec<_>, _> = reader.by_ref().take(REPLAY_BATCH).collect();
+                let batch: Result<Vec<_>, _> = entries.by_ref().take(REPLAY_BATCH).collect();
                 let done = batch.as_ref().map_or(true, Vec::is_empty);
                 if tx.blocking_send(batch).is_err() || done {
                     return;
@@ -269,11 +281,12 @@ impl FeatureService {
             let mut features = Vec::with_capacity(batch.len());
             for entry in batch {
                 match entry {
-                    LogEntry::Record { offset, end, event } => {
+                    LogEntry::Record { partition, offset, size, event } => {
                         let id = event.event_id.as_deref().and_then(parse_id);
-                        let fresh = id.is_none_or(|id| self.inner.recent.replayed(id, offset));
-                        if offset >= position.log_offset {
-                            recovery.bytes += end - offset;
+                        let at = LogPoint { partition, offset };
+                        let fresh = id.is_none_or(|id| self.inner.recent.replayed(id, at));
+                        if offset >= start(&partition) {
+                            recovery.bytes += size;
                             if fresh {
                                 features.push(event.feature());
                             } else {
@@ -281,7 +294,7 @@ impl FeatureService {
                             }
                         }
                     }
-                    LogEntry::Corrupt { offset, .. } if offset >= position.log_offset => {
+                    LogEntry::Corrupt { partition, offset, .. } if offset >= start(&partition) => {
                         recovery.corrupt += 1;
                         self.inner.metrics.event_log_corrupt_records.inc();
                     }
@@ -292,12 +305,16 @@ impl FeatureService {
             self.inner.store.apply(&features).await?;
         }
         let _ = reader.await;
+        if shorter {
+            // New records must not land below the old checkpoint, where a replay would skip them.
+            self.checkpoint().await?;
+        }
         self.inner.metrics.events_replayed.inc_by(recovery.replayed);
         if recovery.replayed + recovery.duplicates + recovery.corrupt > 0 {
             tracing::info!(
-                log = %log.display(), from = position.log_offset, replayed = recovery.replayed,
-                duplicates = recovery.duplicates, corrupt = recovery.corrupt,
-                seconds = started.elapsed().as_secs_f64(), "replayed the event log after the last checkpoint"
+                from = ?position.log, replayed = recovery.replayed, duplicates = recovery.duplicates,
+                corrupt = recovery.corrupt, seconds = started.elapsed().as_secs_f64(),
+                "replayed the event log after the last checkpoint"
             );
         }
         Ok(recovery)

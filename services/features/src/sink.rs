@@ -5,9 +5,9 @@
 //! answers all of them. An append returns only after its records are on disk, so no event is
 //! acknowledged before it is durable, and concurrent requests share the cost of one fsync.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -59,20 +59,46 @@ pub enum SinkError {
     Write { path: PathBuf, reason: String },
     #[error("event log {path}: a failed write could not be rolled back; the sink refuses further appends")]
     Broken { path: PathBuf },
+    #[error("kafka: {0}")]
+    Kafka(String),
     #[error("cannot encode event: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("the event sink is closed")]
     Closed,
 }
 
+/// A partition of the log: the file log has one, 0; a Kafka topic several.
+pub type Partition = i32;
+/// Offsets by partition: bytes in the file log, records in Kafka.
+pub type Offsets = BTreeMap<Partition, u64>;
+
+/// Where one record is in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPoint {
+    pub partition: Partition,
+    pub offset: u64,
+}
+
+/// Reads a log from given offsets up to given ends (blocking I/O).
+pub type LogEntries = Box<dyn Iterator<Item = Result<LogEntry, SinkError>> + Send>;
+
 /// Where accepted events are appended for training. `append` returns once the events are
-/// durable, with the log positions (byte offsets) its records occupy.
+/// durable, with where each record went.
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    async fn append(&self, events: &[LoggedEvent]) -> Result<Range<u64>, SinkError>;
+    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, SinkError>;
 
-    /// The end of the log: where the next record will go.
-    fn end(&self) -> u64;
+    /// The end of each partition: where its next record will go.
+    fn ends(&self) -> Offsets;
+
+    /// The records from `from` (a partition not named: its start) up to `to`, partition after
+    /// partition.
+    fn read(&self, from: &Offsets, to: &Offsets) -> Result<LogEntries, SinkError>;
+
+    /// Told once the features up to `log` are durable (the consumer group's offsets follow).
+    async fn covered(&self, _log: &Offsets) -> Result<(), SinkError> {
+        Ok(())
+    }
 
     /// Finishes pending appends and releases the log; later appends fail with [`SinkError::Closed`].
     async fn close(&self) -> Result<(), SinkError>;
@@ -89,7 +115,9 @@ pub struct SinkMetrics {
 struct Append {
     bytes: Vec<u8>,
     records: usize,
-    done: oneshot::Sender<Result<Range<u64>, SinkError>>,
+    done: oneshot::Sender<Result<Vec<LogPoint>, SinkError>>,
+    /// Byte length of each record, in order.
+    lengths: Vec<u64>,
 }
 
 /// Append-only JSON-lines log with batched fsync.
@@ -187,20 +215,25 @@ fn write_loop(mut file: File, end: &AtomicU64, path: &Path, rx: &mpsc::Receiver<
             }
         };
         let mut start = len;
-        let ranges: Vec<Range<u64>> = batch
+        let points: Vec<Vec<LogPoint>> = batch
             .iter()
             .map(|a| {
-                let range = start..start + a.bytes.len() as u64;
-                start = range.end;
-                range
+                a.lengths
+                    .iter()
+                    .map(|n| {
+                        let point = LogPoint { partition: 0, offset: start };
+                        start += n;
+                        point
+                    })
+                    .collect()
             })
             .collect();
         if reply.is_ok() {
             len = start;
             end.store(len, Ordering::Release);
         }
-        for (a, range) in batch.into_iter().zip(ranges) {
-            let r = reply.clone().map(|_| range).map_err(|reason| SinkError::Write { path: path.to_owned(), reason });
+        for (a, points) in batch.into_iter().zip(points) {
+            let r = reply.clone().map(|_| points).map_err(|reason| SinkError::Write { path: path.to_owned(), reason });
             let _ = a.done.send(r);
         }
     }
@@ -208,27 +241,38 @@ fn write_loop(mut file: File, end: &AtomicU64, path: &Path, rx: &mpsc::Receiver<
 
 #[async_trait]
 impl EventSink for FileSink {
-    async fn append(&self, events: &[LoggedEvent]) -> Result<Range<u64>, SinkError> {
+    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, SinkError> {
         if events.is_empty() {
-            let end = self.end();
-            return Ok(end..end);
+            return Ok(Vec::new());
         }
         let mut bytes = Vec::with_capacity(events.len() * 160);
+        let mut lengths = Vec::with_capacity(events.len());
         for e in events {
+            let before = bytes.len();
             serde_json::to_writer(&mut bytes, e)?;
             bytes.push(b'\n');
+            lengths.push((bytes.len() - before) as u64);
         }
         let (done, wait) = oneshot::channel();
         {
             let tx = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let tx = tx.as_ref().ok_or(SinkError::Closed)?;
-            tx.send(Append { bytes, records: events.len(), done }).map_err(|_| SinkError::Closed)?;
+            tx.send(Append { bytes, records: events.len(), done, lengths }).map_err(|_| SinkError::Closed)?;
         }
         wait.await.map_err(|_| SinkError::Closed)?
     }
 
-    fn end(&self) -> u64 {
-        self.end.load(Ordering::Acquire)
+    fn ends(&self) -> Offsets {
+        Offsets::from([(0, self.end.load(Ordering::Acquire))])
+    }
+
+    fn read(&self, from: &Offsets, to: &Offsets) -> Result<LogEntries, SinkError> {
+        let end = to.get(&0).copied().unwrap_or(0);
+        let reader = LogReader::open(&self.path, from.get(&0).copied().unwrap_or(0))?;
+        Ok(Box::new(reader.take_while(move |entry| match entry {
+            Ok(LogEntry::Record { offset, .. } | LogEntry::Corrupt { offset, .. }) => *offset < end,
+            Err(_) => true,
+        })))
     }
 
     async fn close(&self) -> Result<(), SinkError> {
@@ -248,11 +292,11 @@ impl EventSink for FileSink {
 /// One entry of the log as [`LogReader`] finds it.
 #[derive(Debug)]
 pub enum LogEntry {
-    /// A record, starting at byte `offset` and ending (after its newline) at `end`.
-    Record { offset: u64, end: u64, event: LoggedEvent },
-    /// A line that is not a record (disk corruption, a hand edit): skipped, never fatal, so a
+    /// A record of `partition` at `offset` (the file log: its first byte, its length `size`).
+    Record { partition: Partition, offset: u64, size: u64, event: LoggedEvent },
+    /// A record that cannot be read (disk corruption, a hand edit): skipped, never fatal, so a
     /// bad record cannot put the service into a crash loop.
-    Corrupt { offset: u64, reason: String },
+    Corrupt { partition: Partition, offset: u64, reason: String },
 }
 
 /// Reads a training log from a byte offset, record by record (blocking I/O). A torn last line
@@ -304,10 +348,10 @@ impl Iterator for LogReader {
         let offset = self.offset;
         self.offset += self.line.len() as u64;
         Some(Ok(match serde_json::from_slice(&self.line) {
-            Ok(event) => LogEntry::Record { offset, end: self.offset, event },
+            Ok(event) => LogEntry::Record { partition: 0, offset, size: self.offset - offset, event },
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), offset, error = %e, "skipping a corrupt event log record");
-                LogEntry::Corrupt { offset, reason: e.to_string() }
+                LogEntry::Corrupt { partition: 0, offset, reason: e.to_string() }
             }
         }))
     }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use tonic::async_trait;
 
 use crate::model::{FeatureEvent, Limits, SeedInteraction, SeedUser, UserState, seeded_users};
+use crate::sink::Offsets;
 
 /// Engagement counters by event type name.
 pub type Counters = BTreeMap<String, u64>;
@@ -22,12 +23,13 @@ pub enum StoreError {
     Task(String),
 }
 
-/// Where persisted state stands in the event log: it holds exactly the events logged before
-/// `log_offset`; the ids applied from `window_offset` on rebuild the deduplication window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Where persisted state stands in the event log, by partition (the file log has one, 0, in
+/// bytes; a Kafka topic several, in records): it holds exactly the events before `log`; the ids
+/// logged from `window` on rebuild the window of recent ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPosition {
-    pub log_offset: u64,
-    pub window_offset: u64,
+    pub log: Offsets,
+    pub window: Offsets,
 }
 
 /// The records changed since the last checkpoint, with their change counts, as

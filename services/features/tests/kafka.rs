@@ -1,0 +1,267 @@
+//! The Kafka event log against a real Kafka-protocol broker (tansu, started here): events are
+//! produced keyed by user id with acks=all before they are acknowledged, a crashed service
+//! replays its partitions from its checkpoint, the consumer group's offsets follow the
+//! checkpoints, and a broker restart under load loses nothing acknowledged and applies nothing
+//! twice.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use reco_features::{FeatureService, FeaturesArgs, Metrics, ServiceHandle};
+use reco_proto::{Event, EventType};
+
+/// A real Kafka-protocol broker (tansu, SQLite storage in a temp dir) on a free loopback port.
+pub struct KafkaBroker {
+    child: Option<Child>,
+    bin: PathBuf,
+    port: u16,
+    pub brokers: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl KafkaBroker {
+    /// Starts a broker, or returns `None` (saying why) when tansu is not installed.
+    pub fn start() -> Option<KafkaBroker> {
+        let Some(bin) = std::env::var_os("TANSU_BIN").map(PathBuf::from).filter(|p| p.exists()) else {
+            eprintln!("SKIP: no Kafka broker (set TANSU_BIN: eval \"$(scripts/ensure-kafka-broker.sh)\")");
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = KafkaBroker { child: None, bin, port, brokers: format!("127.0.0.1:{port}"), dir };
+        broker.restart();
+        Some(broker)
+    }
+
+    /// Kills the broker (SIGKILL): what it acknowledged is in its SQLite file.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage, and waits until it listens.
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(&self.bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.brokers);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(&self.bin)
+            .args(["topic", "create", name, "--partitions", &partitions.to_string()])
+            .args(["--broker", &format!("tcp://{}", self.brokers)])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "tansu topic create {name}");
+    }
+}
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    args: FeaturesArgs,
+}
+
+const TOPIC: &str = "events";
+const PARTITIONS: u32 = 3;
+
+async fn start_service(broker: &KafkaBroker, data: &std::path::Path) -> (FeatureService, ServiceHandle) {
+    let flags = [
+        "features".to_owned(),
+        "--pipeline=explore".into(),
+        format!("--data-dir={}", data.display()),
+        "--event-sink=kafka".into(),
+        format!("--kafka-brokers={}", broker.brokers),
+        format!("--kafka-topic={TOPIC}"),
+        "--checkpoint-interval-seconds=0".into(),
+    ];
+    let metrics = Metrics::register(&mut Default::default());
+    reco_features::build(&Flags::parse_from(flags).args, &metrics).await.unwrap()
+}
+
+fn event(n: usize, users: usize) -> Event {
+    let kinds = [EventType::Click, EventType::Like, EventType::Hide, EventType::Save];
+    Event {
+        user_id: format!("u{}", n % users),
+        item_id: format!("i{}", n % 17),
+        r#type: kinds[n % kinds.len()] as i32,
+        event_id: format!("e{n}"),
+        ..Default::default()
+    }
+}
+
+/// Each user's counters, and each user's history, as a store that applied `events` once holds them.
+fn model(events: &[Event]) -> BTreeMap<String, (BTreeMap<String, u64>, Vec<String>)> {
+    let mut users: BTreeMap<String, (BTreeMap<String, u64>, Vec<String>)> = BTreeMap::new();
+    for e in events {
+        let user = users.entry(e.user_id.clone()).or_default();
+        let name = EventType::try_from(e.r#type).unwrap().name().unwrap().to_owned();
+        *user.0.entry(name).or_default() += 1;
+        if e.r#type != EventType::Hide as i32 {
+            user.1.retain(|i| i != &e.item_id);
+            user.1.push(e.item_id.clone());
+        }
+    }
+    users
+}
+
+async fn assert_matches(service: &FeatureService, events: &[Event]) {
+    for (user_id, (counters, history)) in model(events) {
+        let got = service.store().get_user(&user_id).await.unwrap().unwrap_or_else(|| panic!("{user_id} unknown"));
+        assert_eq!((got.counters, Vec::from(got.history)), (counters, history), "{user_id}");
+    }
+}
+
+fn committed(broker: &KafkaBroker) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set("group.id", "reco-features-explore")
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        partitions.add_partition(TOPIC, p);
+    }
+    let offsets = consumer.committed_offsets(partitions, Duration::from_secs(10)).unwrap();
+    offsets
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { -1 }))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_service_replays_its_partitions_from_the_checkpoint_and_the_group_follows() {
+    let Some(broker) = KafkaBroker::start() else { return };
+    broker.create_topic(TOPIC, PARTITIONS);
+    let data = tempfile::tempdir().unwrap();
+    let events: Vec<Event> = (0..300).map(|n| event(n, 20)).collect();
+
+    let (service, handle) = start_service(&broker, data.path()).await;
+    for batch in events[..200].chunks(7) {
+        assert_eq!(service.ingest(batch).await.unwrap().accepted, batch.len());
+    }
+    service.checkpoint().await.unwrap();
+    let at_checkpoint = committed(&broker);
+    assert_eq!(at_checkpoint.values().map(|o| *o as usize).sum::<usize>(), 200, "{at_checkpoint:?}");
+    assert!(at_checkpoint.values().all(|o| *o > 0), "keyed by user: every partition got users {at_checkpoint:?}");
+    for batch in events[200..].chunks(7) {
+        service.ingest(batch).await.unwrap();
+    }
+    // A crash: no final checkpoint, the store's file closed as the process exiting closes it.
+    drop(handle);
+    drop(service);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (service, handle) = start_service(&broker, data.path()).await;
+    assert_matches(&service, &events).await;
+    let again = service.ingest(&events[290..]).await.unwrap();
+    assert_eq!(again.duplicates, 10, "ids logged after the checkpoint are remembered too");
+    assert_eq!(committed(&broker), at_checkpoint, "offsets move only with a checkpoint");
+    handle.shutdown().await.unwrap();
+    assert_eq!(committed(&broker).values().sum::<i64>(), 300);
+
+    // The topic is the training log: exported, every positive event once (75 of 300 are hides).
+    let topic = reco_features::kafka::KafkaTopic {
+        brokers: broker.brokers.clone(),
+        topic: TOPIC.into(),
+        group: "export".into(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let exported = tokio::task::spawn_blocking(move || {
+        let log = reco_features::kafka::read_topic(&topic).unwrap();
+        reco_features::export::export_interactions(vec![log], out.path(), None).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!((exported.records, exported.interactions, exported.skipped), (300, 225, 75), "{exported:?}");
+}
+
+/// Clients keep sending (retrying a batch until acknowledged) while the broker is killed and
+/// restarted: every acknowledged event is in the topic, and the features hold each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restart_under_load_loses_nothing_acknowledged_and_applies_nothing_twice() {
+    let Some(mut broker) = KafkaBroker::start() else { return };
+    broker.create_topic(TOPIC, PARTITIONS);
+    let data = tempfile::tempdir().unwrap();
+    let (service, handle) = start_service(&broker, data.path()).await;
+    let events: Arc<Vec<Event>> = Arc::new((0..2000).map(|n| event(n, 40)).collect());
+    let (acked, failed, slowest_ms) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (service, events, acked, failed, slowest_ms) =
+                (service.clone(), events.clone(), acked.clone(), failed.clone(), slowest_ms.clone());
+            tokio::spawn(async move {
+                // Client c sends the events of its users (user index % 4 == c), in order.
+                let mine: Vec<Event> =
+                    events.iter().filter(|e| e.user_id[1..].parse::<usize>().unwrap() % 4 == c).cloned().collect();
+                for batch in mine.chunks(5) {
+                    loop {
+                        let sent = Instant::now();
+                        let answer = service.ingest(batch).await;
+                        slowest_ms.fetch_max(sent.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        match answer {
+                            Ok(_) => break,
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    acked.fetch_add(batch.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while acked.load(Ordering::Relaxed) < 500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::block_in_place(|| {
+        broker.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        broker.restart();
+    });
+    for c in clients {
+        c.await.unwrap();
+    }
+    // The producer holds records while the broker is down and delivers them when it is back
+    // (within its 10 s delivery timeout; beyond it the request fails and the client retries).
+    let slowest = slowest_ms.load(Ordering::Relaxed);
+    assert!(slowest >= 1500, "no request waited for the stopped broker (slowest {slowest} ms)");
+    println!("slowest acknowledgement {slowest} ms, {} failed requests retried", failed.load(Ordering::Relaxed));
+    assert_matches(&service, &events).await;
+    handle.shutdown().await.unwrap();
+    drop(service);
+    assert_eq!(committed(&broker).values().sum::<i64>() as usize, events.len(), "one record per event in the topic");
+}
