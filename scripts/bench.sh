@@ -320,12 +320,23 @@ bench=target/release/examples/ingest_bench
     echo 'is built as `reco serve features` builds it (embedded store over redb, file event log with group commit) in a'
     echo 'temporary directory on this machine'"'"'s disk; every acknowledgement means fsynced and applied once.'
     echo
-    echo 'Ingestion (`ingest_bench ingest --clients C --events 20000`): closed-loop clients over gRPC on 127.0.0.1,'
-    echo 'each request one event with its own request id. The Kafka sink is not built yet, so there is no Kafka row.'
+    echo 'Ingestion (`ingest_bench ingest --clients C --events 20000 [--kafka-brokers B]`): closed-loop clients over'
+    echo 'gRPC on 127.0.0.1, each request one event with its own request id. Kafka: a tansu broker on this machine'
+    echo '(`scripts/ensure-kafka-broker.sh`, SQLite storage, whose syncing is tansu'"'"'s own), topic of 3 partitions; an'
+    echo 'acknowledgement waits for the broker'"'"'s (idempotent producer, acks=all) and the store'"'"'s apply.'
     echo
     echo '| path | events | events/s acknowledged | p50 ack ms | p99 ack ms |'
     echo '|---|---:|---:|---:|---:|'
     for clients in 1 64; do "$bench" ingest --clients "$clients" --events 20000; done
+    eval "$(scripts/ensure-kafka-broker.sh)"
+    kafka_dir="$(mktemp -d)"
+    kafka_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    (cd "$kafka_dir" && exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+        --advertised-listener-url "tcp://127.0.0.1:$kafka_port" --storage-engine sqlite://tansu.db >/dev/null 2>&1) &
+    kafka_pid=$!
+    until "$TANSU_BIN" topic create bench --partitions 3 --broker "tcp://127.0.0.1:$kafka_port" >/dev/null 2>&1; do sleep 0.2; done
+    for clients in 1 64; do "$bench" ingest --clients "$clients" --events 20000 --kafka-brokers "127.0.0.1:$kafka_port"; done
+    kill "$kafka_pid"; wait "$kafka_pid" 2>/dev/null || true; rm -rf "$kafka_dir"
     echo
     echo 'Replay at start after a crash before any checkpoint (`ingest_bench replay --events 1000000`): the whole log'
     echo 'is read, each id checked against the window and each event applied (100,000 users); time from opening the'

@@ -15,6 +15,14 @@ scripts/ensure-kube-apiserver.sh > "$kube_log.env" 2> "$kube_log" &
 kube_build=$!
 echo "[test] building the genuine API servers in the background (cached after the first run; progress in $kube_log)" >&2
 
+# A real Kafka-protocol broker (tansu, crates.io) for the Kafka event-log
+# tests: built once, cached in ~/.cache/reco (about 11 minutes cold), in the
+# background while cargo compiles.
+kafka_log="$(mktemp -t reco-kafka-build.XXXXXX)"
+nice -n 10 scripts/ensure-kafka-broker.sh > "$kafka_log.env" 2> "$kafka_log" &
+kafka_build=$!
+echo "[test] building the Kafka broker in the background (cached after the first run; progress in $kafka_log)" >&2
+
 # The container images the pod tests run (tests/node): built from the test
 # profile's binaries on the local base image (about 2 minutes beyond the
 # compile). Where podman cannot run here, those tests skip and say why.
@@ -25,6 +33,18 @@ else
 fi
 
 status=0
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-run
+else
+    cargo test --workspace --no-run
+fi
+echo "[test] waiting for the Kafka broker build" >&2
+if ! wait "$kafka_build"; then
+    tail -40 "$kafka_log" >&2
+    echo "[test] the Kafka broker did not build (log: $kafka_log)" >&2
+    exit 1
+fi
+eval "$(cat "$kafka_log.env")"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast || status=$?
 else

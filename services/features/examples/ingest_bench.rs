@@ -1,6 +1,7 @@
 //! Figures of the events path for BENCHMARKS.md (`scripts/bench.sh features`): run in release.
 //!
 //!     ingest_bench ingest --clients 64 --events 50000   # events/s acknowledged, ack latency over gRPC
+//!     ingest_bench ingest --kafka-brokers HOST:PORT      # the same with the Kafka log (topic `bench`)
 //!     ingest_bench replay --events 1000000              # start-up replay of a log after a crash
 //!     ingest_bench memory --users 1000000 --max-users 100000
 //!
@@ -28,6 +29,9 @@ struct Cli {
     users: usize,
     #[arg(long, default_value_t = 100_000)]
     max_users: usize,
+    /// Log to the Kafka topic `bench` on these brokers instead of the file.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
 }
 
 #[derive(Parser)]
@@ -69,7 +73,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn ingest(cli: &Cli) {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::register(&mut Default::default());
-    let (service, handle) = reco_features::build(&features_args(dir.path(), &[]), &metrics).await.unwrap();
+    let flags: Vec<String> = match &cli.kafka_brokers {
+        Some(brokers) => {
+            vec!["--event-sink=kafka".into(), format!("--kafka-brokers={brokers}"), "--kafka-topic=bench".into()]
+        }
+        None => Vec::new(),
+    };
+    let (service, handle) = reco_features::build(&features_args(dir.path(), &flags), &metrics).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -103,8 +113,9 @@ async fn ingest(cli: &Cli) {
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
+    let log = if cli.kafka_brokers.is_some() { "Kafka (tansu, 3 partitions, acks=all)" } else { "embedded file log" };
     println!(
-        "| embedded file log, gRPC, {} clients, 1 event per request | {} | {:.0} | {:.2} | {:.2} |",
+        "| {log}, gRPC, {} clients, 1 event per request | {} | {:.0} | {:.2} | {:.2} |",
         cli.clients,
         cli.events,
         cli.events as f64 / seconds,
