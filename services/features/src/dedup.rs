@@ -4,11 +4,12 @@
 //! [`RecentEvents`] remembers the ids applied in the last `window` (at most `capacity` of them).
 //! An id being written by one request is *pending*: a concurrent retry of it waits for that
 //! write and shares its outcome, so a retry is never acknowledged before the event is durable.
-//! After a restart the window is rebuilt from the event log (see `FeatureService::recover`).
+//! After a restart the embedded store's service rebuilds the window from the event log (see
+//! `FeatureService::recover`); with Redis the window is the process's own and starts empty.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -58,7 +59,7 @@ pub fn parse_id(text: &str) -> Option<EventId> {
 }
 
 /// What became of a pending write: `true` once durable and applied.
-type Outcome = watch::Receiver<Option<bool>>;
+pub type Outcome = watch::Receiver<Option<bool>>;
 
 enum State {
     Pending(Outcome),
@@ -70,7 +71,7 @@ enum State {
 
 /// What [`RecentEvents::claim`] says about each event of a batch.
 pub enum Claim {
-    /// New: write it, then call [`Reservation::finish`].
+    /// New: write it, then call [`Reservation::applied`].
     Fresh,
     /// Already applied: acknowledge it again.
     Duplicate,
@@ -93,8 +94,8 @@ struct Window {
 }
 
 /// The ids a request claimed as fresh; resolves their waiters when finished (or dropped).
-pub struct Reservation<'a> {
-    recent: &'a RecentEvents,
+pub struct Reservation {
+    recent: Arc<RecentEvents>,
     ids: Vec<EventId>,
     outcome: watch::Sender<Option<bool>>,
 }
@@ -110,7 +111,7 @@ impl RecentEvents {
 
     /// Claims each id of a batch (`None`: an event without id, always fresh). Fresh ids are
     /// pending until the returned reservation finishes.
-    pub fn claim(&self, ids: &[Option<EventId>]) -> (Vec<Claim>, Reservation<'_>) {
+    pub fn claim(self: &Arc<Self>, ids: &[Option<EventId>]) -> (Vec<Claim>, Reservation) {
         let (outcome, watcher) = watch::channel(None);
         let mut reserved = Vec::new();
         let mut window = self.lock();
@@ -132,7 +133,7 @@ impl RecentEvents {
                 }
             })
             .collect();
-        (claims, Reservation { recent: self, ids: reserved, outcome })
+        (claims, Reservation { recent: self.clone(), ids: reserved, outcome })
     }
 
     /// Records ids applied while rebuilding the window from the log. Returns false for an id
@@ -186,7 +187,7 @@ impl Window {
     }
 }
 
-impl Reservation<'_> {
+impl Reservation {
     /// Marks the reserved ids applied, each with where its record went, and wakes waiters.
     pub fn applied(mut self, points: &[(EventId, LogPoint)]) {
         self.ids.clear();
@@ -202,7 +203,7 @@ impl Reservation<'_> {
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     /// Not applied (a failed write, or a cancelled request): forget the ids so that a retry is
     /// fresh, and tell waiters it failed.
     fn drop(&mut self) {
@@ -270,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_waits_for_the_pending_write_and_then_is_a_duplicate() {
-        let recent = RecentEvents::new(Duration::from_secs(60), 100);
+        let recent = Arc::new(RecentEvents::new(Duration::from_secs(60), 100));
         let (claims, first) = recent.claim(&[Some(1), Some(1), None]);
         assert!(matches!(claims[..], [Claim::Fresh, Claim::InFlight(_), Claim::Fresh]));
         let (claims, _second) = recent.claim(&[Some(1)]);
@@ -285,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_frees_its_ids_and_fails_its_waiters() {
-        let recent = RecentEvents::new(Duration::from_secs(60), 100);
+        let recent = Arc::new(RecentEvents::new(Duration::from_secs(60), 100));
         let (_, first) = recent.claim(&[Some(1)]);
         let (claims, _) = recent.claim(&[Some(1)]);
         let Claim::InFlight(pending) = claims.into_iter().next().unwrap() else { panic!("not in flight") };
@@ -305,7 +306,7 @@ mod tests {
         assert!(recent.replayed(9, LogPoint { partition: 3, offset: 7 }));
         assert_eq!(recent.len(), 3);
         assert_eq!(recent.oldest_offsets(), Offsets::from([(0, 3), (3, 7)]));
-        let recent = RecentEvents::new(Duration::ZERO, 100);
+        let recent = Arc::new(RecentEvents::new(Duration::ZERO, 100));
         recent.replayed(1, at(0));
         std::thread::sleep(Duration::from_millis(2));
         let (claims, _) = recent.claim(&[Some(1)]);

@@ -9,7 +9,8 @@
 //! - At most `max_users` users stay in memory: beyond that the least recently used users without
 //!   unsaved changes are dropped, to be read back from the file when next needed. A user with
 //!   unsaved changes cannot be dropped; when they alone fill memory, the store asks for a
-//!   checkpoint ([`FeatureStore::wants_checkpoint`]). Items stay in memory: the catalog bounds them.
+//!   checkpoint ([`FeatureStore::wants_checkpoint`]). Items stay in memory once used: the item
+//!   catalog (set from the seed data set or the served versions) bounds them.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -399,6 +400,12 @@ impl FeatureStore for EmbeddedStore {
 
     async fn apply(&self, events: &[FeatureEvent]) -> Result<(), StoreError> {
         let limits = self.inner.limits;
+        // Read every record the batch touches first, so that a read error changes nothing: a
+        // batch is applied whole or not at all (its retry must not count the first half twice).
+        for e in events {
+            self.slot(&mut write(&self.inner.users[shard_of(&e.user_id)]), USERS, &e.user_id, true)?;
+            self.slot(&mut write(&self.inner.items[shard_of(&e.item_id)]), ITEMS, &e.item_id, false)?;
+        }
         for e in events {
             self.update(&self.inner.users, USERS, &e.user_id, true, |user| apply_to_user(user, e, limits))?;
             self.update(&self.inner.items, ITEMS, &e.item_id, false, |counters| apply_to_item(counters, e))?;

@@ -9,10 +9,12 @@
 //!   are committed in the pipeline's consumer group (`reco-features-<pipeline>`), so the group's
 //!   lag says how far the features trail the topic and offsets are committed only after the
 //!   features update is durable.
-//! - One features replica writes a pipeline's topic (the embedded store has one replica); with
-//!   Redis several may, each replaying nothing (Redis persists each write itself).
+//! - One features replica writes a pipeline's topic (the embedded store has one replica). With
+//!   Redis several may; they replay nothing (Redis persists each write itself) and commit no
+//!   offsets, since no one replica's view of the topic is the features' position.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -23,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tonic::async_trait;
 
-use crate::sink::{EventSink, LogEntries, LogEntry, LogPoint, LoggedEvent, Offsets, Partition, SinkError};
+use crate::sink::{AppendError, EventSink, LogEntries, LogEntry, LogPoint, LoggedEvent, Offsets, Partition, SinkError};
 
 /// How long one record may take to be acknowledged before the append fails (the client retries).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,8 +48,9 @@ pub struct KafkaSink {
     topic: KafkaTopic,
     producer: FutureProducer,
     /// Commits the offsets the features cover; never subscribes.
-    committer: BaseConsumer,
+    committer: Arc<BaseConsumer>,
     ends: Mutex<Offsets>,
+    closed: AtomicBool,
 }
 
 fn kafka(what: &str, topic: &KafkaTopic, e: impl std::fmt::Display) -> SinkError {
@@ -85,7 +88,7 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| kafka("connecting to", &topic, e))??;
-        Ok(Self { topic, producer, committer, ends: Mutex::new(ends) })
+        Ok(Self { topic, producer, committer: Arc::new(committer), ends: Mutex::new(ends), closed: AtomicBool::new(false) })
     }
 
     fn ends_lock(&self) -> std::sync::MutexGuard<'_, Offsets> {
@@ -120,38 +123,58 @@ fn watermarks(client: &BaseConsumer, topic: &KafkaTopic) -> Result<Offsets, Sink
 
 #[async_trait]
 impl EventSink for KafkaSink {
-    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, SinkError> {
+    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, AppendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SinkError::Closed.into());
+        }
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
         let mut pending = Vec::with_capacity(events.len());
+        let mut failed = None;
         for event in events {
-            let payload = serde_json::to_vec(event)?;
+            let payload = serde_json::to_vec(event).map_err(SinkError::from)?;
             let mut record = FutureRecord::to(&self.topic.topic).key(event.user_id.as_bytes()).payload(&payload);
-            // Enqueue everything first so the records share round trips; wait if the queue is full.
-            loop {
+            // Enqueue everything first so the records share round trips; wait if the queue is
+            // full, but not past the delivery timeout.
+            let queued = loop {
                 match self.producer.send_result(record) {
-                    Ok(delivery) => break pending.push(delivery),
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    Ok(delivery) => break Ok(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => return Err(kafka("producing to", &self.topic, e)),
+                    Err((e, _)) => break Err(kafka("producing to", &self.topic, e)),
+                }
+            };
+            match queued {
+                Ok(delivery) => pending.push(delivery),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
         }
-        let mut points = Vec::with_capacity(pending.len());
+        // Every queued record is waited for: those that landed are reported even on failure.
+        let mut landed = Vec::with_capacity(pending.len());
         for delivery in pending {
-            let delivered = delivery.await.map_err(|_| SinkError::Closed)?;
-            let delivered = delivered.map_err(|(e, _)| kafka("producing to", &self.topic, e))?;
-            points.push(LogPoint {
-                partition: delivered.partition,
-                offset: u64::try_from(delivered.offset).unwrap_or(0),
-            });
+            match delivery.await {
+                Ok(Ok(d)) => landed.push(LogPoint { partition: d.partition, offset: u64::try_from(d.offset).unwrap_or(0) }),
+                Ok(Err((e, _))) => failed = failed.or(Some(kafka("producing to", &self.topic, e))),
+                Err(_) => failed = failed.or(Some(SinkError::Closed)),
+            }
         }
-        let mut ends = self.ends_lock();
-        for point in &points {
-            let end = ends.entry(point.partition).or_insert(0);
-            *end = (*end).max(point.offset + 1);
+        {
+            let mut ends = self.ends_lock();
+            for point in &landed {
+                let end = ends.entry(point.partition).or_insert(0);
+                *end = (*end).max(point.offset + 1);
+            }
         }
-        Ok(points)
+        match failed {
+            None => Ok(landed),
+            Some(error) => Err(AppendError { landed, error }),
+        }
     }
 
     fn ends(&self) -> Offsets {
@@ -189,7 +212,16 @@ fn read(topic: &KafkaTopic, from: &Offsets, to: &Offsets) -> Result<LogEntries, 
     let mut assignment = TopicPartitionList::new();
     let mut remaining = Offsets::new();
     for (p, end) in to {
-        let start = from.get(p).copied().unwrap_or(0);
+        let (low, _) = reader
+            .fetch_watermarks(&topic.topic, *p, REQUEST_TIMEOUT)
+            .map_err(|e| kafka("reading offsets of", topic, e))?;
+        let low = u64::try_from(low).unwrap_or(0);
+        let mut start = from.get(p).copied().unwrap_or(0);
+        if start < low {
+            // Retention deleted records never replayed: say so rather than wait for them.
+            tracing::warn!(topic = topic.topic, partition = p, from = start, low, "records to replay were deleted by retention");
+            start = low;
+        }
         if start < *end {
             let offset = Offset::Offset(i64::try_from(start).unwrap_or(i64::MAX));
             assignment.add_partition_offset(&topic.topic, *p, offset).map_err(|e| kafka("reading", topic, e))?;

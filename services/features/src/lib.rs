@@ -10,7 +10,7 @@
 //!   acknowledged event is durable in the log, applied once ([`dedup`]) and visible to the very
 //!   next `GetUser`; after a crash the log is replayed from the store's last checkpoint.
 //! - [`export`]: the log as the trainer's input (`reco events export`).
-//! - [`serve`]: the `reco serve features` flags, [`serve::build`] and [`serve::serve_grpc`].
+//! - [`serve`]: the `reco serve features` flags, [`serve::build`] and [`serve::grpc_routes`].
 //!
 //! Seeding ([`service::FeatureService::seed`]) loads a dataset's users only into an EMPTY store:
 //! a reloaded snapshot (or a populated Redis) wins, so restarts keep live features.

@@ -165,6 +165,11 @@ pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureSer
         state_ttl: Duration::from_secs(args.state_ttl_days * 24 * 60 * 60),
     };
     let dir = args.data_dir.join(&args.pipeline);
+    if dir.join("features-snapshot.json").exists() {
+        // The first release's snapshot had no log position, so it cannot be combined with the
+        // log: the store is rebuilt from the whole event log instead.
+        tracing::warn!(dir = %dir.display(), "features-snapshot.json of an earlier version is not read (delete it); replaying the event log");
+    }
     let store: Arc<dyn FeatureStore> = match args.backend {
         Backend::Embedded => Arc::new(
             EmbeddedStore::open(limits, &dir.join("features.redb"), args.max_users_in_memory, metrics.store()).await?,
@@ -400,6 +405,107 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("reco_features_event_log_corrupt_records_total 1"), "{text}");
         assert!(text.contains("reco_features_events_replayed_total 1"), "{text}");
+        handle.shutdown().await.unwrap();
+    }
+
+    /// The embedded store, failing `apply` while `failing` is set (a disk error after the append).
+    struct Flaky {
+        store: EmbeddedStore,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    #[tonic::async_trait]
+    impl FeatureStore for Flaky {
+        fn backend(&self) -> &'static str {
+            "embedded"
+        }
+        fn limits(&self) -> Limits {
+            self.store.limits()
+        }
+        async fn get_user(&self, id: &str) -> Result<Option<crate::UserState>, StoreError> {
+            self.store.get_user(id).await
+        }
+        async fn get_item_counters(&self, ids: &[String]) -> Result<Vec<crate::store::Counters>, StoreError> {
+            self.store.get_item_counters(ids).await
+        }
+        async fn apply(&self, events: &[crate::model::FeatureEvent]) -> Result<(), StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Embedded("disk on fire".into()));
+            }
+            self.store.apply(events).await
+        }
+        async fn is_empty(&self) -> Result<bool, StoreError> {
+            self.store.is_empty().await
+        }
+        async fn put_users(
+            &self,
+            users: std::collections::BTreeMap<String, crate::UserState>,
+        ) -> Result<(), StoreError> {
+            self.store.put_users(users).await
+        }
+        async fn checkpointed(&self) -> Result<Option<crate::LogPosition>, StoreError> {
+            self.store.checkpointed().await
+        }
+        fn capture(&self) -> crate::store::Capture {
+            self.store.capture()
+        }
+        async fn save(&self, capture: crate::store::Capture, at: crate::LogPosition) -> Result<(), StoreError> {
+            self.store.save(capture, at).await
+        }
+    }
+
+    /// The first copy of an event reached the log but the store failed; the client's retry was
+    /// logged again and applied. After a crash, with or without a checkpoint in between, the
+    /// replay must apply the event exactly once (before, a checkpoint in between lost it).
+    #[tokio::test]
+    async fn a_logged_but_unapplied_copy_neither_hides_nor_doubles_its_retry_after_a_crash() {
+        for checkpoint_between in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, log) = (dir.path().join("f.redb"), dir.path().join("events.jsonl"));
+            let metrics = Metrics::register(&mut Default::default());
+            let store = EmbeddedStore::open(Limits::default(), &db, 1000, metrics.store()).await.unwrap();
+            let flaky = Arc::new(Flaky { store, failing: true.into() });
+            let sink = Arc::new(FileSink::open(&log, metrics.sink()).unwrap());
+            let recent = RecentEvents::new(Duration::from_secs(600), 1000);
+            let service = FeatureService::new("explore", flaky.clone(), sink, recent, metrics);
+            service.recover().await.unwrap();
+            let err = service.ingest(&[like("u", "x", "r1")]).await.unwrap_err();
+            assert!(matches!(err, crate::service::IngestError::Store(_)), "{err}");
+            flaky.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+            if checkpoint_between {
+                service.checkpoint().await.unwrap();
+            }
+            let retry = service.ingest(&[like("u", "x", "r1")]).await.unwrap();
+            assert_eq!(retry.duplicates, 0, "the first copy was not applied: the retry is new");
+            assert_eq!(crate::sink::read_log(&log).unwrap().events.len(), 2);
+            drop((service, flaky));
+
+            let metrics = Metrics::register(&mut Default::default());
+            let store = EmbeddedStore::open(Limits::default(), &db, 1000, metrics.store()).await.unwrap();
+            let sink = Arc::new(FileSink::open(&log, metrics.sink()).unwrap());
+            let recent = RecentEvents::new(Duration::from_secs(600), 1000);
+            let service = FeatureService::new("explore", Arc::new(store), sink, recent, metrics);
+            service.recover().await.unwrap();
+            let user = service.store().get_user("u").await.unwrap().expect("the event survives");
+            assert_eq!(user.counters["like"], 1, "checkpoint between: {checkpoint_between}");
+            let again = service.ingest(&[like("u", "x", "r1")]).await.unwrap();
+            assert_eq!(again.duplicates, 1, "checkpoint between: {checkpoint_between}");
+        }
+    }
+
+    /// A client that gives up mid-write (the gateway's timeout) does not cut the write short: it
+    /// finishes, and the retry is recognised.
+    #[tokio::test]
+    async fn a_cancelled_request_still_finishes_its_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::register(&mut Default::default());
+        let (service, handle) = build(&args(dir.path(), &[]), &metrics).await.unwrap();
+        let cancelled = tokio::time::timeout(Duration::from_nanos(1), service.ingest(&[like("u", "x", "r1")])).await;
+        assert!(cancelled.is_err(), "the request should have been cut short");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let retry = service.ingest(&[like("u", "x", "r1")]).await.unwrap();
+        assert_eq!(retry.duplicates, 1);
+        assert_eq!(service.store().get_user("u").await.unwrap().unwrap().counters["like"], 1);
         handle.shutdown().await.unwrap();
     }
 

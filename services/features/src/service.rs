@@ -3,16 +3,21 @@
 //! Ingest order: validate the whole batch, set aside retries of events already applied
 //! ([`crate::dedup`]), append the new ones to the training log (durable), apply them to the
 //! store, answer. An answer therefore means "durable, applied once, and visible to the next
-//! GetUser"; an error means "not durable", and the client's retry is applied once whatever
-//! happened to the first try. If the store fails after the log append, the log holds the event
-//! twice once the retry succeeds; both the replay at start and training count it once, by id.
+//! GetUser"; an error means "retry": the events may or may not be durable, and the retry is
+//! applied once whatever happened to the first try. The write runs in its own task, so a
+//! request cancelled mid-way (a client timeout) cannot leave a record half-handled.
 //!
-//! Checkpoints: each ingest holds [`Inner::gate`] shared from its claim to its apply, and a
+//! A record that reached the log but was not applied (the store failed after the append, or a
+//! Kafka batch failed part-way) is remembered as *unapplied*: the retry is logged again and
+//! applied, and a replay skips the first copy, so neither is lost nor counted twice. Training
+//! (`reco events export`) counts each id once too.
+//!
+//! Checkpoints: each write holds [`Inner::gate`] shared from its claim to its apply, and a
 //! checkpoint takes it exclusively for the moment it captures the store's changes and the log's
-//! end, so the capture holds exactly the events before that position. At start,
-//! [`FeatureService::recover`] replays the log from the last checkpoint.
+//! end, so the capture holds exactly the events before that position (less the unapplied
+//! records, which it lists). At start, [`FeatureService::recover`] replays the log from there.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,8 +32,8 @@ use tonic::{Request, Response, Status};
 
 use crate::dedup::{Claim, EventId, RecentEvents, event_id, format_id, parse_id};
 use crate::metrics::{EventTypeLabel, Metrics, RejectLabel};
-use crate::model::{SeedInteraction, SeedUser, expire_session, to_proto_user};
-use crate::sink::{EventSink, LogEntry, LogPoint, Offsets, SinkError};
+use crate::model::{FeatureEvent, SeedInteraction, SeedUser, expire_session, to_proto_user};
+use crate::sink::{EventSink, LogEntry, LogPoint, LoggedEvent, Offsets, SinkError};
 use crate::store::{FeatureStore, LogPosition, SeedOutcome, StoreError, seed_if_empty};
 use crate::validate::{IngestContext, MAX_ITEM_IDS, Rejection, check_id, validate_batch};
 
@@ -43,6 +48,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("an earlier copy of an event in this batch failed to be written; retry")]
     EarlierCopyFailed,
+    #[error("the write task failed: {0}")]
+    Task(String),
 }
 
 /// What an accepted batch came to.
@@ -79,7 +86,7 @@ impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            IngestError::Sink(_) | IngestError::Store(_) | IngestError::EarlierCopyFailed => {
+            IngestError::Sink(_) | IngestError::Store(_) | IngestError::EarlierCopyFailed | IngestError::Task(_) => {
                 Status::unavailable(e.to_string())
             }
         }
@@ -99,13 +106,74 @@ struct Inner {
     sink: Arc<dyn EventSink>,
     catalog: RwLock<Option<Arc<HashSet<String>>>>,
     metrics: Metrics,
-    recent: RecentEvents,
-    /// Shared by each ingest from claim to apply; exclusive while a checkpoint captures.
+    recent: Arc<RecentEvents>,
+    /// Records logged but not applied, until a checkpoint's window no longer reaches them.
+    unapplied: std::sync::Mutex<BTreeSet<LogPoint>>,
+    /// Shared by each write from claim to apply; exclusive while a checkpoint captures.
     gate: tokio::sync::RwLock<()>,
     /// One checkpoint at a time.
     checkpointing: tokio::sync::Mutex<()>,
     /// Wakes the checkpoint loop early (the store's memory is full of unsaved changes).
     checkpoint_due: Notify,
+}
+
+/// What one write did.
+struct Written {
+    /// The new events, applied.
+    features: Vec<FeatureEvent>,
+    /// Copies being written by other requests.
+    in_flight: Vec<crate::dedup::Outcome>,
+    /// Retries of events already applied.
+    duplicates: usize,
+}
+
+impl Inner {
+    /// Claims the batch's ids, appends the new events and applies them, under the shared gate.
+    async fn write(&self, valid: Vec<(FeatureEvent, LoggedEvent)>, ids: Vec<Option<EventId>>) -> Result<Written, IngestError> {
+        let _shared = self.gate.read().await;
+        let (claims, reservation) = self.recent.claim(&ids);
+        let (mut features, mut logged, mut fresh_ids, mut in_flight, mut duplicates) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+        for ((claim, (feature, mut log)), id) in claims.into_iter().zip(valid).zip(&ids) {
+            match claim {
+                Claim::Fresh => {
+                    log.event_id = id.map(format_id);
+                    features.push(feature);
+                    logged.push(log);
+                    fresh_ids.push(*id);
+                }
+                Claim::Duplicate => duplicates += 1,
+                Claim::InFlight(outcome) => in_flight.push(outcome),
+            }
+        }
+        if logged.is_empty() {
+            return Ok(Written { features, in_flight, duplicates });
+        }
+        let points = match self.sink.append(&logged).await {
+            Ok(points) => points,
+            Err(failed) => {
+                self.remember_unapplied(&failed.landed);
+                return Err(failed.error.into());
+            }
+        };
+        let started = Instant::now();
+        let applied = self.store.apply(&features).await;
+        self.metrics.observe_store(self.store.backend(), "apply", started);
+        if let Err(e) = applied {
+            self.remember_unapplied(&points);
+            return Err(e.into());
+        }
+        let ids: Vec<_> = fresh_ids.into_iter().zip(points).filter_map(|(id, at)| Some((id?, at))).collect();
+        reservation.applied(&ids);
+        Ok(Written { features, in_flight, duplicates })
+    }
+
+    fn remember_unapplied(&self, points: &[LogPoint]) {
+        if !points.is_empty() {
+            tracing::warn!(records = points.len(), "events reached the log but were not applied; a replay skips them");
+            self.unapplied.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(points.iter().copied());
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -131,7 +199,8 @@ impl FeatureService {
                 sink,
                 catalog: RwLock::new(None),
                 metrics,
-                recent,
+                recent: Arc::new(recent),
+                unapplied: std::sync::Mutex::new(BTreeSet::new()),
                 gate: tokio::sync::RwLock::new(()),
                 checkpointing: tokio::sync::Mutex::new(()),
                 checkpoint_due: Notify::new(),
@@ -173,32 +242,12 @@ impl FeatureService {
             return Ok(Ingested::default());
         }
         let ids: Vec<Option<EventId>> = events.iter().map(event_id).collect();
-        let shared = self.inner.gate.read().await;
-        let (claims, reservation) = self.inner.recent.claim(&ids);
-        let (mut features, mut logged, mut fresh_ids, mut in_flight, mut duplicates) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
-        for ((claim, (feature, mut log)), id) in claims.into_iter().zip(valid).zip(&ids) {
-            match claim {
-                Claim::Fresh => {
-                    log.event_id = id.map(format_id);
-                    features.push(feature);
-                    logged.push(log);
-                    fresh_ids.push(*id);
-                }
-                Claim::Duplicate => duplicates += 1,
-                Claim::InFlight(outcome) => in_flight.push(outcome),
-            }
-        }
-        if !logged.is_empty() {
-            let points = self.inner.sink.append(&logged).await?;
-            let started = Instant::now();
-            let applied = self.inner.store.apply(&features).await;
-            self.inner.metrics.observe_store(self.inner.store.backend(), "apply", started);
-            applied?;
-            let ids: Vec<_> = fresh_ids.into_iter().zip(points).filter_map(|(id, at)| Some((id?, at))).collect();
-            reservation.applied(&ids);
-        }
-        drop(shared);
+        // Its own task: a cancelled request must not stop a write between append and apply.
+        let inner = self.inner.clone();
+        let written = tokio::spawn(async move { inner.write(valid, ids).await })
+            .await
+            .map_err(|e| IngestError::Task(e.to_string()))??;
+        let Written { features, in_flight, mut duplicates } = written;
         if self.inner.store.wants_checkpoint() {
             self.inner.checkpoint_due.notify_one();
         }
@@ -221,12 +270,13 @@ impl FeatureService {
     /// no-op for backends that persist each write (Redis).
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.inner.checkpointing.lock().await;
+        if self.inner.store.checkpointed().await?.is_none() {
+            return Ok(());
+        }
         let (capture, position) = {
             let _exclusive = self.inner.gate.write().await;
             let log = self.inner.sink.ends();
-            let oldest = self.inner.recent.oldest_offsets();
-            let window = log.iter().map(|(p, end)| (*p, oldest.get(p).map_or(*end, |o| (*o).min(*end)))).collect();
-            (self.inner.store.capture(), LogPosition { log, window })
+            (self.inner.store.capture(), self.position(log))
         };
         let log = position.log.clone();
         self.inner.store.save(capture, position).await?;
@@ -234,6 +284,16 @@ impl FeatureService {
             tracing::warn!(error = %e, "cannot record the event log position the features cover");
         }
         Ok(())
+    }
+
+    /// The position of a checkpoint at `log`: the window of recent ids reaches back to its
+    /// oldest record, and the unapplied records it still reaches are listed (the rest forgotten).
+    fn position(&self, log: Offsets) -> LogPosition {
+        let oldest = self.inner.recent.oldest_offsets();
+        let window: Offsets = log.iter().map(|(p, end)| (*p, oldest.get(p).map_or(*end, |o| (*o).min(*end)))).collect();
+        let mut unapplied = self.inner.unapplied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        unapplied.retain(|at| window.get(&at.partition).is_none_or(|from| at.offset >= *from));
+        LogPosition { log, window, unapplied: unapplied.iter().copied().collect() }
     }
 
     /// Resolves when the store asks for an early checkpoint.
@@ -261,6 +321,10 @@ impl FeatureService {
             }
         }
         let start = |p: &i32| position.log.get(p).copied().unwrap_or(0);
+        let skipped: BTreeSet<LogPoint> = position.unapplied.iter().copied().collect();
+        self.inner.unapplied.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(skipped.iter().copied());
+        // Where the replay stands: everything before is in the store.
+        let mut cursor: Offsets = ends.keys().map(|p| (*p, start(p))).collect();
         let from: Offsets =
             ends.keys().map(|p| (*p, position.window.get(p).copied().unwrap_or(start(p)).min(start(p)))).collect();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<LogEntry>, SinkError>>(4);
@@ -282,10 +346,14 @@ impl FeatureService {
             for entry in batch {
                 match entry {
                     LogEntry::Record { partition, offset, size, event } => {
-                        let id = event.event_id.as_deref().and_then(parse_id);
                         let at = LogPoint { partition, offset };
+                        if skipped.contains(&at) {
+                            continue;
+                        }
+                        let id = event.event_id.as_deref().and_then(parse_id);
                         let fresh = id.is_none_or(|id| self.inner.recent.replayed(id, at));
                         if offset >= start(&partition) {
+                            cursor.insert(partition, offset + size);
                             recovery.bytes += size;
                             if fresh {
                                 features.push(event.feature());
@@ -295,6 +363,7 @@ impl FeatureService {
                         }
                     }
                     LogEntry::Corrupt { partition, offset, .. } if offset >= start(&partition) => {
+                        // The next record's offset moves the cursor past it.
                         recovery.corrupt += 1;
                         self.inner.metrics.event_log_corrupt_records.inc();
                     }
@@ -303,6 +372,11 @@ impl FeatureService {
             }
             recovery.replayed += features.len() as u64;
             self.inner.store.apply(&features).await?;
+            if self.inner.store.wants_checkpoint() {
+                // A long replay must not hold every replayed user in memory: save as it goes.
+                let capture = self.inner.store.capture();
+                self.inner.store.save(capture, self.position(cursor.clone())).await?;
+            }
         }
         let _ = reader.await;
         if shorter {

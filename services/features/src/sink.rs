@@ -73,7 +73,7 @@ pub type Partition = i32;
 pub type Offsets = BTreeMap<Partition, u64>;
 
 /// Where one record is in the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LogPoint {
     pub partition: Partition,
     pub offset: u64,
@@ -82,11 +82,25 @@ pub struct LogPoint {
 /// Reads a log from given offsets up to given ends (blocking I/O).
 pub type LogEntries = Box<dyn Iterator<Item = Result<LogEntry, SinkError>> + Send>;
 
+/// A failed append, with the records that reached the log all the same (a Kafka batch can fail
+/// part-way; a failed file write is rolled back, so none there).
+#[derive(Debug)]
+pub struct AppendError {
+    pub landed: Vec<LogPoint>,
+    pub error: SinkError,
+}
+
+impl From<SinkError> for AppendError {
+    fn from(error: SinkError) -> Self {
+        Self { landed: Vec::new(), error }
+    }
+}
+
 /// Where accepted events are appended for training. `append` returns once the events are
 /// durable, with where each record went.
 #[async_trait]
 pub trait EventSink: Send + Sync {
-    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, SinkError>;
+    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, AppendError>;
 
     /// The end of each partition: where its next record will go.
     fn ends(&self) -> Offsets;
@@ -241,7 +255,7 @@ fn write_loop(mut file: File, end: &AtomicU64, path: &Path, rx: &mpsc::Receiver<
 
 #[async_trait]
 impl EventSink for FileSink {
-    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, SinkError> {
+    async fn append(&self, events: &[LoggedEvent]) -> Result<Vec<LogPoint>, AppendError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -249,7 +263,7 @@ impl EventSink for FileSink {
         let mut lengths = Vec::with_capacity(events.len());
         for e in events {
             let before = bytes.len();
-            serde_json::to_writer(&mut bytes, e)?;
+            serde_json::to_writer(&mut bytes, e).map_err(SinkError::from)?;
             bytes.push(b'\n');
             lengths.push((bytes.len() - before) as u64);
         }
@@ -259,7 +273,7 @@ impl EventSink for FileSink {
             let tx = tx.as_ref().ok_or(SinkError::Closed)?;
             tx.send(Append { bytes, records: events.len(), done, lengths }).map_err(|_| SinkError::Closed)?;
         }
-        wait.await.map_err(|_| SinkError::Closed)?
+        Ok(wait.await.map_err(|_| SinkError::Closed)??)
     }
 
     fn ends(&self) -> Offsets {

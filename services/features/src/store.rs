@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tonic::async_trait;
 
 use crate::model::{FeatureEvent, Limits, SeedInteraction, SeedUser, UserState, seeded_users};
-use crate::sink::Offsets;
+use crate::sink::{LogPoint, Offsets};
 
 /// Engagement counters by event type name.
 pub type Counters = BTreeMap<String, u64>;
@@ -24,12 +24,16 @@ pub enum StoreError {
 }
 
 /// Where persisted state stands in the event log, by partition (the file log has one, 0, in
-/// bytes; a Kafka topic several, in records): it holds exactly the events before `log`; the ids
-/// logged from `window` on rebuild the window of recent ids.
+/// bytes; a Kafka topic several, in records): it holds exactly the events before `log`, except
+/// the records in `unapplied`; the ids logged from `window` on rebuild the window of recent ids.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPosition {
     pub log: Offsets,
     pub window: Offsets,
+    /// Records that reached the log but were never applied (their request failed after the
+    /// append; the client's retry was logged again): a replay skips them.
+    #[serde(default)]
+    pub unapplied: Vec<LogPoint>,
 }
 
 /// The records changed since the last checkpoint, with their change counts, as
