@@ -504,7 +504,10 @@ mod tests {
 
     async fn checkpoint(store: &EmbeddedStore, offset: u64) {
         let log = crate::sink::Offsets::from([(0, offset)]);
-        store.save(store.capture(), LogPosition { log: log.clone(), window: log }).await.unwrap();
+        store
+            .save(store.capture(), LogPosition { log: log.clone(), window: log, unapplied: Vec::new() })
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -88,7 +88,13 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| kafka("connecting to", &topic, e))??;
-        Ok(Self { topic, producer, committer: Arc::new(committer), ends: Mutex::new(ends), closed: AtomicBool::new(false) })
+        Ok(Self {
+            topic,
+            producer,
+            committer: Arc::new(committer),
+            ends: Mutex::new(ends),
+            closed: AtomicBool::new(false),
+        })
     }
 
     fn ends_lock(&self) -> std::sync::MutexGuard<'_, Offsets> {
@@ -159,7 +165,9 @@ impl EventSink for KafkaSink {
         let mut landed = Vec::with_capacity(pending.len());
         for delivery in pending {
             match delivery.await {
-                Ok(Ok(d)) => landed.push(LogPoint { partition: d.partition, offset: u64::try_from(d.offset).unwrap_or(0) }),
+                Ok(Ok(d)) => {
+                    landed.push(LogPoint { partition: d.partition, offset: u64::try_from(d.offset).unwrap_or(0) })
+                }
                 Ok(Err((e, _))) => failed = failed.or(Some(kafka("producing to", &self.topic, e))),
                 Err(_) => failed = failed.or(Some(SinkError::Closed)),
             }
@@ -219,7 +227,13 @@ fn read(topic: &KafkaTopic, from: &Offsets, to: &Offsets) -> Result<LogEntries, 
         let mut start = from.get(p).copied().unwrap_or(0);
         if start < low {
             // Retention deleted records never replayed: say so rather than wait for them.
-            tracing::warn!(topic = topic.topic, partition = p, from = start, low, "records to replay were deleted by retention");
+            tracing::warn!(
+                topic = topic.topic,
+                partition = p,
+                from = start,
+                low,
+                "records to replay were deleted by retention"
+            );
             start = low;
         }
         if start < *end {

@@ -464,11 +464,12 @@ mod tests {
             let (db, log) = (dir.path().join("f.redb"), dir.path().join("events.jsonl"));
             let metrics = Metrics::register(&mut Default::default());
             let store = EmbeddedStore::open(Limits::default(), &db, 1000, metrics.store()).await.unwrap();
-            let flaky = Arc::new(Flaky { store, failing: true.into() });
+            let flaky = Arc::new(Flaky { store, failing: false.into() });
             let sink = Arc::new(FileSink::open(&log, metrics.sink()).unwrap());
             let recent = RecentEvents::new(Duration::from_secs(600), 1000);
             let service = FeatureService::new("explore", flaky.clone(), sink, recent, metrics);
             service.recover().await.unwrap();
+            flaky.failing.store(true, std::sync::atomic::Ordering::Relaxed);
             let err = service.ingest(&[like("u", "x", "r1")]).await.unwrap_err();
             assert!(matches!(err, crate::service::IngestError::Store(_)), "{err}");
             flaky.failing.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -129,7 +129,11 @@ struct Written {
 
 impl Inner {
     /// Claims the batch's ids, appends the new events and applies them, under the shared gate.
-    async fn write(&self, valid: Vec<(FeatureEvent, LoggedEvent)>, ids: Vec<Option<EventId>>) -> Result<Written, IngestError> {
+    async fn write(
+        &self,
+        valid: Vec<(FeatureEvent, LoggedEvent)>,
+        ids: Vec<Option<EventId>>,
+    ) -> Result<Written, IngestError> {
         let _shared = self.gate.read().await;
         let (claims, reservation) = self.recent.claim(&ids);
         let (mut features, mut logged, mut fresh_ids, mut in_flight, mut duplicates) =
