@@ -8,7 +8,6 @@
 //! `--max-users-in-memory` makes the store evict and read users back throughout.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use reco_demo::stack::free_port;
 use reco_proto::events_client::EventsClient;
 use reco_proto::features_client::FeaturesClient;
 use reco_proto::{Event, EventType, GetItemCountersRequest, GetUserRequest, IngestRequest};
@@ -28,10 +28,6 @@ const EVENTS: usize = 20_000;
 const CLIENTS: usize = 4;
 const KILLS: usize = 20;
 const SESSION_LEN: usize = 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Server {
     child: Child,
@@ -172,7 +168,7 @@ async fn check(grpc: u16, events: &[Event]) {
 fn sigkill_at_random_points_under_load_loses_no_acknowledged_event_and_applies_each_once() {
     reco_runtime::tls::install_crypto_provider();
     let data = tempfile::tempdir().unwrap();
-    let (http, grpc) = (free_port(), free_port());
+    let (http, grpc) = (free_port().unwrap(), free_port().unwrap());
     let events = Arc::new(events());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (acked, retried) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

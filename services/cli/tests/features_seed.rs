@@ -4,13 +4,13 @@
 //! once it is; a history it cannot read keeps the pod unready, saying why.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reco_artifacts::testing::S3Server;
+use reco_demo::stack::free_port;
 
 /// The ml-100k directory, fetched into the cache when missing.
 fn ml100k() -> PathBuf {
@@ -18,10 +18,6 @@ fn ml100k() -> PathBuf {
     let output = Command::new(script).stderr(Stdio::inherit()).output().expect("run scripts/ensure-ml100k.sh");
     assert!(output.status.success(), "scripts/ensure-ml100k.sh failed");
     PathBuf::from(String::from_utf8(output.stdout).expect("a UTF-8 path").trim())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Features {
@@ -40,7 +36,7 @@ impl Drop for Features {
 
 impl Features {
     fn start(server: &S3Server, data_dir: &Path, extra: &[&str]) -> Features {
-        let (http, grpc) = (free_port(), free_port());
+        let (http, grpc) = (free_port().unwrap(), free_port().unwrap());
         let mut child = Command::new(env!("CARGO_BIN_EXE_reco"))
             .args(["serve", "features", "--pipeline=explore"])
             .arg(format!("--data-dir={}", data_dir.display()))

@@ -3,13 +3,13 @@
 //! verified; unready, alive and saying why while it cannot be.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reco_artifacts::testing::S3Server;
 use reco_artifacts::{Digest, upload};
+use reco_demo::stack::free_port;
 use reco_model::artifacts::write_random_version;
 use reco_model::features::Item;
 
@@ -26,10 +26,6 @@ impl Drop for Served {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A version with random weights from `seed` uploaded to `s3://models/<name>`; its digest.
 async fn uploaded(server: &S3Server, name: &str, seed: i64) -> Digest {
     let dir = tempfile::tempdir().unwrap();
@@ -40,7 +36,7 @@ async fn uploaded(server: &S3Server, name: &str, seed: i64) -> Digest {
 }
 
 fn serve(server: &S3Server, uri: &str, digest: &str, cache: &std::path::Path) -> Served {
-    let (http, grpc) = (free_port(), free_port());
+    let (http, grpc) = (free_port().unwrap(), free_port().unwrap());
     let mut child = Command::new(env!("CARGO_BIN_EXE_reco"))
         .args(["serve", "ranking", "--pipeline=explore", "--model-version=v1"])
         .arg(format!("--model-uri={uri}"))

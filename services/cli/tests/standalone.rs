@@ -4,11 +4,11 @@
 //! real architecture with random weights (`write_random_version`); these
 //! tests check behaviour, never quality.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use reco_demo::stack::free_port;
 use reco_model::artifacts::write_random_version;
 use reco_model::features::Item;
 use serde_json::{Value, json};
@@ -26,10 +26,6 @@ impl Drop for Standalone {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn catalogue() -> Vec<Item> {
     (0..60)
         .map(|i| Item {
@@ -43,7 +39,7 @@ fn catalogue() -> Vec<Item> {
 
 fn start(models: &Path) -> Standalone {
     reco_runtime::tls::install_crypto_provider();
-    let (http, grpc) = (free_port(), free_port());
+    let (http, grpc) = (free_port().unwrap(), free_port().unwrap());
     let child = Command::new(env!("CARGO_BIN_EXE_reco"))
         .args(["standalone", "--models"])
         .arg(models)
