@@ -118,6 +118,25 @@ mod tests {
     }
 
     #[test]
+    fn events_export_reads_files_or_a_topic_never_both_or_neither() {
+        let cli =
+            Cli::try_parse_from(["reco", "events", "export", "--log", "a.jsonl", "b.jsonl", "--out", "d"]).unwrap();
+        let Command::Events(events::EventsCommand::Export(a)) = cli.command else { panic!("not events export") };
+        assert_eq!(a.logs.len(), 2);
+        let topic = ["reco", "events", "export", "--kafka-brokers", "k:9092", "--kafka-topic", "t", "--out", "d"];
+        assert!(Cli::try_parse_from(topic).is_ok());
+        for (flags, names) in [
+            (&["--out", "d"][..], "--log"),
+            (&["--log", "a", "--kafka-brokers", "k", "--kafka-topic", "t", "--out", "d"], "--kafka-topic"),
+            (&["--kafka-topic", "t", "--out", "d"], "--kafka-brokers"),
+            (&["--log", "a"], "--out"),
+        ] {
+            let err = Cli::try_parse_from([&["reco", "events", "export"][..], flags].concat()).unwrap_err().to_string();
+            assert!(err.contains(names), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
     fn cluster_demo_flags_need_the_cluster_flag_and_features_seed_flags_their_uri() {
         let cli = Cli::try_parse_from(["reco", "demo"]).unwrap();
         let Command::Demo(a) = cli.command else { panic!("not demo") };
