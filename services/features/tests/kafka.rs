@@ -64,15 +64,24 @@ impl KafkaBroker {
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("tansu.log")).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.brokers);
+            assert!(Instant::now() < deadline, "tansu did not listen on {}:\n{}", self.brokers, self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Something else may have taken the port while the broker was down: then ours exits.
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!("tansu exited ({status}) on {}:\n{}", self.brokers, self.log());
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
@@ -218,6 +227,8 @@ async fn a_broker_restart_under_load_loses_nothing_acknowledged_and_applies_noth
     let events: Arc<Vec<Event>> = Arc::new((0..2000).map(|n| event(n, 40)).collect());
     let (acked, failed, slowest_ms) =
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
+    // A broker that never comes back fails the test naming it rather than hanging it.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let clients: Vec<_> = (0..4)
         .map(|c| {
             let (service, events, acked, failed, slowest_ms) =
@@ -228,8 +239,12 @@ async fn a_broker_restart_under_load_loses_nothing_acknowledged_and_applies_noth
                     events.iter().filter(|e| e.user_id[1..].parse::<usize>().unwrap() % 4 == c).cloned().collect();
                 for batch in mine.chunks(5) {
                     loop {
+                        assert!(Instant::now() < deadline, "a batch still failing after 120 s: the broker is not back");
                         let sent = Instant::now();
-                        let answer = service.ingest(batch).await;
+                        // Past the producer's 10 s delivery timeout an ingest must have answered.
+                        let answer = tokio::time::timeout(Duration::from_secs(30), service.ingest(batch))
+                            .await
+                            .expect("an ingest hung for 30 s");
                         slowest_ms.fetch_max(sent.elapsed().as_millis() as u64, Ordering::Relaxed);
                         match answer {
                             Ok(_) => break,
@@ -245,6 +260,11 @@ async fn a_broker_restart_under_load_loses_nothing_acknowledged_and_applies_noth
         })
         .collect();
     while acked.load(Ordering::Relaxed) < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 500 events acknowledged before the restart",
+            acked.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::task::block_in_place(|| {
