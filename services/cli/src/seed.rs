@@ -3,9 +3,11 @@
 
 use std::collections::HashSet;
 
+use reco_demo::replay::Future;
 use reco_features::{Demographics, SeedInteraction, SeedUser};
 use reco_trainer::pipeline::load_dataset;
 use reco_trainer::split::chronological_split;
+use reco_trainer::validate::Dataset;
 
 /// The largest share of each user's interactions that may be held out.
 pub const MAX_HOLDOUT: f64 = 0.5;
@@ -18,17 +20,33 @@ pub struct SeedMaterial {
     pub items: HashSet<String>,
 }
 
-/// The users of the data set in `dir` and their interactions, less the
-/// latest `holdout` fraction of each user's (the held-out future that a
-/// replay or an evaluation uses, as the trainer's chronological split does),
-/// and its items.
-pub fn seed_material(dir: &std::path::Path, holdout: f64) -> anyhow::Result<SeedMaterial> {
-    anyhow::ensure!(
-        (0.0..=MAX_HOLDOUT).contains(&holdout),
-        "the held-out fraction must be between 0 and {MAX_HOLDOUT}, not {holdout}"
-    );
+/// What each user's seeded history leaves out: the held-out future that a replay or an
+/// evaluation uses, cut as the trainer's chronological split cuts.
+#[derive(Clone, Copy, Debug)]
+pub enum Holdout {
+    /// Each user's latest share of interactions.
+    Fraction(f64),
+    /// The replay's future and everything after it.
+    Future(Future),
+}
+
+/// The users of the data set in `dir` and their interactions less the `holdout`, and its items.
+pub fn seed_material(dir: &std::path::Path, holdout: Holdout) -> anyhow::Result<SeedMaterial> {
+    if let Holdout::Fraction(fraction) = holdout {
+        anyhow::ensure!(
+            (0.0..=MAX_HOLDOUT).contains(&fraction),
+            "the held-out fraction must be between 0 and {MAX_HOLDOUT}, not {fraction}"
+        );
+    }
     let (ds, _) = load_dataset(dir, &Default::default(), None)?;
-    let split = chronological_split(&ds, [1.0 - holdout, 0.0, holdout]);
+    Ok(material(&ds, holdout))
+}
+
+fn material(ds: &Dataset, holdout: Holdout) -> SeedMaterial {
+    let history = match holdout {
+        Holdout::Fraction(fraction) => chronological_split(ds, [1.0 - fraction, 0.0, fraction]).train,
+        Holdout::Future(future) => future.split(ds).0,
+    };
     let users = ds
         .users
         .iter()
@@ -42,8 +60,7 @@ pub fn seed_material(dir: &std::path::Path, holdout: f64) -> anyhow::Result<Seed
             },
         })
         .collect();
-    let interactions = split
-        .train
+    let interactions = history
         .iter()
         .map(|x| SeedInteraction {
             user_id: ds.users[x.user as usize].id.clone(),
@@ -52,5 +69,5 @@ pub fn seed_material(dir: &std::path::Path, holdout: f64) -> anyhow::Result<Seed
         })
         .collect();
     let items = ds.items.iter().map(|i| i.id.clone()).collect();
-    Ok(SeedMaterial { users, interactions, items })
+    SeedMaterial { users, interactions, items }
 }

@@ -98,7 +98,10 @@ async fn seed_features(
     let attempt = || async {
         let fetched = reco_artifacts::fetch(uri, &StoreOptions::default(), &cache, None).await?;
         let (dir, holdout) = (fetched.dir.clone(), args.seed_holdout);
-        let seed = tokio::task::spawn_blocking(move || crate::seed::seed_material(&dir, holdout)).await??;
+        let seed = tokio::task::spawn_blocking(move || {
+            crate::seed::seed_material(&dir, crate::seed::Holdout::Fraction(holdout))
+        })
+        .await??;
         let outcome = service.seed(&seed.users, &seed.interactions).await?;
         tracing::info!(
             uri, digest = %fetched.digest, ?outcome, users = seed.users.len(),

@@ -29,14 +29,36 @@ pub struct StandaloneArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Fill an empty feature store with the users and the interactions
-    /// before the test split (each user's latest 10%) of this data set
-    /// (`ml-100k` or a data directory), so replayed users start with their
-    /// history.
+    /// before the --seed-future part of this data set (`ml-100k` or a data
+    /// directory), so replayed users start with their history.
     #[arg(long)]
     pub seed_data: Option<String>,
 
+    /// The part of the trainer's per-user chronological split that replayed users
+    /// click, left out of --seed-data with all that follows: `test` (each user's latest
+    /// 10%), or `validation` (the 10% before it: clicks that `reco train --init-from` learns
+    /// from, with test left to judge it).
+    #[arg(long, value_enum, default_value_t = SeedFuture::Test, requires = "seed_data")]
+    pub seed_future: SeedFuture,
+
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+/// `--seed-future`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeedFuture {
+    Test,
+    Validation,
+}
+
+impl From<SeedFuture> for reco_demo::replay::Future {
+    fn from(future: SeedFuture) -> Self {
+        match future {
+            SeedFuture::Test => Self::Test,
+            SeedFuture::Validation => Self::Validation,
+        }
+    }
 }
 
 /// The version sub-folders of `models` (those holding a `two_tower.json`), by name.
@@ -119,10 +141,10 @@ pub async fn run(mut args: StandaloneArgs) -> anyhow::Result<()> {
     }
     features.set_catalog(catalog);
     if let Some(data) = &args.seed_data {
-        let data = data.clone();
+        let (data, future) = (data.clone(), args.seed_future);
         let seed = tokio::task::spawn_blocking(move || {
             let dir = reco_trainer::pipeline::resolve_data(&data)?;
-            crate::seed::seed_material(&dir, reco_demo::replay::HOLDOUT_FRACTION)
+            crate::seed::seed_material(&dir, crate::seed::Holdout::Future(future.into()))
         })
         .await??;
         let outcome = features.seed(&seed.users, &seed.interactions).await?;

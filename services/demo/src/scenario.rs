@@ -387,7 +387,7 @@ impl Demo {
 /// Loads the replayed users and starts sending their requests to the gateway at `base`.
 pub(crate) async fn start_replay(opts: &DemoOptions, base: reqwest::Url, retries: u32) -> Result<Simulator, DemoError> {
     let (data, max_users) = (opts.models.data.clone(), opts.models.max_users);
-    let replay = tokio::task::spawn_blocking(move || ReplayData::load(&data, max_users))
+    let replay = tokio::task::spawn_blocking(move || ReplayData::load(&data, max_users, crate::replay::Future::Test))
         .await
         .map_err(|e| DemoError::Join(e.to_string()))??;
     println!("replaying {} users at {} requests/s", replay.users.len(), opts.rate);
