@@ -5,7 +5,7 @@
 # Benchmarks are not tests: they assert nothing, they measure.
 #
 #     scripts/bench.sh                 # every section
-#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann features demo pods demo-cluster)
+#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann features incremental demo pods demo-cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/env.sh)"
@@ -30,7 +30,7 @@ PY
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-sections="${*:-analysis operator training serving ann features demo pods demo-cluster}"
+sections="${*:-analysis operator training serving ann features incremental demo pods demo-cluster}"
 want() { [[ " $sections " == *" $1 "* ]]; }
 
 if want analysis; then
@@ -356,6 +356,39 @@ bench=target/release/examples/ingest_bench
     for max in 10000000 100000 20000; do "$bench" memory --users 1000000 --max-users "$max" | sed -n '1p;5p;10p'; done
 } | tee "$out/features.md"
 record features "Events: ingestion, replay after a crash, memory under 1M user ids" "$out/features.md"
+fi
+
+if want incremental; then
+echo "== incremental training: a child trained on its parent's logged clicks vs the parent" >&2
+report="$out/incremental.jsonl"
+scripts/ensure-ml100k.sh >/dev/null
+RECO_INCREMENTAL_SEEDS=1,2,3 RECO_INCREMENTAL_REPORT="$report" \
+    cargo nextest run -p reco-cli --test incremental --no-capture >&2
+python3 - "$report" <<'PY' | tee "$out/incremental.md"
+import json, statistics, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+print("Command: `RECO_INCREMENTAL_SEEDS=1,2,3 RECO_INCREMENTAL_REPORT=FILE cargo nextest run -p reco-cli --test incremental`:")
+print("the loop of services/cli/tests/incremental.rs once per seed. The parent is the demo's default version (seed 42,")
+print("full ml-100k); `reco standalone --seed-data ml-100k --seed-future validation` serves it while replayed users send")
+print("150 requests/s for 75 s and click what it shows them from the validation part of their history; then")
+print("`reco train --init-from PARENT --events events.jsonl --seed N` trains the child. Both are scored in the child's")
+print("run on the test part (which no click came from), same users, same histories; the served model is the two-tower")
+print("plus ranker.")
+print()
+print("| seed | clicks logged | used | parent NDCG@10 | child NDCG@10 | gain | parent Recall@10 | child Recall@10 | two-tower parent / child NDCG@10 | train s |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+gains = []
+for r in runs:
+    p, c = r["parent"], r["child"]
+    gain = c["ndcg@10"] / p["ndcg@10"] - 1
+    gains.append(gain)
+    print(f"| {r['seed']} | {r['clicks']:,} | {r['events']['used']:,} | {p['ndcg@10']:.4f} | {c['ndcg@10']:.4f} | {gain:+.1%} "
+          f"| {p['recall@10']:.4f} | {c['recall@10']:.4f} | {r['parent_two_tower']['ndcg@10']:.4f} / {r['child_two_tower']['ndcg@10']:.4f} "
+          f"| {r['train_seconds']:.0f} |")
+print()
+print(f"Median gain of the served NDCG@10 over the parent: {statistics.median(gains):+.1%} ({len(gains)} seeds).")
+PY
+record incremental "Incremental training: a child trained on its parent's logged clicks, against the parent" "$out/incremental.md"
 fi
 
 echo "recorded in BENCHMARKS.md" >&2

@@ -31,31 +31,83 @@ pub enum EventsCommand {
     Export(ExportArgs),
 }
 
+/// The event logs `sources` name, in order: files, or one `kafka://BROKER[,BROKER...]/TOPIC`.
+pub fn open_logs(sources: &[String]) -> anyhow::Result<Vec<reco_features::sink::LogEntries>> {
+    if let [source] = sources
+        && let Some(rest) = source.strip_prefix("kafka://")
+    {
+        let (brokers, topic) = rest
+            .split_once('/')
+            .filter(|(brokers, topic)| !brokers.is_empty() && !topic.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("{source}: expected kafka://BROKER[,BROKER...]/TOPIC"))?;
+        return Ok(vec![read_topic(brokers, topic)?]);
+    }
+    if let Some(kafka) = sources.iter().find(|s| s.starts_with("kafka://")) {
+        anyhow::bail!("{kafka}: a Kafka topic is read alone, not with other logs");
+    }
+    let paths: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
+    Ok(reco_features::export::file_logs(&paths)?)
+}
+
+fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<reco_features::sink::LogEntries> {
+    let topic = reco_features::kafka::KafkaTopic {
+        brokers: brokers.to_owned(),
+        topic: topic.to_owned(),
+        group: "reco-events-export".into(),
+    };
+    Ok(reco_features::kafka::read_topic(&topic)?)
+}
+
+/// Writes `out/interactions.csv` from `logs` (events at or after `since_ms`) and logs what it read.
+pub fn export(
+    logs: Vec<reco_features::sink::LogEntries>,
+    out: &std::path::Path,
+    since_ms: Option<i64>,
+) -> anyhow::Result<reco_features::export::ExportSummary> {
+    let summary = reco_features::export::export_interactions(logs, out, since_ms)?;
+    tracing::info!(
+        records = summary.records,
+        interactions = summary.interactions,
+        duplicates = summary.duplicates,
+        skipped = summary.skipped,
+        corrupt = summary.corrupt,
+        since_ms,
+        out = %out.join("interactions.csv").display(),
+        "exported the event log"
+    );
+    Ok(summary)
+}
+
 pub fn run(command: EventsCommand) -> anyhow::Result<()> {
     match command {
         EventsCommand::Export(args) => {
             let logs = match (&args.kafka_brokers, &args.kafka_topic) {
-                (Some(brokers), Some(topic)) => {
-                    let topic = reco_features::kafka::KafkaTopic {
-                        brokers: brokers.clone(),
-                        topic: topic.clone(),
-                        group: "reco-events-export".into(),
-                    };
-                    vec![reco_features::kafka::read_topic(&topic)?]
-                }
+                (Some(brokers), Some(topic)) => vec![read_topic(brokers, topic)?],
                 _ => reco_features::export::file_logs(&args.logs)?,
             };
-            let summary = reco_features::export::export_interactions(logs, &args.out, args.since_ms)?;
-            tracing::info!(
-                records = summary.records,
-                interactions = summary.interactions,
-                duplicates = summary.duplicates,
-                skipped = summary.skipped,
-                corrupt = summary.corrupt,
-                out = %args.out.join("interactions.csv").display(),
-                "exported the event log"
-            );
+            export(logs, &args.out, args.since_ms)?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(sources: &[&str]) -> String {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        open_logs(&sources).err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn a_kafka_source_needs_brokers_and_a_topic_and_comes_alone() {
+        for bad in ["kafka://", "kafka://broker:9092", "kafka://broker:9092/", "kafka:///topic"] {
+            assert!(error(&[bad]).contains("expected kafka://BROKER[,BROKER...]/TOPIC"), "{bad}");
+        }
+        let mixed = error(&["events.jsonl", "kafka://broker:9092/reco-events"]);
+        assert!(mixed.contains("read alone"), "{mixed}");
+        let missing = error(&["/nonexistent/events.jsonl"]);
+        assert!(missing.contains("/nonexistent/events.jsonl"), "{missing}");
     }
 }

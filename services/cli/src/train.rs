@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use reco_trainer::incremental::Incremental;
 use reco_trainer::ranking::RankerOptions;
 use reco_trainer::retrieval::TwoTowerOptions;
 use reco_trainer::{Progress, TrainOptions};
@@ -103,6 +104,30 @@ pub struct TrainArgs {
     /// ModelVersion spec.image, overriding the pipeline's serving image.
     #[arg(long)]
     pub image: Option<String>,
+
+    #[command(flatten)]
+    pub incremental: IncrementalFlags,
+}
+
+/// Incremental training: warm-start from a served version and learn from the events logged since.
+#[derive(Debug, Args)]
+pub struct IncrementalFlags {
+    /// Start from this version (a directory, file:// or object-store URI; its manifest is
+    /// verified) and add the events logged since it (--events) to train. It must have been
+    /// trained on --data with the same --max-users; the run also scores it on the same split
+    /// (parent_* in metrics.json).
+    #[arg(long, requires = "events", value_name = "VERSION")]
+    pub init_from: Option<String>,
+
+    /// With --init-from: the features service's event logs (`<data-dir>/<pipeline>/events.jsonl`,
+    /// in order), or the training topic as `kafka://BROKER[,BROKER...]/TOPIC`.
+    #[arg(long, num_args = 1.., requires = "init_from", value_name = "LOG")]
+    pub events: Vec<String>,
+
+    /// With --init-from: the events at or after this Unix time in milliseconds (default: when
+    /// the parent finished training, from its training.json).
+    #[arg(long, requires = "init_from")]
+    pub events_since_ms: Option<i64>,
 }
 
 /// Flags `reco train` and `reco tune` share: the data and how a run uses the machine.
@@ -211,6 +236,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     o.namespace = a.namespace;
     o.artifact_uri = a.artifact_uri.or_else(|| out.upload_to.clone());
     o.image = a.image;
+    let _incremental_files = match &a.incremental.init_from {
+        Some(parent) => {
+            let (incremental, files) = incremental(parent, &a.incremental)?;
+            o.incremental = Some(incremental);
+            Some(files)
+        }
+        None => None,
+    };
 
     let summary = reco_trainer::train(&o).context("training failed")?;
     if let Some(uri) = &out.upload_to {
@@ -246,6 +279,43 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The verified parent directory and the exported events of an incremental run; the temporary
+/// directories they may live in are removed when the guard drops.
+fn incremental(parent: &str, flags: &IncrementalFlags) -> anyhow::Result<(Incremental, tempfile::TempDir)> {
+    let work = tempfile::Builder::new().prefix("reco-incremental-").tempdir().context("creating a work directory")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let options = reco_artifacts::StoreOptions::default();
+    let fetched = runtime
+        .block_on(reco_artifacts::fetch(parent, &options, &work.path().join("parent"), None))
+        .with_context(|| format!("--init-from {parent}"))?;
+    let since_ms = match flags.events_since_ms {
+        Some(ms) => Some(ms),
+        None => parent_finished_at_ms(&fetched.dir)?,
+    };
+    let logs = crate::events::open_logs(&flags.events)?;
+    let events = work.path().join("events");
+    let summary = crate::events::export(logs, &events, since_ms)?;
+    if summary.interactions == 0 {
+        bail!("--events: no positive event at or after {since_ms:?} ms in {:?}: nothing to learn from", flags.events);
+    }
+    let incremental = Incremental { parent: fetched.dir, events: events.join("interactions.csv") };
+    Ok((incremental, work))
+}
+
+/// When the parent finished training, from its training.json (versions trained before it was
+/// recorded have none: then every logged event counts).
+fn parent_finished_at_ms(dir: &std::path::Path) -> anyhow::Result<Option<i64>> {
+    let path = dir.join(reco_model::artifacts::files::TRAINING);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let finished = report.get("finished_at_ms").and_then(serde_json::Value::as_i64);
+    if finished.is_none() {
+        tracing::warn!(training = %path.display(), "the parent does not say when it was trained: every logged event counts (--events-since-ms chooses)");
+    }
+    Ok(finished)
 }
 
 /// Flags of `reco tune`.

@@ -52,6 +52,13 @@ pub fn load<S: DeserializeOwned>(
     Ok(Some(saved.state))
 }
 
+/// Loads a parent version's weights into `vars` (incremental training). Every variable must be there
+/// with the same shape: a parent with another architecture is an error naming the file, not a
+/// silently half-initialised model.
+pub fn warm_start(vars: &mut VarStore, weights: &Path) -> Result<()> {
+    vars.load(weights).map_err(|e| TrainError::Options(format!("warm start from {}: {e}", weights.display())))
+}
+
 /// Writes epoch `epoch`'s checkpoint to `dir` (created if missing).
 pub fn save(dir: &Path, epoch: usize, state: &impl Serialize, last: &VarStore, best: &VarStore) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;

@@ -7,7 +7,8 @@
 //! and the ranker stop early on validation ([`early_stopping`]). Every model is
 //! evaluated on the same test users by full ranking ([`eval`], [`metrics`]),
 //! and the run writes the artifacts the services load and a `ModelVersion`
-//! manifest ([`artifacts`]). [`pipeline::train`] runs it all.
+//! manifest ([`artifacts`]). [`pipeline::train`] runs it all, from scratch or
+//! from a served version and the events logged since it ([`incremental`]).
 
 pub mod artifacts;
 pub mod checkpoint;
@@ -15,6 +16,7 @@ pub mod early_stopping;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod incremental;
 pub mod metrics;
 pub mod negatives;
 pub mod pipeline;

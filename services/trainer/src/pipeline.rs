@@ -10,16 +10,21 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::Tensor;
 
-use reco_model::artifacts::{CandidateCounts, EMBEDDINGS_TENSOR, ITEM_ITEM_TENSOR, RankerFile, TwoTowerFile};
+use reco_model::Ranker;
+use reco_model::artifacts::{
+    CandidateCounts, EMBEDDINGS_TENSOR, ITEM_ITEM_TENSOR, RankerFile, TwoTowerFile, VersionArtifacts,
+};
+use reco_model::scoring::{DenseScaler, ValueModel};
 
 use crate::artifacts::{self, MetricsFile, files, write_json, write_yaml};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalSet, Scorer, evaluate, evaluate_ranked};
 use crate::features::{self, FeatureOptions, FeatureSpace};
+use crate::incremental::{self, EventCounts, Incremental};
 use crate::progress::Progress;
 use crate::ranking::{self, RankerData, RankerInputs, RankerOptions, SourceSet, TrainedRanker};
 use crate::retrieval::{EpochLog, TrainedTwoTower, TwoTowerData, TwoTowerOptions, train_two_tower};
-use crate::sources::{ItemItem, Popularity, TwoTowerScorer};
+use crate::sources::{ItemItem, ItemItemScorer, Popularity, TwoTowerScorer};
 use crate::split::{by_user, chronological_split};
 use crate::table::{discover, read_layout};
 use crate::validate::{DataStats, Dataset, Interaction, ValidationRules, validate};
@@ -52,6 +57,8 @@ pub struct TrainOptions {
     pub artifact_uri: Option<String>,
     pub image: Option<String>,
     pub progress: Progress,
+    /// Start from a served version and add the events logged since it (`reco train --init-from`).
+    pub incremental: Option<Incremental>,
 }
 
 impl TrainOptions {
@@ -76,6 +83,7 @@ impl TrainOptions {
             artifact_uri: None,
             image: None,
             progress: Progress::hidden(),
+            incremental: None,
         }
     }
 }
@@ -101,6 +109,18 @@ pub struct RunReport {
     pub n_test: usize,
     pub two_tower_options: TwoTowerOptions,
     pub ranker_options: RankerOptions,
+    /// Unix time (ms) the run finished: an incremental run of a child takes the events logged since.
+    pub finished_at_ms: i64,
+    /// An incremental run's parent and what became of its events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalReport>,
+}
+
+/// `training.json`'s account of an incremental run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncrementalReport {
+    pub parent: PathBuf,
+    pub events: EventCounts,
 }
 
 /// What a run returns to the CLI.
@@ -114,6 +134,17 @@ pub struct TrainSummary {
 pub const PROTOCOL: &str = "implicit feedback (every rating is an interaction); per-user chronological split 80/10/10 \
 (train/validation/test); full ranking over all items excluding the user's train and validation items; \
 metrics over test interactions at K=10 and K=20; models fitted on train, tuned on validation; user history = train";
+
+/// What [`PROTOCOL`] adds for an incremental run.
+pub const INCREMENTAL_PROTOCOL: &str = "; incremental: the events logged since the parent join train (and the \
+histories), a validation or test interaction they show is history rather than a target, the parent is scored on \
+the same split (parent_*)";
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Peak resident memory of this process (Linux), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
@@ -213,7 +244,12 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary> {
     let checkpoints = prepare_output(options)?;
     let mut stages = BTreeMap::new();
     let (dataset, stats) = load_and_validate(options, &mut stages)?;
-    let splits = split_data(options, &dataset);
+    let parent = load_parent(options, &dataset)?;
+    let inherited = parent.as_ref().map(|p| inherit_architecture(options, &p.version));
+    let options = inherited.as_ref().unwrap_or(options);
+    let events = parent.as_ref().map(|p| &p.events[..]).unwrap_or_default();
+    let mut event_counts = parent.as_ref().map(|p| p.counts).unwrap_or_default();
+    let splits = split_data(options, &dataset, events, &mut event_counts);
     let run = Run { options, dataset: &dataset, splits: &splits, checkpoints: &checkpoints };
     let mut scores = Scoreboard::new(&splits);
 
@@ -233,12 +269,25 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary> {
     };
     let (ranker_fit_two_tower, ranker) =
         fit_ranker(&run, &sources, two_tower.best_epoch, item_item.lambda, &mut stages)?;
-    evaluate_served(&run, &sources, &ranker, &mut scores)?;
+    let served = Served {
+        sources: &sources,
+        features: &splits.features,
+        ranker: &ranker.model,
+        scaler: &ranker.scaler,
+        value_model: ranker.value_model,
+        candidates: options.ranker.clone(),
+    };
+    evaluate_served(&run, "", &served, &mut scores)?;
+    if let Some(parent) = &parent {
+        evaluate_parent(&run, &parent.version, &mut scores)?;
+    }
 
-    let metrics = scores.into_metrics(options.seed);
+    let metrics = scores.into_metrics(options.seed, options.incremental.is_some());
     let models = Models { item_item, two_tower, item_embeddings: two_tower_scorer.items, ranker_fit_two_tower, ranker };
     write_artifacts(&run, &stats, &models, &metrics)?;
-    let report = run_report(&run, models, stages, threads, wall);
+    let mut report = run_report(&run, models, stages, threads, wall);
+    report.incremental =
+        options.incremental.as_ref().map(|i| IncrementalReport { parent: i.parent.clone(), events: event_counts });
     write_json(&options.out, files::TRAINING, &report)?;
     let version = write_model_version(options, &metrics)?;
     Ok(TrainSummary { metrics, report, version })
@@ -289,7 +338,7 @@ struct Splits {
 
 /// Every model is fitted on train, tuned on validation and reported on test,
 /// and features see train only, so that nothing held out leaks into a model.
-fn split_data(options: &TrainOptions, dataset: &Dataset) -> Splits {
+fn split_data(options: &TrainOptions, dataset: &Dataset, events: &[Interaction], counts: &mut EventCounts) -> Splits {
     let split = chronological_split(dataset, [0.8, 0.1, 0.1]);
     let n_users = dataset.users.len();
     tracing::info!(
@@ -300,14 +349,20 @@ fn split_data(options: &TrainOptions, dataset: &Dataset) -> Splits {
         test = split.test.len(),
         "split"
     );
-    let train = by_user(n_users, &split.train);
-    let valid = by_user(n_users, &split.valid);
-    let test = by_user(n_users, &split.test);
-    let features = features::fit(dataset, &split.train, options.features);
+    let mut train = by_user(n_users, &split.train);
+    let mut valid = by_user(n_users, &split.valid);
+    let mut test = by_user(n_users, &split.test);
+    if !events.is_empty() {
+        incremental::fold(events, &mut train, &mut valid, &mut test, counts);
+        tracing::info!(?counts, "events folded into the split");
+    }
+    let train_flat: Vec<Interaction> = train.iter().flatten().copied().collect();
+    let features = features::fit(dataset, &train_flat, options.features);
     let train_valid = concat(&train, &valid);
     let valid_set = EvalSet::new(&train, &valid);
     let test_set = options.evaluate_test.then(|| EvalSet::new(&train_valid, &test));
-    let (n_train, n_valid, n_test) = (split.train.len(), split.valid.len(), split.test.len());
+    let count = |part: &[Vec<Interaction>]| part.iter().map(Vec::len).sum::<usize>();
+    let (n_train, n_valid, n_test) = (train_flat.len(), count(&valid), count(&test));
     Splits { train, features, valid_set, test_set, n_train, n_valid, n_test }
 }
 
@@ -352,8 +407,9 @@ impl<'a> Scoreboard<'a> {
         Ok(())
     }
 
-    fn into_metrics(self, seed: u64) -> MetricsFile {
-        MetricsFile { protocol: PROTOCOL.into(), models: self.test, validation: self.validation, seed }
+    fn into_metrics(self, seed: u64, incremental: bool) -> MetricsFile {
+        let protocol = if incremental { format!("{PROTOCOL}{INCREMENTAL_PROTOCOL}") } else { PROTOCOL.into() };
+        MetricsFile { protocol, models: self.test, validation: self.validation, seed }
     }
 }
 
@@ -391,12 +447,14 @@ fn fit_item_item(run: &Run<'_>, stages: &mut BTreeMap<String, f64>) -> Result<(I
 /// retrieval model and the ranker's main source.
 fn fit_two_tower(run: &Run<'_>, stages: &mut BTreeMap<String, f64>) -> Result<TrainedTwoTower> {
     let (options, splits) = (run.options, run.splits);
+    let parent_weights = warm_start(options, files::TWO_TOWER_WEIGHTS);
     timed(stages, "two_tower", || {
         let data = TwoTowerData {
             ds: run.dataset,
             fs: &splits.features,
             train: &splits.train,
             valid: Some(&splits.valid_set),
+            warm_start: parent_weights.as_deref(),
         };
         let checkpoint = run.checkpoints.join("two_tower");
         train_two_tower(&data, &options.two_tower, options.seed, Some(&checkpoint), &options.progress, "two-tower")
@@ -429,7 +487,8 @@ fn fit_ranker(
     let early_flat: Vec<Interaction> = early.iter().flatten().copied().collect();
     let early_features = features::fit(run.dataset, &early_flat, options.features);
     let early_two_tower = timed(stages, "two_tower_ranker_fit", || {
-        let data = TwoTowerData { ds: run.dataset, fs: &early_features, train: &early, valid: None };
+        // Never warm-started: the parent's weights have seen the late part, the ranker's labels.
+        let data = TwoTowerData { ds: run.dataset, fs: &early_features, train: &early, valid: None, warm_start: None };
         // Without validation to stop it, it runs as many epochs as the early-stopped two-tower kept.
         let two_tower_options = TwoTowerOptions { max_epochs: two_tower_epochs.max(1), ..options.two_tower.clone() };
         train_two_tower(
@@ -470,6 +529,7 @@ fn train_ranker_on(
     let fit_candidates = ranking::dense_features(&fit_sources, &label_set, &options.ranker)?;
     let valid_candidates = ranking::dense_features(sources, &run.splits.valid_set, &options.ranker)?;
     let inputs = RankerInputs::new(dataset, &run.splits.features);
+    let parent_weights = warm_start(options, files::RANKER_WEIGHTS);
     let data = RankerData {
         inputs: &inputs,
         fit_sources: &early_two_tower,
@@ -478,6 +538,7 @@ fn train_ranker_on(
         valid_sources: sources.two_tower,
         valid_candidates: &valid_candidates,
         valid: &run.splits.valid_set,
+        warm_start: parent_weights.as_deref(),
     };
     ranking::train_ranker(
         &data,
@@ -488,33 +549,117 @@ fn train_ranker_on(
     )
 }
 
-/// The served model, the ranker over the `sources`' candidates, scored like
-/// the others so that the figures compare.
-fn evaluate_served(
-    run: &Run<'_>,
-    sources: &SourceSet<'_>,
-    ranker: &TrainedRanker,
-    scores: &mut Scoreboard<'_>,
-) -> Result<()> {
+/// The served funnel: candidate sources, the ranker over their candidates, and its settings.
+struct Served<'a> {
+    sources: &'a SourceSet<'a>,
+    /// The feature space the ranker was trained with.
+    features: &'a FeatureSpace,
+    ranker: &'a Ranker,
+    scaler: &'a DenseScaler,
+    value_model: ValueModel,
+    candidates: RankerOptions,
+}
+
+/// The served model, scored like the others so that the figures compare: as
+/// `{prefix}two_tower_ranker`.
+fn evaluate_served(run: &Run<'_>, prefix: &str, served: &Served<'_>, scores: &mut Scoreboard<'_>) -> Result<()> {
     let splits = run.splits;
-    let inputs = RankerInputs::new(run.dataset, &splits.features);
+    let inputs = RankerInputs::new(run.dataset, served.features);
     let sets = [(Some(&splits.valid_set), &mut scores.validation), (splits.test_set.as_ref(), &mut scores.test)];
     for (set, metrics) in sets {
         let Some(set) = set else { continue };
-        let candidates = ranking::dense_features(sources, set, &run.options.ranker)?;
+        let candidates = ranking::dense_features(served.sources, set, &served.candidates)?;
         let ranked = ranking::rank_candidates(
-            &ranker.model,
+            served.ranker,
             &inputs,
-            sources.two_tower,
+            served.sources.two_tower,
             &candidates,
-            &ranker.scaler,
-            ranker.value_model,
+            served.scaler,
+            served.value_model,
             20,
         )?;
-        let served = evaluate_ranked(&ranked, set, &CUTOFFS, &splits.features.item_train_count);
-        insert_metrics(metrics, "two_tower_ranker", served);
+        let figures = evaluate_ranked(&ranked, set, &CUTOFFS, &splits.features.item_train_count);
+        insert_metrics(metrics, &format!("{prefix}two_tower_ranker"), figures);
     }
     Ok(())
+}
+
+/// An incremental run's parent, with the events logged since it.
+struct Parent {
+    version: VersionArtifacts,
+    events: Vec<Interaction>,
+    counts: EventCounts,
+}
+
+/// Loads the parent of an incremental run, checks it was trained on this data set, and reads its events.
+fn load_parent(options: &TrainOptions, dataset: &Dataset) -> Result<Option<Parent>> {
+    let Some(incremental) = &options.incremental else { return Ok(None) };
+    let version = VersionArtifacts::load(&incremental.parent).map_err(|e| {
+        TrainError::Options(format!("--init-from {}: not a loadable version: {e}", incremental.parent.display()))
+    })?;
+    incremental::check_parent(&version, dataset)?;
+    let (events, counts) = incremental::read_events(&incremental.events, dataset)?;
+    tracing::info!(parent = %incremental.parent.display(), events = events.len(), "incremental run");
+    Ok(Some(Parent { version, events, counts }))
+}
+
+/// An incremental run keeps its parent's architecture, features and candidate counts (its weights
+/// are loaded as they are, and the child serves as it did), and its value model: the validation
+/// targets the events showed became history, so what is left of validation is biased against
+/// the items the parent ranked high, the ranker's strength; re-choosing the blend there would
+/// choose against the ranker. Training settings stay the run's own.
+fn inherit_architecture(options: &TrainOptions, parent: &VersionArtifacts) -> TrainOptions {
+    let (two_tower, ranker) = (&parent.two_tower.config, &parent.ranker_file);
+    let mut o = options.clone();
+    o.features = parent.features.options;
+    o.two_tower.embed_dim = two_tower.embed_dim;
+    o.two_tower.hidden_dim = two_tower.hidden_dim;
+    o.two_tower.out_dim = two_tower.out_dim;
+    o.two_tower.temperature = two_tower.temperature;
+    o.two_tower.dropout = two_tower.dropout;
+    o.ranker.embed_dim = ranker.model.embed_dim;
+    o.ranker.cross_layers = ranker.model.cross_layers;
+    o.ranker.hidden_dim = ranker.model.hidden_dim;
+    o.ranker.dropout = ranker.model.dropout;
+    o.ranker.per_source = ranker.candidates.per_source;
+    o.ranker.popular = ranker.candidates.popular;
+    o.ranker.value_weights = vec![ranker.value_model.high_rating_weight];
+    o.ranker.ranker_blends = vec![ranker.value_model.ranker_blend];
+    o
+}
+
+/// The parent's weights file `name`, for an incremental run.
+fn warm_start(options: &TrainOptions, name: &str) -> Option<PathBuf> {
+    options.incremental.as_ref().map(|i| i.parent.join(name))
+}
+
+/// The parent scored as it would serve now: its own models and features, over
+/// the histories this run knows (events included), as `parent_two_tower` and
+/// `parent_two_tower_ranker`.
+fn evaluate_parent(run: &Run<'_>, parent: &VersionArtifacts, scores: &mut Scoreboard<'_>) -> Result<()> {
+    let splits = run.splits;
+    let two_tower = TwoTowerScorer::new(&parent.two_tower, &parent.features, run.dataset, &splits.train)?;
+    scores.evaluate("parent_two_tower", &two_tower)?;
+    let ranker_file = &parent.ranker_file;
+    let item_item = ItemItem { weights: parent.item_item.shallow_clone(), lambda: ranker_file.item_item_lambda };
+    let item_item_scorer: ItemItemScorer<'_> = item_item.scorer(&splits.train);
+    let history_len: Vec<usize> = splits.train.iter().map(Vec::len).collect();
+    let sources = SourceSet {
+        two_tower: &two_tower,
+        item_item: &item_item_scorer,
+        popularity: &parent.features.item_train_count,
+        history_len: &history_len,
+    };
+    let served = Served {
+        sources: &sources,
+        features: &parent.features,
+        ranker: &parent.ranker,
+        scaler: &ranker_file.dense_scaler,
+        value_model: ranker_file.value_model,
+        // The run inherited the parent's candidate counts.
+        candidates: run.options.ranker.clone(),
+    };
+    evaluate_served(run, "parent_", &served, scores)
 }
 
 /// Every model a run fits, kept for the artifacts and the report.
@@ -628,5 +773,7 @@ fn run_report(
         n_test: splits.n_test,
         two_tower_options: options.two_tower.clone(),
         ranker_options: options.ranker.clone(),
+        finished_at_ms: unix_ms(),
+        incremental: None,
     }
 }

@@ -241,6 +241,8 @@ pub struct RankerData<'a> {
     pub valid_sources: &'a TwoTowerScorer,
     pub valid_candidates: &'a [UserCandidates],
     pub valid: &'a EvalSet,
+    /// Weights to start from (a parent version's `ranker.safetensors`) instead of random ones.
+    pub warm_start: Option<&'a Path>,
 }
 
 pub fn ranker_config(fs: &FeatureSpace, ds: &Dataset, tower_dim: i64, options: &RankerOptions) -> RankerConfig {
@@ -287,6 +289,9 @@ pub fn train_ranker(
     tch::manual_seed(seed as i64 + 17);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Ranker::new(&vs.root(), config.clone());
+    if let Some(weights) = data.warm_start {
+        crate::checkpoint::warm_start(&mut vs, weights)?;
+    }
     let mut best_vs = nn::VarStore::new(Device::Cpu);
     let best_model = Ranker::new(&best_vs.root(), config);
     best_vs.copy(&vs)?;

@@ -106,6 +106,8 @@ pub struct TwoTowerData<'a> {
     pub train: &'a [Vec<Interaction>],
     /// Validation set for early stopping (`None`: run `max_epochs`).
     pub valid: Option<&'a EvalSet>,
+    /// Weights to start from (a parent version's `two_tower.safetensors`) instead of random ones.
+    pub warm_start: Option<&'a Path>,
 }
 
 pub fn model_config(fs: &FeatureSpace, ds: &Dataset, options: &TwoTowerOptions) -> TwoTowerConfig {
@@ -154,6 +156,9 @@ pub fn train_two_tower(
     tch::manual_seed(seed as i64);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = TwoTower::new(&vs.root(), config.clone());
+    if let Some(weights) = data.warm_start {
+        crate::checkpoint::warm_start(&mut vs, weights)?;
+    }
     let mut best_vs = nn::VarStore::new(Device::Cpu);
     let best_model = TwoTower::new(&best_vs.root(), config);
     best_vs.copy(&vs)?;
@@ -180,6 +185,14 @@ pub fn train_two_tower(
     let bad_epochs = state.epochs.len().saturating_sub(state.best_epoch);
     let mut stopping =
         EarlyStopping { patience: options.patience, best: state.best, best_epoch: state.best_epoch, bad_epochs };
+    // Warm-started, the starting weights are epoch 0's candidate: epochs that do not beat the parent's
+    // weights on validation are not kept.
+    if data.warm_start.is_some() && state.epoch == 0 && data.valid.is_some() {
+        let initial = trainer.validate(&model)?;
+        tracing::info!(label, valid_ndcg_at_10 = ?initial, "two-tower warm start");
+        stopping.observe(0, initial);
+        (state.best, state.best_epoch) = (stopping.best, stopping.best_epoch);
+    }
     // Without validation nothing can stop it early: it runs `max_epochs`.
     while state.epoch < options.max_epochs && !(data.valid.is_some() && stopping.should_stop()) {
         let epoch = state.epoch + 1;
@@ -241,7 +254,7 @@ impl<'a> TwoTowerEpochs<'a> {
         examples: &mut [(u32, usize)],
         epoch: usize,
     ) -> Result<EpochLog> {
-        let (data, options, label) = (self.data, self.options, self.label);
+        let (options, label) = (self.options, self.label);
         let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         tch::manual_seed(self.seed as i64 * 1_000_003 + epoch as i64);
         // From the canonical order, so that the permutation depends on (seed, epoch) only and a resumed
@@ -269,13 +282,7 @@ impl<'a> TwoTowerEpochs<'a> {
         }
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
-        let valid_ndcg = match data.valid {
-            Some(set) => {
-                let scorer = TwoTowerScorer::new(model, data.fs, data.ds, data.train)?;
-                Some(evaluate(&scorer, set, &[10], &data.fs.item_train_count)?["ndcg@10"])
-            }
-            None => None,
-        };
+        let valid_ndcg = self.validate(model)?;
         let log = EpochLog {
             epoch,
             loss: loss_sum / batches.max(1) as f64,
@@ -286,6 +293,14 @@ impl<'a> TwoTowerEpochs<'a> {
         };
         tracing::info!(label, epoch, loss = log.loss, examples_per_second = log.examples_per_second as u64, seconds = format!("{seconds:.1}"), valid_ndcg_at_10 = ?valid_ndcg, "two-tower epoch");
         Ok(log)
+    }
+
+    /// Validation NDCG@10 of `model`, when there is a validation set.
+    fn validate(&self, model: &TwoTower) -> Result<Option<f64>> {
+        let data = self.data;
+        let Some(set) = data.valid else { return Ok(None) };
+        let scorer = TwoTowerScorer::new(model, data.fs, data.ds, data.train)?;
+        Ok(Some(evaluate(&scorer, set, &[10], &data.fs.item_train_count)?["ndcg@10"]))
     }
 
     /// The batch's sampled-softmax loss: each example's positive against the

@@ -187,7 +187,7 @@ fn two_tower_training_never_reads_validation_or_test() {
         let split = chronological_split(ds, [0.8, 0.1, 0.1]);
         let train = by_user(ds.users.len(), &split.train);
         let fs = features::fit(ds, &split.train, FeatureOptions::default());
-        let data = TwoTowerData { ds, fs: &fs, train: &train, valid: None };
+        let data = TwoTowerData { ds, fs: &fs, train: &train, valid: None, warm_start: None };
         let trained =
             train_two_tower(&data, &two_tower_options, 3, None, &reco_trainer::Progress::hidden(), "leak").unwrap();
         let mut vars: Vec<(String, tch::Tensor)> = trained.vs.variables().into_iter().collect();
@@ -240,6 +240,67 @@ fn tuning_scores_trials_on_validation_without_reading_test() {
     let err = reco_trainer::tune::tune(&base, 0, 11).unwrap_err().to_string();
     assert!(err.contains("--trials must be at least 1"), "{err}");
     for d in [data, out] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn an_incremental_run_starts_from_its_parent_learns_its_events_and_scores_both_on_one_split() {
+    use reco_trainer::incremental::Incremental;
+    let data = tmp("inc-data");
+    write_synthetic(&data);
+    let parent = tmp("inc-parent");
+    train(&tiny(&data, &parent, 7)).unwrap();
+    // u0's test interaction is m14 (its latest), its first train one m0; u1 never saw m3.
+    let events = data.join("events.csv");
+    std::fs::write(
+        &events,
+        "user_id,item_id,timestamp\nu0,m14,2000000000\nu0,m0,2000000001\nstranger,m1,2000000002\nu1,m999,2000000003\n\
+         u1,m3,2000000004\n",
+    )
+    .unwrap();
+
+    // A zero learning rate leaves the two-tower where it started: at the parent's weights, if the warm start
+    // loaded them (a cold start would keep seed 8's random ones). A wider two-tower asked for is not what the
+    // parent's weights fit: the parent's architecture is kept.
+    let child = tmp("inc-child");
+    let mut options = tiny(&data, &child, 8);
+    options.two_tower.learning_rate = 0.0;
+    options.two_tower.out_dim = 16;
+    options.incremental = Some(Incremental { parent: parent.clone(), events: events.clone() });
+    let summary = train(&options).unwrap();
+    let weights = |dir: &Path| {
+        let mut tensors = tch::Tensor::read_safetensors(dir.join("two_tower.safetensors")).unwrap();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors
+    };
+    let (ours, theirs) = (weights(&child), weights(&parent));
+    assert_eq!(ours.len(), theirs.len());
+    for ((name, a), (_, b)) in ours.iter().zip(&theirs) {
+        assert!(a.equal(b), "{name} differs from the parent's");
+    }
+    for model in ["two_tower_ranker", "parent_two_tower_ranker", "parent_two_tower"] {
+        assert!(summary.metrics.models[model]["ndcg@10"].is_finite(), "{model}");
+    }
+    assert!(summary.metrics.protocol.contains("incremental"), "{}", summary.metrics.protocol);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(child.join("training.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["incremental"]["events"],
+        serde_json::json!({"rows": 5, "used": 2, "unknown_users": 1, "unknown_items": 1, "repeats": 1,
+            "held_out_now_history": 1}),
+        "{report}"
+    );
+    assert!(report["finished_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+
+    // A parent trained on other users is refused before any training.
+    let mut other = tiny(&data, &tmp("inc-other"), 8);
+    other.max_users = Some(30);
+    other.incremental = Some(Incremental { parent: parent.clone(), events });
+    let err = train(&other).unwrap_err().to_string();
+    assert!(err.contains("trained on other users (60 in the parent, 30 in --data)"), "{err}");
+
+    for d in [data, parent, child] {
         std::fs::remove_dir_all(d).ok();
     }
 }
