@@ -9,6 +9,9 @@
 //! `make demo`, so later runs reuse them. The tests run one at a time (a
 //! nextest test group, and a lock for `cargo test`).
 
+mod common;
+use common::ml100k;
+
 use std::path::{Path, PathBuf};
 
 use reco_demo::report::TimelineEntry;
@@ -18,20 +21,6 @@ use reco_rollout::{AnalysisVerdict, VersionPhase};
 
 /// One stack at a time, also under `cargo test` (threads of one process).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The ml-100k directory, fetched into the cache when missing.
-fn ml100k() -> PathBuf {
-    let output = std::process::Command::new(repo_root().join("scripts/ensure-ml100k.sh"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run scripts/ensure-ml100k.sh");
-    assert!(output.status.success(), "scripts/ensure-ml100k.sh failed");
-    PathBuf::from(String::from_utf8(output.stdout).expect("a UTF-8 path").trim())
-}
 
 fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("RECO_DEMO_CACHE") {

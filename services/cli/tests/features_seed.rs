@@ -3,22 +3,17 @@
 //! (moto), is loaded into an empty store once, and the pod is ready only
 //! once it is; a history it cannot read keeps the pod unready, saying why.
 
+mod common;
+use common::ml100k;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reco_artifacts::testing::S3Server;
 use reco_demo::stack::free_port;
-
-/// The ml-100k directory, fetched into the cache when missing.
-fn ml100k() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ensure-ml100k.sh");
-    let output = Command::new(script).stderr(Stdio::inherit()).output().expect("run scripts/ensure-ml100k.sh");
-    assert!(output.status.success(), "scripts/ensure-ml100k.sh failed");
-    PathBuf::from(String::from_utf8(output.stdout).expect("a UTF-8 path").trim())
-}
 
 struct Features {
     child: Child,

@@ -11,6 +11,9 @@
 //! The parent is `make demo`'s `v2` (the default model, seed 42, full ml-100k), trained on first use
 //! and cached under ~/.cache/reco/demo-models (or RECO_DEMO_CACHE), shared with the demo tests.
 
+mod common;
+use common::ml100k;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,20 +31,6 @@ const TRAFFIC: Duration = Duration::from_secs(75);
 
 /// Two seed-to-seed standard deviations of the served model's NDCG@10 on ml-100k (0.006, BENCHMARKS.md).
 const SPREAD: f64 = 0.012;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The ml-100k directory, fetched into the cache when missing.
-fn ml100k() -> PathBuf {
-    let output = Command::new(repo_root().join("scripts/ensure-ml100k.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/ensure-ml100k.sh");
-    assert!(output.status.success(), "scripts/ensure-ml100k.sh failed");
-    PathBuf::from(String::from_utf8(output.stdout).expect("a UTF-8 path").trim())
-}
 
 fn demo_cache() -> PathBuf {
     if let Some(dir) = std::env::var_os("RECO_DEMO_CACHE") {
