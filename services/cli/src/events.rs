@@ -34,12 +34,9 @@ pub enum EventsCommand {
 /// The event logs `sources` name, in order: files, or one `kafka://BROKER[,BROKER...]/TOPIC`.
 pub fn open_logs(sources: &[String]) -> anyhow::Result<Vec<reco_features::sink::LogEntries>> {
     if let [source] = sources
-        && let Some(rest) = source.strip_prefix("kafka://")
+        && let Some(topic) = kafka_topic(source)
     {
-        let (brokers, topic) = rest
-            .split_once('/')
-            .filter(|(brokers, topic)| !brokers.is_empty() && !topic.is_empty())
-            .ok_or_else(|| anyhow::anyhow!("{source}: expected kafka://BROKER[,BROKER...]/TOPIC"))?;
+        let (brokers, topic) = topic?;
         return Ok(vec![read_topic(brokers, topic)?]);
     }
     if let Some(kafka) = sources.iter().find(|s| s.starts_with("kafka://")) {
@@ -47,6 +44,16 @@ pub fn open_logs(sources: &[String]) -> anyhow::Result<Vec<reco_features::sink::
     }
     let paths: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
     Ok(reco_features::export::file_logs(&paths)?)
+}
+
+/// The brokers and topic of a `kafka://BROKER[,BROKER...]/TOPIC` source; `None` for a file. Pure.
+fn kafka_topic(source: &str) -> Option<anyhow::Result<(&str, &str)>> {
+    let rest = source.strip_prefix("kafka://")?;
+    Some(
+        rest.split_once('/')
+            .filter(|(brokers, topic)| !brokers.is_empty() && !topic.is_empty() && !topic.contains('/'))
+            .ok_or_else(|| anyhow::anyhow!("{source}: expected kafka://BROKER[,BROKER...]/TOPIC")),
+    )
 }
 
 fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<reco_features::sink::LogEntries> {
@@ -102,7 +109,10 @@ mod tests {
 
     #[test]
     fn a_kafka_source_needs_brokers_and_a_topic_and_comes_alone() {
-        for bad in ["kafka://", "kafka://broker:9092", "kafka://broker:9092/", "kafka:///topic"] {
+        let parsed = kafka_topic("kafka://b-0:9092,b-1:9092/reco-events").unwrap().unwrap();
+        assert_eq!(parsed, ("b-0:9092,b-1:9092", "reco-events"));
+        assert!(kafka_topic("/var/lib/reco/events.jsonl").is_none(), "a path is a file log");
+        for bad in ["kafka://", "kafka://broker:9092", "kafka://broker:9092/", "kafka:///topic", "kafka://b:9092/t/x"] {
             assert!(error(&[bad]).contains("expected kafka://BROKER[,BROKER...]/TOPIC"), "{bad}");
         }
         let mixed = error(&["events.jsonl", "kafka://broker:9092/reco-events"]);
