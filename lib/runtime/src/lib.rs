@@ -1,5 +1,5 @@
 //! What every reco binary repeats, written once: structured logs
-//! ([`logging`]), stopping on SIGTERM ([`shutdown`]), the `/metrics`,
+//! ([`logging`]), the wall clock in Unix milliseconds ([`clock`]), stopping on SIGTERM ([`shutdown`]), the `/metrics`,
 //! `/healthz` and `/readyz` endpoints ([`admin`]), saving a file so that a
 //! crash leaves the old or the new one ([`fs`]), the latency histogram
 //! buckets of every service ([`buckets`]), the percentiles benchmarks quote
@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod buckets;
+pub mod clock;
 pub mod flags;
 pub mod fs;
 pub mod logging;

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use reco_proto::events_server::Events;
 use reco_proto::features_server::Features;
@@ -27,6 +27,7 @@ use reco_proto::{
     GetItemCountersRequest, GetItemCountersResponse, GetUserRequest, IngestRequest, IngestResponse, ItemCounters,
     UserFeatures,
 };
+use reco_runtime::clock::unix_ms;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
@@ -180,10 +181,6 @@ impl Inner {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
-}
-
 fn store_status(e: StoreError) -> Status {
     Status::unavailable(format!("feature store: {e}"))
 }
@@ -233,7 +230,7 @@ impl FeatureService {
     /// Validates a batch, logs durably and applies its new events, and recognises retries.
     pub async fn ingest(&self, events: &[reco_proto::Event]) -> Result<Ingested, IngestError> {
         let catalog = self.inner.catalog.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let ctx = IngestContext { pipeline: &self.inner.pipeline, catalog: catalog.as_deref(), now_ms: now_ms() };
+        let ctx = IngestContext { pipeline: &self.inner.pipeline, catalog: catalog.as_deref(), now_ms: unix_ms() };
         let valid = match validate_batch(events, &ctx) {
             Ok(v) => v,
             Err(rejection) => {
@@ -412,7 +409,7 @@ impl Features for FeatureService {
         self.inner.metrics.observe_store(self.inner.store.backend(), "get_user", started);
         let mut user = user.map_err(store_status)?;
         if let Some(user) = &mut user {
-            expire_session(user, now_ms(), self.inner.store.limits().session_ttl);
+            expire_session(user, unix_ms(), self.inner.store.limits().session_ttl);
         }
         Ok(Response::new(to_proto_user(&user_id, user)))
     }

@@ -140,12 +140,6 @@ pub const INCREMENTAL_PROTOCOL: &str = "; incremental: the events logged since t
 histories), a validation or test interaction they show is history rather than a target, the parent is scored on \
 the same split (parent_*)";
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Peak resident memory of this process (Linux), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -773,7 +767,7 @@ fn run_report(
         n_test: splits.n_test,
         two_tower_options: options.two_tower.clone(),
         ranker_options: options.ranker.clone(),
-        finished_at_ms: unix_ms(),
+        finished_at_ms: reco_runtime::clock::unix_ms(),
         incremental: None,
     }
 }
