@@ -323,7 +323,9 @@ bench=target/release/examples/ingest_bench
     echo 'Ingestion (`ingest_bench ingest --clients C --events 20000 [--kafka-brokers B]`): closed-loop clients over'
     echo 'gRPC on 127.0.0.1, each request one event with its own request id. Kafka: a tansu broker on this machine'
     echo '(`scripts/ensure-kafka-broker.sh`, SQLite storage, whose syncing is tansu'"'"'s own), topic of 3 partitions; an'
-    echo 'acknowledgement waits for the broker'"'"'s (idempotent producer, acks=all) and the store'"'"'s apply.'
+    echo 'acknowledgement waits for the broker'"'"'s (idempotent producer, acks=all) and the store'"'"'s apply. With Redis'
+    echo '(Debian'"'"'s redis-server on this machine) the partitions'"'"' owner (here the same process, through the consumer'
+    echo 'group) applies each record, and the acknowledgement waits until it did (read-your-writes).'
     echo
     echo '| path | events | events/s acknowledged | p50 ack ms | p99 ack ms |'
     echo '|---|---:|---:|---:|---:|'
@@ -336,7 +338,16 @@ bench=target/release/examples/ingest_bench
     kafka_pid=$!
     until "$TANSU_BIN" topic create bench --partitions 3 --broker "tcp://127.0.0.1:$kafka_port" >/dev/null 2>&1; do sleep 0.2; done
     for clients in 1 64; do "$bench" ingest --clients "$clients" --events 20000 --kafka-brokers "127.0.0.1:$kafka_port"; done
-    kill "$kafka_pid"; wait "$kafka_pid" 2>/dev/null || true; rm -rf "$kafka_dir"
+    # Redis with Kafka: the replica's consumer applies its partitions; an acknowledgement waits for that.
+    redis_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$REDIS_SERVER_BIN" --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$kafka_dir" >/dev/null &
+    redis_pid=$!
+    until python3 -c "import socket; socket.create_connection(('127.0.0.1', $redis_port))" 2>/dev/null; do sleep 0.1; done
+    for clients in 1 64; do
+        "$bench" ingest --clients "$clients" --events 20000 --kafka-brokers "127.0.0.1:$kafka_port" \
+            --redis-url "redis://127.0.0.1:$redis_port"
+    done
+    kill "$redis_pid" "$kafka_pid"; wait "$redis_pid" "$kafka_pid" 2>/dev/null || true; rm -rf "$kafka_dir"
     echo
     echo 'Replay at start after a crash before any checkpoint (`ingest_bench replay --events 1000000`): the whole log'
     echo 'is read, each id checked against the window and each event applied (100,000 users); time from opening the'
@@ -375,18 +386,25 @@ print("`reco train --init-from PARENT --events events.jsonl --seed N` trains the
 print("run on the test part (which no click came from), same users, same histories; the served model is the two-tower")
 print("plus ranker.")
 print()
-print("| seed | clicks logged | used | parent NDCG@10 | child NDCG@10 | gain | parent Recall@10 | child Recall@10 | two-tower parent / child NDCG@10 | train s |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("The paired difference is the mean over the test users of the child's NDCG@10 minus the parent's, with its 95%")
+print("confidence interval (`training.json` `incremental.test_gain_over_parent`): an interval above 0 means the child")
+print("beats its parent on this split beyond the users' noise.")
+print()
+print("| seed | clicks logged | used | parent NDCG@10 | child NDCG@10 | gain | paired difference [95% CI] | parent Recall@10 | child Recall@10 | two-tower parent / child NDCG@10 | train s |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 gains = []
 for r in runs:
-    p, c = r["parent"], r["child"]
+    p, c, d = r["parent"], r["child"], r["paired"]
     gain = c["ndcg@10"] / p["ndcg@10"] - 1
     gains.append(gain)
     print(f"| {r['seed']} | {r['clicks']:,} | {r['events']['used']:,} | {p['ndcg@10']:.4f} | {c['ndcg@10']:.4f} | {gain:+.1%} "
+          f"| {d['mean']:+.4f} [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}] "
           f"| {p['recall@10']:.4f} | {c['recall@10']:.4f} | {r['parent_two_tower']['ndcg@10']:.4f} / {r['child_two_tower']['ndcg@10']:.4f} "
           f"| {r['train_seconds']:.0f} |")
 print()
-print(f"Median gain of the served NDCG@10 over the parent: {statistics.median(gains):+.1%} ({len(gains)} seeds).")
+above = sum(r["paired"]["ci95_low"] > 0 for r in runs)
+print(f"Median gain of the served NDCG@10 over the parent: {statistics.median(gains):+.1%} ({len(gains)} seeds); "
+      f"the paired interval lies above 0 in {above} of {len(runs)}.")
 PY
 record incremental "Incremental training: a child trained on its parent's logged clicks, against the parent" "$out/incremental.md"
 fi

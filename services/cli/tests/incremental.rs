@@ -153,6 +153,7 @@ fn run_loop(data: &Path, parent: &Path, seed: u64, work: &Path) -> serde_json::V
         "clicks": total.clicks,
         "events": events,
         "train_seconds": train_seconds,
+        "paired": training["incremental"]["test_gain_over_parent"],
         "child": test_figures(&metrics, "two_tower_ranker"),
         "parent": test_figures(&metrics, "parent_two_tower_ranker"),
         "child_two_tower": test_figures(&metrics, "two_tower"),
@@ -192,6 +193,17 @@ fn a_child_learns_from_every_click_its_parent_earned_and_is_scored_beside_it_on_
             figures("child", "recall@10"),
             figures("parent", "recall@10"),
         );
+        let paired = |field: &str| run["paired"][field].as_f64().unwrap();
+        eprintln!(
+            "seed {seed}: paired NDCG@10 difference {:+.4} [{:+.4}, {:+.4}] over {} test users",
+            paired("mean"),
+            paired("ci95_low"),
+            paired("ci95_high"),
+            run["paired"]["users"]
+        );
+        // The pairing is over the very users both means are over.
+        let difference = figures("child", "ndcg@10") - figures("parent", "ndcg@10");
+        assert!((paired("mean") - difference).abs() < 1e-5, "{run:#}");
         assert!(figures("child", "ndcg@10") > figures("parent", "ndcg@10") - SPREAD, "{run:#}");
     }
 }

@@ -2,6 +2,7 @@
 //!
 //!     ingest_bench ingest --clients 64 --events 50000   # events/s acknowledged, ack latency over gRPC
 //!     ingest_bench ingest --kafka-brokers HOST:PORT      # the same with the Kafka log (topic `bench`)
+//!     ingest_bench ingest --kafka-brokers B --redis-url U # Redis, applied by the partitions' owner
 //!     ingest_bench replay --events 1000000              # start-up replay of a log after a crash
 //!     ingest_bench memory --users 1000000 --max-users 100000
 //!
@@ -32,6 +33,9 @@ struct Cli {
     /// Log to the Kafka topic `bench` on these brokers instead of the file.
     #[arg(long)]
     kafka_brokers: Option<String>,
+    /// Keep the features in this Redis (with Kafka: applied by the owner of each partition).
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 #[derive(Parser)]
@@ -73,12 +77,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn ingest(cli: &Cli) {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::register(&mut Default::default());
-    let flags: Vec<String> = match &cli.kafka_brokers {
+    let mut flags: Vec<String> = match &cli.kafka_brokers {
         Some(brokers) => {
             vec!["--event-sink=kafka".into(), format!("--kafka-brokers={brokers}"), "--kafka-topic=bench".into()]
         }
         None => Vec::new(),
     };
+    if let Some(url) = &cli.redis_url {
+        flags.extend(["--backend=redis".into(), format!("--redis-url={url}")]);
+    }
     let (service, handle) = reco_features::build(&features_args(dir.path(), &flags), &metrics).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -113,7 +120,12 @@ async fn ingest(cli: &Cli) {
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let log = if cli.kafka_brokers.is_some() { "Kafka (tansu, 3 partitions, acks=all)" } else { "embedded file log" };
+    let log = match (&cli.kafka_brokers, &cli.redis_url) {
+        (Some(_), Some(_)) => "Kafka (tansu, 3 partitions, acks=all) + Redis, applied by the partitions' owner",
+        (Some(_), None) => "Kafka (tansu, 3 partitions, acks=all)",
+        (None, Some(_)) => "embedded file log + Redis",
+        (None, None) => "embedded file log",
+    };
     println!(
         "| {log}, gRPC, {} clients, 1 event per request | {} | {:.0} | {:.2} | {:.2} |",
         cli.clients,

@@ -9,9 +9,9 @@
 //!   are committed in the pipeline's consumer group (`reco-features-<pipeline>`), so the group's
 //!   lag says how far the features trail the topic and offsets are committed only after the
 //!   features update is durable.
-//! - One features replica writes a pipeline's topic (the embedded store has one replica). With
-//!   Redis several may; they replay nothing (Redis persists each write itself) and commit no
-//!   offsets, since no one replica's view of the topic is the features' position.
+//! - With the embedded store one features replica writes a pipeline's topic. With Redis several
+//!   may; they replay nothing (Redis persists each write itself), and each applies the partitions
+//!   the consumer group gives it ([`crate::owner`]), committing as it applies.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -9,6 +9,8 @@
 //! - [`service::FeatureService`]: implements the `Features` and `Events` gRPC services. An
 //!   acknowledged event is durable in the log, applied once ([`dedup`]) and visible to the very
 //!   next `GetUser`; after a crash the log is replayed from the store's last checkpoint.
+//! - [`owner`]: with Redis and Kafka, several replicas split the topic's partitions through the
+//!   consumer group and each applies its own, once by offset and event id.
 //! - [`export`]: the log as the trainer's input (`reco events export`).
 //! - [`serve`]: the `reco serve features` flags, [`serve::build`] and [`serve::grpc_routes`].
 //!
@@ -21,6 +23,7 @@ pub mod export;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod owner;
 pub mod redis;
 pub mod serve;
 pub mod service;

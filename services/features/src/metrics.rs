@@ -47,6 +47,9 @@ pub struct Metrics {
     pub event_log_corrupt_records: Counter,
     pub users_in_memory: Gauge,
     pub user_evictions: Counter,
+    pub partitions_owned: Gauge,
+    pub events_applied: Counter,
+    pub apply_wait_timeouts: Counter,
 }
 
 impl Metrics {
@@ -64,6 +67,9 @@ impl Metrics {
             event_log_corrupt_records: Counter::default(),
             users_in_memory: Gauge::default(),
             user_evictions: Counter::default(),
+            partitions_owned: Gauge::default(),
+            events_applied: Counter::default(),
+            apply_wait_timeouts: Counter::default(),
         };
         registry.register(
             "events_ingested",
@@ -115,6 +121,21 @@ impl Metrics {
             "user_evictions",
             "Users dropped from memory by the embedded store (saved; read back when next used)",
             m.user_evictions.clone(),
+        );
+        registry.register(
+            "partitions_owned",
+            "Event topic partitions this replica applies (Redis with Kafka: the consumer group's share)",
+            m.partitions_owned.clone(),
+        );
+        registry.register(
+            "events_applied",
+            "Events applied to Redis by this replica as the owner of their partition",
+            m.events_applied.clone(),
+        );
+        registry.register(
+            "apply_wait_timeouts",
+            "Acknowledged events whose partition owner had not applied them when the wait bound passed",
+            m.apply_wait_timeouts.clone(),
         );
         m
     }

@@ -7,23 +7,54 @@
 //! - `user:sess:{id}` list of JSON session entries, trimmed to the session bound
 //! - `user:cnt:{id}` / `item:cnt:{id}` hashes of counters by event type
 //! - `populated`: set once any user was written (seeding loads only an empty store)
+//! - `log:applied` hash: by Kafka partition, the next offset to apply (partition owners only)
+//! - `event:{id}` the ids applied by partition owners, for the id TTL
 //!
 //! Every key of a user or item carries a TTL, renewed by each event: the session
 //! `Limits::session_ttl`, the rest `Limits::state_ttl`, so Redis forgets idle users instead of
 //! growing with every user id ever seen. A user is known while any of its keys exists.
 //!
-//! Writes and reads go through MULTI/EXEC, so a reader sees a batch of events entirely or not at all.
+//! Events are written by one server-side script (`redis_apply.lua`) and reads go through
+//! MULTI/EXEC, so a reader sees a batch of events entirely or not at all.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tonic::async_trait;
 
 use crate::model::{Demographics, FeatureEvent, Limits, SessionEntry, UserState};
+use crate::sink::{Offsets, Partition};
 use crate::store::{Counters, FeatureStore, StoreError};
 
 /// Users written per pipeline when bulk-loading, to bound the size of one request.
 const PUT_CHUNK: usize = 256;
+/// Events applied per script call, to bound how long one call holds the server.
+const APPLY_CHUNK: usize = 512;
+/// How long an applied event id is remembered by default (a retry within it is not applied again).
+const DEFAULT_ID_TTL: Duration = Duration::from_secs(600);
+
+/// Every write of events, in one server-side script: see its header for the protocol.
+static APPLY: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("redis_apply.lua")));
+
+/// One record of the event log for [`RedisStore::apply_logged`].
+#[derive(Clone, Copy, Debug)]
+pub struct LoggedRecord<'a> {
+    /// Its offset in its partition.
+    pub offset: u64,
+    pub event: &'a FeatureEvent,
+    /// Its event id, as logged; `None`: applied without a check for retries.
+    pub id: Option<&'a str>,
+}
+
+/// What [`RedisStore::apply_logged`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub applied: u64,
+    /// Retries of an applied event (the same id logged again), not applied.
+    pub duplicates: u64,
+}
 
 /// Feature store on a Redis server.
 #[derive(Clone)]
@@ -31,6 +62,7 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     limits: Limits,
+    id_ttl_seconds: u64,
 }
 
 impl RedisStore {
@@ -38,7 +70,13 @@ impl RedisStore {
     pub async fn connect(url: &str, pipeline: &str, limits: Limits) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
         let conn = client.get_connection_manager().await?;
-        Ok(Self { conn, prefix: format!("reco:{pipeline}:"), limits })
+        Ok(Self { conn, prefix: format!("reco:{pipeline}:"), limits, id_ttl_seconds: DEFAULT_ID_TTL.as_secs() })
+    }
+
+    /// How long [`RedisStore::apply_logged`] remembers an applied event id.
+    pub fn with_id_ttl(mut self, ttl: Duration) -> Self {
+        self.id_ttl_seconds = ttl.as_secs().max(1);
+        self
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -52,6 +90,94 @@ impl RedisStore {
     fn ttls(&self) -> (i64, i64) {
         let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
         (secs(self.limits.session_ttl), secs(self.limits.state_ttl))
+    }
+
+    /// Applies the records of `partition` that its applied offset (kept in Redis beside the
+    /// features, moved in the same atomic step) has not passed, each event id once within the id
+    /// TTL, so that a record read twice (a rebalance, a restart) or an event logged twice (a
+    /// client's retry through another replica) changes the features once.
+    pub async fn apply_logged(
+        &self,
+        partition: Partition,
+        records: &[LoggedRecord<'_>],
+    ) -> Result<Applied, StoreError> {
+        let mut total = Applied::default();
+        for chunk in records.chunks(APPLY_CHUNK) {
+            let done = self.run_apply(Some(partition), chunk).await?;
+            total.applied += done.applied;
+            total.duplicates += done.duplicates;
+        }
+        Ok(total)
+    }
+
+    /// How far each partition's records have been applied (the next offset to apply); absent:
+    /// none yet.
+    pub async fn applied_offsets(&self, partitions: &[Partition]) -> Result<Offsets, StoreError> {
+        if partitions.is_empty() {
+            return Ok(Offsets::new());
+        }
+        let key = self.applied_key();
+        let raw: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(&key).arg(partitions).query_async(&mut self.conn.clone()).await?;
+        let mut offsets = Offsets::new();
+        for (partition, value) in partitions.iter().zip(raw) {
+            let Some(value) = value else { continue };
+            let offset = value.parse::<u64>().map_err(|_| StoreError::Malformed {
+                key: key.clone(),
+                reason: format!("partition {partition} offset is {value:?}"),
+            })?;
+            offsets.insert(*partition, offset);
+        }
+        Ok(offsets)
+    }
+
+    fn applied_key(&self) -> String {
+        format!("{}log:applied", self.prefix)
+    }
+
+    async fn run_apply(
+        &self,
+        partition: Option<Partition>,
+        records: &[LoggedRecord<'_>],
+    ) -> Result<Applied, StoreError> {
+        if records.is_empty() {
+            return Ok(Applied::default());
+        }
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let (session_ttl, state_ttl) = self.ttls();
+        let mut call = APPLY.prepare_invoke();
+        call.key(self.applied_key()).key(self.populated_key());
+        call.arg(partition.map(|p| p.to_string()).unwrap_or_default())
+            .arg(clamp(self.limits.session_len))
+            .arg(clamp(self.limits.history_len))
+            .arg(session_ttl)
+            .arg(state_ttl)
+            .arg(self.id_ttl_seconds);
+        for LoggedRecord { offset, event: e, id } in records {
+            let sess = self.key("user:sess", &e.user_id);
+            let entry = SessionEntry {
+                item_id: e.item_id.clone(),
+                kind: e.kind.name().to_owned(),
+                at_ms: e.at_ms,
+                dwell_ms: e.dwell_ms,
+            };
+            let entry = serde_json::to_string(&entry)
+                .map_err(|err| StoreError::Malformed { key: sess.clone(), reason: err.to_string() })?;
+            call.key(sess)
+                .key(self.key("user:cnt", &e.user_id))
+                .key(self.key("user:hist", &e.user_id))
+                .key(self.key("user:demo", &e.user_id))
+                .key(self.key("item:cnt", &e.item_id))
+                .key(self.key("event", id.unwrap_or("")));
+            call.arg(*offset)
+                .arg(if id.is_some() { "1" } else { "0" })
+                .arg(e.kind.name())
+                .arg(if e.kind.is_positive() { "1" } else { "0" })
+                .arg(&e.item_id)
+                .arg(entry);
+        }
+        let (applied, duplicates): (u64, u64) = call.invoke_async(&mut self.conn.clone()).await?;
+        Ok(Applied { applied, duplicates })
     }
 
     fn add_user(&self, pipe: &mut redis::Pipeline, id: &str, user: &UserState) -> Result<(), StoreError> {
@@ -167,46 +293,9 @@ impl FeatureStore for RedisStore {
     }
 
     async fn apply(&self, events: &[FeatureEvent]) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let session_len = isize::try_from(self.limits.session_len).unwrap_or(isize::MAX);
-        let history_len = isize::try_from(self.limits.history_len).unwrap_or(isize::MAX);
-        let (session_ttl, state_ttl) = self.ttls();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.set(self.populated_key(), 1).ignore();
-        for e in events {
-            let sess = self.key("user:sess", &e.user_id);
-            let entry = SessionEntry {
-                item_id: e.item_id.clone(),
-                kind: e.kind.name().to_owned(),
-                at_ms: e.at_ms,
-                dwell_ms: e.dwell_ms,
-            };
-            let entry = serde_json::to_string(&entry)
-                .map_err(|err| StoreError::Malformed { key: sess.clone(), reason: err.to_string() })?;
-            pipe.rpush(&sess, entry).ignore();
-            pipe.ltrim(&sess, -session_len, -1).ignore();
-            pipe.expire(&sess, session_ttl).ignore();
-            let cnt = self.key("user:cnt", &e.user_id);
-            pipe.hincr(&cnt, e.kind.name(), 1).ignore();
-            pipe.expire(&cnt, state_ttl).ignore();
-            let hist = self.key("user:hist", &e.user_id);
-            if e.kind.is_positive() {
-                pipe.lrem(&hist, 0, &e.item_id).ignore();
-                pipe.rpush(&hist, &e.item_id).ignore();
-                pipe.ltrim(&hist, -history_len, -1).ignore();
-            }
-            // EXPIRE on a missing key is a no-op, so these renew only what exists.
-            pipe.expire(&hist, state_ttl).ignore();
-            pipe.expire(self.key("user:demo", &e.user_id), state_ttl).ignore();
-            let item = self.key("item:cnt", &e.item_id);
-            pipe.hincr(&item, e.kind.name(), 1).ignore();
-            pipe.expire(&item, state_ttl).ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
+        let records: Vec<LoggedRecord<'_>> =
+            events.iter().map(|event| LoggedRecord { offset: 0, event, id: None }).collect();
+        self.run_apply(None, &records).await.map(|_| ())
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {

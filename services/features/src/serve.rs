@@ -15,9 +15,10 @@ use crate::embedded::EmbeddedStore;
 use crate::kafka::{KafkaSink, KafkaTopic};
 use crate::metrics::Metrics;
 use crate::model::{DEFAULT_HISTORY_LEN, Limits};
+use crate::owner::{AppliedWait, PartitionOwner};
 use crate::redis::RedisStore;
 use crate::service::{FeatureService, RecoverError};
-use crate::sink::{EventSink, FileSink, SinkError};
+use crate::sink::{EventSink, FileSink, Offsets, SinkError};
 use crate::store::{FeatureStore, StoreError};
 
 /// Flags of `reco serve features`; the operator passes `--pipeline --http --grpc --backend
@@ -75,6 +76,11 @@ pub struct FeaturesArgs {
     /// Most event ids remembered for recognising retries (about 50 bytes each).
     #[arg(long, default_value_t = 1_000_000)]
     pub dedup_capacity: usize,
+    /// With `--backend=redis --event-sink=kafka` the owner of an event's partition applies it:
+    /// how long the replica that took it waits for that before answering (the event is durable
+    /// either way; the wait makes the next read show it). 0: do not wait.
+    #[arg(long, default_value_t = 2000)]
+    pub apply_wait_ms: u64,
 }
 
 fn session_len_parser() -> impl clap::builder::TypedValueParser<Value = usize> {
@@ -128,6 +134,7 @@ pub struct ServiceHandle {
     sink: Arc<dyn EventSink>,
     stop: watch::Sender<bool>,
     checkpoints: Option<JoinHandle<()>>,
+    owner: Option<PartitionOwner>,
 }
 
 impl ServiceHandle {
@@ -140,7 +147,15 @@ impl ServiceHandle {
         }
         let closed = self.sink.close().await;
         self.service.checkpoint().await?;
+        if let Some(owner) = self.owner.take() {
+            owner.stop().await;
+        }
         Ok(closed?)
+    }
+
+    /// The event log partitions this replica applies (Redis with Kafka; empty otherwise).
+    pub fn owned_partitions(&self) -> Vec<crate::sink::Partition> {
+        self.owner.as_ref().map(PartitionOwner::partitions).unwrap_or_default()
     }
 }
 
@@ -170,42 +185,60 @@ pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureSer
         // log: the store is rebuilt from the whole event log instead.
         tracing::warn!(dir = %dir.display(), "features-snapshot.json of an earlier version is not read (delete it); replaying the event log");
     }
+    let mut redis_store = None;
     let store: Arc<dyn FeatureStore> = match args.backend {
         Backend::Embedded => Arc::new(
             EmbeddedStore::open(limits, &dir.join("features.redb"), args.max_users_in_memory, metrics.store()).await?,
         ),
         Backend::Redis => {
             let url = args.redis_url.as_deref().ok_or(BuildError::MissingRedisUrl)?;
-            Arc::new(RedisStore::connect(url, &args.pipeline, limits).await?)
+            let redis = RedisStore::connect(url, &args.pipeline, limits)
+                .await?
+                .with_id_ttl(Duration::from_secs(args.dedup_window_seconds));
+            redis_store = Some(redis.clone());
+            Arc::new(redis)
         }
     };
-    let sink: Arc<dyn EventSink> = match args.event_sink {
-        EventSinkKind::Embedded => {
-            let log = dir.join("events.jsonl");
-            let sink_metrics = metrics.sink();
-            let opened = log.clone();
-            Arc::new(
-                tokio::task::spawn_blocking(move || FileSink::open(&opened, sink_metrics)).await.map_err(|e| {
-                    SinkError::Write { path: log.clone(), reason: format!("opening task failed: {e}") }
-                })??,
-            )
-        }
-        EventSinkKind::Kafka => {
-            let (Some(brokers), Some(topic)) = (&args.kafka_brokers, &args.kafka_topic) else {
-                return Err(BuildError::MissingKafka);
-            };
-            let group = format!("reco-features-{}", args.pipeline);
-            Arc::new(KafkaSink::connect(KafkaTopic { brokers: brokers.clone(), topic: topic.clone(), group }).await?)
-        }
-    };
+    let mut kafka_topic = None;
+    let sink: Arc<dyn EventSink> =
+        match args.event_sink {
+            EventSinkKind::Embedded => {
+                let log = dir.join("events.jsonl");
+                let sink_metrics = metrics.sink();
+                let opened = log.clone();
+                Arc::new(tokio::task::spawn_blocking(move || FileSink::open(&opened, sink_metrics)).await.map_err(
+                    |e| SinkError::Write { path: log.clone(), reason: format!("opening task failed: {e}") },
+                )??)
+            }
+            EventSinkKind::Kafka => {
+                let (Some(brokers), Some(topic)) = (&args.kafka_brokers, &args.kafka_topic) else {
+                    return Err(BuildError::MissingKafka);
+                };
+                let group = format!("reco-features-{}", args.pipeline);
+                let topic = KafkaTopic { brokers: brokers.clone(), topic: topic.clone(), group };
+                let sink = KafkaSink::connect(topic.clone()).await?;
+                kafka_topic = Some(topic);
+                Arc::new(sink)
+            }
+        };
     let recent = RecentEvents::new(Duration::from_secs(args.dedup_window_seconds), args.dedup_capacity);
     let service = FeatureService::new(&args.pipeline, store, sink.clone(), recent, metrics.clone());
     service.recover().await?;
+    // Several replicas can share Redis; with Kafka each applies the partitions it owns.
+    let owner = match (redis_store, kafka_topic) {
+        (Some(redis), Some(topic)) => {
+            let local = Arc::new(watch::channel(Offsets::new()).0);
+            let bound = Duration::from_millis(args.apply_wait_ms);
+            service.apply_through_partition_owners(AppliedWait::new(redis.clone(), local.clone(), bound));
+            Some(PartitionOwner::start(topic, redis, local, metrics.clone())?)
+        }
+        _ => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let every = (args.checkpoint_interval_seconds > 0).then(|| Duration::from_secs(args.checkpoint_interval_seconds));
     let checkpoints =
         (args.backend == Backend::Embedded).then(|| tokio::spawn(checkpoint_loop(service.clone(), every, stopped)));
-    Ok((service.clone(), ServiceHandle { service, sink, stop, checkpoints }))
+    Ok((service.clone(), ServiceHandle { service, sink, stop, checkpoints, owner }))
 }
 
 /// Checkpoints every `every` (if set) and whenever the store asks for one.

@@ -12,13 +12,16 @@
 //! applied, and a replay skips the first copy, so neither is lost nor counted twice. Training
 //! (`reco events export`) counts each id once too.
 //!
+//! With Redis and Kafka ([`crate::owner`]) the owner of the record's partition applies it, once
+//! by its offset and id; the replica that took it waits (bounded) for that before answering.
+//!
 //! Checkpoints: each write holds [`Inner::gate`] shared from its claim to its apply, and a
 //! checkpoint takes it exclusively for the moment it captures the store's changes and the log's
 //! end, so the capture holds exactly the events before that position (less the unapplied
 //! records, which it lists). At start, [`FeatureService::recover`] replays the log from there.
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use reco_proto::events_server::Events;
@@ -34,6 +37,7 @@ use tonic::{Request, Response, Status};
 use crate::dedup::{Claim, EventId, RecentEvents, event_id, format_id, parse_id};
 use crate::metrics::{EventTypeLabel, Metrics, RejectLabel};
 use crate::model::{FeatureEvent, SeedInteraction, SeedUser, expire_session, to_proto_user};
+use crate::owner::AppliedWait;
 use crate::sink::{EventSink, LogEntry, LogPoint, LoggedEvent, Offsets, SinkError};
 use crate::store::{FeatureStore, LogPosition, SeedOutcome, StoreError, seed_if_empty};
 use crate::validate::{IngestContext, MAX_ITEM_IDS, Rejection, check_id, validate_batch};
@@ -116,6 +120,9 @@ struct Inner {
     checkpointing: tokio::sync::Mutex<()>,
     /// Wakes the checkpoint loop early (the store's memory is full of unsaved changes).
     checkpoint_due: Notify,
+    /// Set when the owners of the log's partitions apply events ([`crate::owner`]), not the
+    /// replica that took them.
+    owners: OnceLock<AppliedWait>,
 }
 
 /// What one write did.
@@ -161,12 +168,19 @@ impl Inner {
                 return Err(failed.error.into());
             }
         };
-        let started = Instant::now();
-        let applied = self.store.apply(&features).await;
-        self.metrics.observe_store(self.store.backend(), "apply", started);
-        if let Err(e) = applied {
-            self.remember_unapplied(&points);
-            return Err(e.into());
+        if let Some(owners) = self.owners.get() {
+            if !owners.wait(&points).await {
+                self.metrics.apply_wait_timeouts.inc_by(points.len() as u64);
+                tracing::debug!(records = points.len(), "acknowledged before their partition's owner applied them");
+            }
+        } else {
+            let started = Instant::now();
+            let applied = self.store.apply(&features).await;
+            self.metrics.observe_store(self.store.backend(), "apply", started);
+            if let Err(e) = applied {
+                self.remember_unapplied(&points);
+                return Err(e.into());
+            }
         }
         let ids: Vec<_> = fresh_ids.into_iter().zip(points).filter_map(|(id, at)| Some((id?, at))).collect();
         reservation.applied(&ids);
@@ -205,6 +219,7 @@ impl FeatureService {
                 gate: tokio::sync::RwLock::new(()),
                 checkpointing: tokio::sync::Mutex::new(()),
                 checkpoint_due: Notify::new(),
+                owners: OnceLock::new(),
             }),
         }
     }
@@ -213,6 +228,12 @@ impl FeatureService {
     /// the model's catalog is known. Without a catalog any item id is accepted.
     pub fn set_catalog(&self, item_ids: HashSet<String>) {
         *self.inner.catalog.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(item_ids));
+    }
+
+    /// Leaves applying events to the owners of their partitions ([`crate::owner`]): a write is
+    /// logged, then waited for (up to the wait's bound) until applied. Call it once, before serving.
+    pub fn apply_through_partition_owners(&self, wait: AppliedWait) {
+        let _ = self.inner.owners.set(wait);
     }
 
     pub fn store(&self) -> &Arc<dyn FeatureStore> {

@@ -2,7 +2,10 @@
 //! produced keyed by user id with acks=all before they are acknowledged, a crashed service
 //! replays its partitions from its checkpoint, the consumer group's offsets follow the
 //! checkpoints, and a broker restart under load loses nothing acknowledged and applies nothing
-//! twice.
+//! twice. With Redis, several replicas split the partitions through the consumer group and
+//! apply each event once.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -105,7 +108,25 @@ const TOPIC: &str = "events";
 const PARTITIONS: u32 = 3;
 
 async fn start_service(broker: &KafkaBroker, data: &std::path::Path) -> (FeatureService, ServiceHandle) {
-    let flags = [
+    let (service, handle, _) = start_with(broker, data, &[]).await;
+    (service, handle)
+}
+
+/// A features replica on Redis: it applies the partitions the group gives it.
+async fn start_replica(
+    broker: &KafkaBroker,
+    redis: &str,
+    data: &std::path::Path,
+) -> (FeatureService, ServiceHandle, Metrics) {
+    start_with(broker, data, &["--backend=redis".into(), format!("--redis-url={redis}")]).await
+}
+
+async fn start_with(
+    broker: &KafkaBroker,
+    data: &std::path::Path,
+    extra: &[String],
+) -> (FeatureService, ServiceHandle, Metrics) {
+    let mut flags = vec![
         "features".to_owned(),
         "--pipeline=explore".into(),
         format!("--data-dir={}", data.display()),
@@ -114,8 +135,10 @@ async fn start_service(broker: &KafkaBroker, data: &std::path::Path) -> (Feature
         format!("--kafka-topic={TOPIC}"),
         "--checkpoint-interval-seconds=0".into(),
     ];
+    flags.extend_from_slice(extra);
     let metrics = Metrics::register(&mut Default::default());
-    reco_features::build(&Flags::parse_from(flags).args, &metrics).await.unwrap()
+    let (service, handle) = reco_features::build(&Flags::parse_from(flags).args, &metrics).await.unwrap();
+    (service, handle, metrics)
 }
 
 fn event(n: usize, users: usize) -> Event {
@@ -284,4 +307,92 @@ async fn a_broker_restart_under_load_loses_nothing_acknowledged_and_applies_noth
     handle.shutdown().await.unwrap();
     drop(service);
     assert_eq!(committed(&broker).values().sum::<i64>() as usize, events.len(), "one record per event in the topic");
+}
+
+/// Waits up to 60 s for `done`, naming `what` if it never holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "after 60 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The partitions of each replica once the group gave every partition to exactly one of them.
+fn split(handles: &[&ServiceHandle]) -> Option<Vec<Vec<i32>>> {
+    let owned: Vec<Vec<i32>> = handles.iter().map(|h| h.owned_partitions()).collect();
+    let mut all: Vec<i32> = owned.iter().flatten().copied().collect();
+    all.sort_unstable();
+    (all == (0..PARTITIONS as i32).collect::<Vec<_>>() && owned.iter().all(|o| !o.is_empty())).then_some(owned)
+}
+
+/// Ingests `batches` through `took`, each followed by a read on the same replica that must show
+/// the batch (read-your-writes although another replica may own the user's partition).
+async fn ingest_and_read_back(took: &FeatureService, events: &[Event], upto: usize) {
+    let batch = &events[upto.saturating_sub(5)..upto];
+    took.ingest(batch).await.unwrap();
+    let user = &batch.last().unwrap().user_id;
+    let (counters, history) = model(&events[..upto]).remove(user).unwrap();
+    let got = took.store().get_user(user).await.unwrap().unwrap();
+    assert_eq!((got.counters, Vec::from(got.history)), (counters, history), "{user} read back at once");
+}
+
+/// Two replicas share Redis and the topic: the group splits the partitions between them, each
+/// event is applied once by its partition's owner whichever replica took it (a retry through
+/// the other replica included), and when one leaves the other takes its partitions over; when
+/// it comes back, nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_redis_split_the_partitions_and_apply_each_event_once() {
+    let Some(broker) = KafkaBroker::start() else { return };
+    let Some(redis) = common::start_redis().await else { return };
+    broker.create_topic(TOPIC, PARTITIONS);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, handle_a, metrics_a) = start_replica(&broker, &redis.url, dir_a.path()).await;
+    let (b, handle_b, metrics_b) = start_replica(&broker, &redis.url, dir_b.path()).await;
+    eventually("the group splits the partitions between the two replicas", || split(&[&handle_a, &handle_b]).is_some())
+        .await;
+    println!("owned: {:?}", split(&[&handle_a, &handle_b]));
+
+    let events: Vec<Event> = (0..600).map(|n| event(n, 30)).collect();
+    let mut records = 0;
+    for (i, upto) in (5..=400).step_by(5).enumerate() {
+        let (took, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        ingest_and_read_back(took, &events, upto).await;
+        records += 5;
+        if i % 5 == 0 {
+            // The client's retry went through the other replica: logged again, applied once.
+            other.ingest(&events[upto - 5..upto]).await.unwrap();
+            records += 5;
+        }
+    }
+    assert_matches(&a, &events[..400]).await;
+    let applied = |m: &[&Metrics]| m.iter().map(|m| m.events_applied.get()).sum::<u64>();
+    assert!(metrics_a.events_applied.get() > 0 && metrics_b.events_applied.get() > 0, "both replicas applied events");
+    assert_eq!(applied(&[&metrics_a, &metrics_b]), 400);
+    assert_eq!(metrics_a.events_duplicate.get() + metrics_b.events_duplicate.get(), 80, "retries applied once");
+
+    // B leaves: A takes every partition and applies what B's clients send to it.
+    handle_b.shutdown().await.unwrap();
+    drop(b);
+    eventually("replica A owns every partition", || handle_a.owned_partitions().len() == PARTITIONS as usize).await;
+    for upto in (405..=500).step_by(5) {
+        ingest_and_read_back(&a, &events, upto).await;
+        records += 5;
+    }
+
+    // B comes back: the partitions are split again and nothing is applied twice.
+    let (b, handle_b, metrics_b2) = start_replica(&broker, &redis.url, dir_b.path()).await;
+    eventually("the group splits the partitions again", || split(&[&handle_a, &handle_b]).is_some()).await;
+    for upto in (505..=600).step_by(5) {
+        ingest_and_read_back(&b, &events, upto).await;
+        records += 5;
+    }
+    assert_matches(&b, &events).await;
+    assert_eq!(applied(&[&metrics_a, &metrics_b, &metrics_b2]), 600, "every event applied once in all");
+    eventually("the group's committed offsets reach the end of the topic", || {
+        committed(&broker).values().sum::<i64>() == records
+    })
+    .await;
+    handle_b.shutdown().await.unwrap();
+    handle_a.shutdown().await.unwrap();
 }

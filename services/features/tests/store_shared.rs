@@ -218,3 +218,41 @@ async fn redis_keys_expire_with_idle_users() {
     assert!(store.get_item_counters(&["i".into()]).await.unwrap()[0].is_empty());
     assert!(!store.is_empty().await.unwrap(), "a store that was seeded is not seeded again");
 }
+
+/// A partition owner's apply: a record read again (a rebalance, a restart from an older
+/// committed offset) and an event logged twice (a retry through another replica) change the
+/// features once; each partition's applied offset moves with them.
+#[tokio::test]
+async fn redis_partition_records_apply_once_by_offset_and_id() {
+    use reco_features::redis::LoggedRecord;
+    let Some(server) = common::start_redis().await else { return };
+    let store = RedisStore::connect(&server.url, "owned", LIMITS).await.unwrap();
+    let (a, b, c) =
+        (ev("u", "a", EventKind::Click, 1), ev("u", "b", EventKind::Like, 2), ev("u", "c", EventKind::Save, 3));
+    let record = |offset, event, id| LoggedRecord { offset, event, id };
+    let first = [record(0, &a, Some("e0")), record(1, &b, Some("e1"))];
+    let done = store.apply_logged(7, &first).await.unwrap();
+    assert_eq!((done.applied, done.duplicates), (2, 0));
+    assert_eq!(store.applied_offsets(&[7, 8]).await.unwrap(), BTreeMap::from([(7, 2)]));
+
+    // Read again from offset 1, with a new record; then the same event logged again at 3.
+    let again = [record(1, &b, Some("e1")), record(2, &c, Some("e2"))];
+    let done = store.apply_logged(7, &again).await.unwrap();
+    assert_eq!((done.applied, done.duplicates), (1, 0), "offset 1 was applied already");
+    let retried = [record(3, &c, Some("e2"))];
+    let done = store.apply_logged(7, &retried).await.unwrap();
+    assert_eq!((done.applied, done.duplicates), (0, 1), "the same id logged twice");
+    assert_eq!(store.applied_offsets(&[7]).await.unwrap(), BTreeMap::from([(7, 4)]));
+
+    let user = store.get_user("u").await.unwrap().unwrap();
+    assert_eq!(Vec::from(user.history), ["a", "b", "c"]);
+    let once: BTreeMap<String, u64> = [("click", 1), ("like", 1), ("save", 1)].map(|(k, n)| (k.into(), n)).into();
+    assert_eq!(user.counters, once);
+    assert_eq!(user.session.len(), 3);
+
+    // Another partition keeps its own offset; records without an id are gated by offset only.
+    let done = store.apply_logged(8, &[record(5, &a, None), record(6, &a, None)]).await.unwrap();
+    assert_eq!((done.applied, done.duplicates), (2, 0));
+    assert_eq!(store.applied_offsets(&[7, 8]).await.unwrap(), BTreeMap::from([(7, 4), (8, 7)]));
+    assert_eq!(store.get_user("u").await.unwrap().unwrap().counters["click"], 3);
+}

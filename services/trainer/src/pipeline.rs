@@ -21,6 +21,7 @@ use crate::error::{Result, TrainError};
 use crate::eval::{EvalSet, Scorer, evaluate, evaluate_ranked};
 use crate::features::{self, FeatureOptions, FeatureSpace};
 use crate::incremental::{self, EventCounts, Incremental};
+use crate::metrics::{PairedDifference, paired_ndcg_difference};
 use crate::progress::Progress;
 use crate::ranking::{self, RankerData, RankerInputs, RankerOptions, SourceSet, TrainedRanker};
 use crate::retrieval::{EpochLog, TrainedTwoTower, TwoTowerData, TwoTowerOptions, train_two_tower};
@@ -121,6 +122,8 @@ pub struct RunReport {
 pub struct IncrementalReport {
     pub parent: PathBuf,
     pub events: EventCounts,
+    /// The served model's NDCG@10 minus its parent's, user by user on test (absent while tuning).
+    pub test_gain_over_parent: Option<PairedDifference>,
 }
 
 /// What a run returns to the CLI.
@@ -271,17 +274,29 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary> {
         value_model: ranker.value_model,
         candidates: options.ranker.clone(),
     };
-    evaluate_served(&run, "", &served, &mut scores)?;
-    if let Some(parent) = &parent {
-        evaluate_parent(&run, &parent.version, &mut scores)?;
-    }
+    let pages = evaluate_served(&run, "", &served, &mut scores)?;
+    let gain_over_parent = match &parent {
+        Some(parent) => {
+            let parent_pages = evaluate_parent(&run, &parent.version, &mut scores)?;
+            match (&pages, &parent_pages, &splits.test_set) {
+                (Some(child), Some(parent), Some(test)) => {
+                    Some(paired_ndcg_difference(child, parent, &test.relevant, CUTOFFS[0]))
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
 
     let metrics = scores.into_metrics(options.seed, options.incremental.is_some());
     let models = Models { item_item, two_tower, item_embeddings: two_tower_scorer.items, ranker_fit_two_tower, ranker };
     write_artifacts(&run, &stats, &models, &metrics)?;
     let mut report = run_report(&run, models, stages, threads, wall);
-    report.incremental =
-        options.incremental.as_ref().map(|i| IncrementalReport { parent: i.parent.clone(), events: event_counts });
+    report.incremental = options.incremental.as_ref().map(|i| IncrementalReport {
+        parent: i.parent.clone(),
+        events: event_counts,
+        test_gain_over_parent: gain_over_parent,
+    });
     write_json(&options.out, files::TRAINING, &report)?;
     let version = write_model_version(options, &metrics)?;
     Ok(TrainSummary { metrics, report, version })
@@ -555,11 +570,17 @@ struct Served<'a> {
 }
 
 /// The served model, scored like the others so that the figures compare: as
-/// `{prefix}two_tower_ranker`.
-fn evaluate_served(run: &Run<'_>, prefix: &str, served: &Served<'_>, scores: &mut Scoreboard<'_>) -> Result<()> {
+/// `{prefix}two_tower_ranker`. Returns its pages of the test users (none while tuning).
+fn evaluate_served(
+    run: &Run<'_>,
+    prefix: &str,
+    served: &Served<'_>,
+    scores: &mut Scoreboard<'_>,
+) -> Result<Option<Vec<Vec<u32>>>> {
     let splits = run.splits;
     let inputs = RankerInputs::new(run.dataset, served.features);
     let sets = [(Some(&splits.valid_set), &mut scores.validation), (splits.test_set.as_ref(), &mut scores.test)];
+    let mut test_pages = None;
     for (set, metrics) in sets {
         let Some(set) = set else { continue };
         let candidates = ranking::dense_features(served.sources, set, &served.candidates)?;
@@ -574,8 +595,9 @@ fn evaluate_served(run: &Run<'_>, prefix: &str, served: &Served<'_>, scores: &mu
         )?;
         let figures = evaluate_ranked(&ranked, set, &CUTOFFS, &splits.features.item_train_count);
         insert_metrics(metrics, &format!("{prefix}two_tower_ranker"), figures);
+        test_pages = Some(ranked);
     }
-    Ok(())
+    Ok(test_pages)
 }
 
 /// An incremental run's parent, with the events logged since it.
@@ -630,7 +652,11 @@ fn warm_start(options: &TrainOptions, name: &str) -> Option<PathBuf> {
 /// The parent scored as it would serve now: its own models and features, over
 /// the histories this run knows (events included), as `parent_two_tower` and
 /// `parent_two_tower_ranker`.
-fn evaluate_parent(run: &Run<'_>, parent: &VersionArtifacts, scores: &mut Scoreboard<'_>) -> Result<()> {
+fn evaluate_parent(
+    run: &Run<'_>,
+    parent: &VersionArtifacts,
+    scores: &mut Scoreboard<'_>,
+) -> Result<Option<Vec<Vec<u32>>>> {
     let splits = run.splits;
     let two_tower = TwoTowerScorer::new(&parent.two_tower, &parent.features, run.dataset, &splits.train)?;
     scores.evaluate("parent_two_tower", &two_tower)?;

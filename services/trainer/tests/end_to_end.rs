@@ -292,6 +292,13 @@ fn an_incremental_run_starts_from_its_parent_learns_its_events_and_scores_both_o
         "{report}"
     );
     assert!(report["finished_at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    // The child against its parent, user by user on test: the difference of the two means.
+    let gain = &report["incremental"]["test_gain_over_parent"];
+    let models = &summary.metrics.models;
+    let difference = models["two_tower_ranker"]["ndcg@10"] - models["parent_two_tower_ranker"]["ndcg@10"];
+    assert!((gain["mean"].as_f64().unwrap() - difference).abs() < 1e-9, "{gain} vs {difference}");
+    assert!(gain["ci95_low"].as_f64().unwrap() <= gain["ci95_high"].as_f64().unwrap(), "{gain}");
+    assert!(gain["users"].as_u64().unwrap() > 0, "{gain}");
 
     // A parent trained on other users is refused before any training.
     let mut other = tiny(&data, &tmp("inc-other"), 8);
