@@ -199,28 +199,7 @@ pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureSer
             Arc::new(redis)
         }
     };
-    let mut kafka_topic = None;
-    let sink: Arc<dyn EventSink> =
-        match args.event_sink {
-            EventSinkKind::Embedded => {
-                let log = dir.join("events.jsonl");
-                let sink_metrics = metrics.sink();
-                let opened = log.clone();
-                Arc::new(tokio::task::spawn_blocking(move || FileSink::open(&opened, sink_metrics)).await.map_err(
-                    |e| SinkError::Write { path: log.clone(), reason: format!("opening task failed: {e}") },
-                )??)
-            }
-            EventSinkKind::Kafka => {
-                let (Some(brokers), Some(topic)) = (&args.kafka_brokers, &args.kafka_topic) else {
-                    return Err(BuildError::MissingKafka);
-                };
-                let group = format!("reco-features-{}", args.pipeline);
-                let topic = KafkaTopic { brokers: brokers.clone(), topic: topic.clone(), group };
-                let sink = KafkaSink::connect(topic.clone()).await?;
-                kafka_topic = Some(topic);
-                Arc::new(sink)
-            }
-        };
+    let (sink, kafka_topic) = open_sink(args, &dir, metrics).await?;
     let recent = RecentEvents::new(Duration::from_secs(args.dedup_window_seconds), args.dedup_capacity);
     let service = FeatureService::new(&args.pipeline, store, sink.clone(), recent, metrics.clone());
     service.recover().await?;
@@ -239,6 +218,34 @@ pub async fn build(args: &FeaturesArgs, metrics: &Metrics) -> Result<(FeatureSer
     let checkpoints =
         (args.backend == Backend::Embedded).then(|| tokio::spawn(checkpoint_loop(service.clone(), every, stopped)));
     Ok((service.clone(), ServiceHandle { service, sink, stop, checkpoints, owner }))
+}
+
+/// The event log of `--event-sink`, and its topic when it is Kafka.
+async fn open_sink(
+    args: &FeaturesArgs,
+    dir: &std::path::Path,
+    metrics: &Metrics,
+) -> Result<(Arc<dyn EventSink>, Option<KafkaTopic>), BuildError> {
+    match args.event_sink {
+        EventSinkKind::Embedded => {
+            let log = dir.join("events.jsonl");
+            let sink_metrics = metrics.sink();
+            let opened = log.clone();
+            let sink = tokio::task::spawn_blocking(move || FileSink::open(&opened, sink_metrics))
+                .await
+                .map_err(|e| SinkError::Write { path: log.clone(), reason: format!("opening task failed: {e}") })??;
+            Ok((Arc::new(sink), None))
+        }
+        EventSinkKind::Kafka => {
+            let (Some(brokers), Some(topic)) = (&args.kafka_brokers, &args.kafka_topic) else {
+                return Err(BuildError::MissingKafka);
+            };
+            let group = format!("reco-features-{}", args.pipeline);
+            let topic = KafkaTopic { brokers: brokers.clone(), topic: topic.clone(), group };
+            let sink = KafkaSink::connect(topic.clone()).await?;
+            Ok((Arc::new(sink), Some(topic)))
+        }
+    }
 }
 
 /// Checkpoints every `every` (if set) and whenever the store asks for one.
