@@ -103,6 +103,46 @@ pub enum DemoError {
     Join(String),
     #[error("cannot serialize the report: {0}")]
     Serialize(String),
+    #[error("training {version} from the logged events failed ({status}); see {log}")]
+    Child { version: String, status: String, log: PathBuf },
+    #[error("{path}: {reason}")]
+    Artifacts { path: PathBuf, reason: String },
+}
+
+/// What [`Demo::train_child`] trained: the child's figures beside its parent's, from the run's
+/// `training.json` and `metrics.json` (test split, the served model).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildTraining {
+    pub events_read: u64,
+    pub events_used: u64,
+    pub ndcg_at_10: f64,
+    pub parent_ndcg_at_10: f64,
+    pub train_seconds: f64,
+}
+
+impl ChildTraining {
+    fn read(dir: &Path, train_seconds: f64) -> Result<Self, DemoError> {
+        let json = |name: &str| -> Result<serde_json::Value, DemoError> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            serde_json::from_str(&text).map_err(|e| DemoError::Artifacts { path, reason: e.to_string() })
+        };
+        let (training, metrics) = (json("training.json")?, json("metrics.json")?);
+        let number = |value: &serde_json::Value, what: &str| {
+            value.as_f64().ok_or_else(|| DemoError::Artifacts { path: dir.to_owned(), reason: format!("no {what}") })
+        };
+        let events = &training["incremental"]["events"];
+        Ok(Self {
+            events_read: number(&events["rows"], "incremental.events.rows")? as u64,
+            events_used: number(&events["used"], "incremental.events.used")? as u64,
+            ndcg_at_10: number(&metrics["models"]["two_tower_ranker"]["ndcg@10"], "the child's NDCG@10")?,
+            parent_ndcg_at_10: number(
+                &metrics["models"]["parent_two_tower_ranker"]["ndcg@10"],
+                "the parent's NDCG@10",
+            )?,
+            train_seconds,
+        })
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -350,6 +390,59 @@ impl Demo {
     }
 
     /// Keeps the traffic going for `duration` more (stable serving after the last rollout).
+    /// Trains `child` from the served version `parent` and the events this stack logged since
+    /// `parent` was trained, as a user does (`reco train --init-from PARENT --events LOG`), while
+    /// the traffic goes on; then restarts `reco standalone`, which loads the versions of its
+    /// models directory at start, so that it can serve the child (on Kubernetes the operator
+    /// starts the new version's pods instead). Roll it out with [`Demo::roll_out`].
+    pub async fn train_child(&mut self, parent: &str, child: &str) -> Result<ChildTraining, DemoError> {
+        let models = self.opts.out.join("models");
+        let log = models.join(".state").join(&self.opts.pipeline).join("events.jsonl");
+        // Trained beside the served versions, then copied in whole.
+        let trained = self.opts.out.join("trained").join(child);
+        let train_log = self.opts.out.join("logs").join(format!("train-{child}.log"));
+        let output = std::fs::File::create(&train_log).map_err(io(&train_log))?;
+        let errors = output.try_clone().map_err(io(&train_log))?;
+        let mut command = std::process::Command::new(&self.opts.reco_bin);
+        command
+            .args(["train", "--quiet"])
+            .arg("--data")
+            .arg(&self.opts.models.data)
+            .arg(format!("--pipeline={}", self.opts.pipeline))
+            .arg(format!("--model-version={child}"))
+            .arg(format!("--seed={}", self.opts.seed))
+            .arg("--init-from")
+            .arg(models.join(parent))
+            .arg("--events")
+            .arg(&log)
+            .arg("--out")
+            .arg(&trained)
+            .stdout(output)
+            .stderr(errors);
+        if let Some(n) = self.opts.models.max_users {
+            command.arg(format!("--max-users={n}"));
+        }
+        let t = self.traffic_started.elapsed().as_secs_f64();
+        println!("[{t:>6.1}s] training {child} from {parent} and the logged events (log: {})", train_log.display());
+        let started = Instant::now();
+        let status = tokio::task::spawn_blocking(move || command.status())
+            .await
+            .map_err(|e| DemoError::Join(e.to_string()))?
+            .map_err(io(&self.opts.reco_bin))?;
+        if !status.success() {
+            return Err(DemoError::Child { version: child.to_owned(), status: status.to_string(), log: train_log });
+        }
+        let training = ChildTraining::read(&trained, started.elapsed().as_secs_f64())?;
+        models::copy_version(&trained, &models.join(child))?;
+        let t = self.traffic_started.elapsed().as_secs_f64();
+        println!(
+            "[{t:>6.1}s] {child}: {} logged events used, test NDCG@10 {:.4} against {parent}'s {:.4}; restarting reco standalone to serve it",
+            training.events_used, training.ndcg_at_10, training.parent_ndcg_at_10
+        );
+        self.gateway.restart().await?;
+        Ok(training)
+    }
+
     pub async fn settle(&self, duration: Duration) {
         tokio::time::sleep(duration).await;
     }
