@@ -93,22 +93,21 @@ async fn v2_is_promoted_and_v3_rolled_back_as_report_and_prometheus_show() {
     }
 }
 
-/// The incremental loop through the whole stack: v2, promoted, serves and logs the clicks its
-/// users make; `reco train --init-from v2 --events LOG` trains v2plus from them while the traffic
-/// goes on, and v2plus is rolled out against its parent through the same shadow and canary steps,
-/// judged on live CTR. The verdict on two close models may go either way; what must hold is that
-/// the child learnt from this run's clicks and served live traffic before a verdict.
+/// The incremental loop through the whole stack: v1, stable, serves and logs the clicks its
+/// users make; `reco train --init-from v1 --events LOG` trains v1plus from them while the traffic
+/// goes on, and v1plus is rolled out against its parent through the same shadow and canary steps,
+/// judged on live CTR, and promoted. (v1 is the demo's under-trained version, one epoch; its child
+/// continues from its weights on the default schedule with the clicks added, so most of its gain
+/// is the training it had not had: BENCHMARKS.md measures what the clicks alone add to v2.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_child_trained_on_the_clicks_its_stable_parent_earned_is_rolled_out_against_it() {
     let _serial = SERIAL.lock().await;
     let out = tempfile::tempdir().expect("a temp dir");
     let mut demo = Demo::start(options(out.path(), false), None).await.expect("the demo starts");
-    demo.settle(reco_demo::scenario::WARMUP).await;
-    let v2 = demo.roll_out("v2", &mut |_| Vec::new()).await.expect("v2 rollout");
-    assert_eq!(v2.outcome, "promoted", "{v2:?}");
+    demo.settle(reco_demo::scenario::WARMUP + std::time::Duration::from_secs(30)).await;
     let clicks_before = demo.traffic().total().clicks;
 
-    let child = demo.train_child("v2", "v2plus").await.expect("v2plus trained");
+    let child = demo.train_child("v1", "v1plus").await.expect("v1plus trained");
     println!("{child:?}");
     assert!(child.events_read >= clicks_before, "every click logged before training was read: {child:?}");
     assert!(child.events_used * 10 >= child.events_read * 9, "{child:?}");
@@ -116,16 +115,18 @@ async fn a_child_trained_on_the_clicks_its_stable_parent_earned_is_rolled_out_ag
     // rather than targets, so both figures sit below those of an untouched split.
     assert!(child.ndcg_at_10 > 0.0 && child.parent_ndcg_at_10 > 0.0, "{child:?}");
 
-    let rollout = demo.roll_out("v2plus", &mut |_| Vec::new()).await.expect("v2plus rollout");
+    let rollout = demo.roll_out("v1plus", &mut |_| Vec::new()).await.expect("v1plus rollout");
     println!(
-        "v2plus: {} ({:?}) after {:.0} s: {}",
+        "v1plus: {} ({:?}) after {:.0} s: {}",
         rollout.outcome, rollout.decided_by, rollout.wall_seconds, rollout.reason
     );
-    assert!(["promoted", "rolled_back"].contains(&rollout.outcome.as_str()), "{rollout:?}");
-    assert!(rollout.transitions.iter().any(|t| t.contains("-> Canary")), "v2plus reached the canary: {rollout:?}");
-    assert!(rollout.candidate_impressions_to_decision > 0, "v2plus served live traffic: {rollout:?}");
+    // Its parent had one epoch: the child, far better offline (0.096 against 0.051 NDCG@10 in a
+    // measured run), wins on live CTR as v2 does.
+    assert_eq!(rollout.outcome, "promoted", "{rollout:?}");
+    assert!(rollout.transitions.iter().any(|t| t.contains("-> Canary")), "v1plus went through the canary: {rollout:?}");
+    assert!(rollout.candidate_impressions_to_decision > 0, "v1plus served live traffic: {rollout:?}");
     let report = demo.finish().await.expect("the report");
-    assert!(report.traffic["v2plus"].impressions > 0, "{:?}", report.traffic);
+    assert!(report.traffic["v1plus"].impressions > 0, "{:?}", report.traffic);
 }
 
 /// Kills `fault` right as v2 enters its first canary step, restarts it three
