@@ -396,3 +396,30 @@ async fn replicas_on_redis_split_the_partitions_and_apply_each_event_once() {
     handle_b.shutdown().await.unwrap();
     handle_a.shutdown().await.unwrap();
 }
+
+/// A record in the topic that is not an event (another producer's bytes) is skipped by its
+/// partition's owner, counted and named; the events around it are applied and the partition
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_owner_skips_a_corrupt_record_and_goes_on() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(broker) = KafkaBroker::start() else { return };
+    let Some(redis) = common::start_redis().await else { return };
+    broker.create_topic(TOPIC, PARTITIONS);
+    let data = tempfile::tempdir().unwrap();
+    let (service, handle, metrics) = start_replica(&broker, &redis.url, data.path()).await;
+    eventually("the replica owns every partition", || handle.owned_partitions().len() == PARTITIONS as usize).await;
+    let events: Vec<Event> = (0..60).map(|n| event(n, 6)).collect();
+    service.ingest(&events[..30]).await.unwrap();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &broker.brokers).create().unwrap();
+    for user in 0..6 {
+        let key = format!("u{user}");
+        let record = FutureRecord::to(TOPIC).key(&key).payload("{not an event");
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+    service.ingest(&events[30..]).await.unwrap();
+    assert_matches(&service, &events).await;
+    eventually("every corrupt record counted", || metrics.event_log_corrupt_records.get() == 6).await;
+    assert_eq!(metrics.events_applied.get(), 60);
+    handle.shutdown().await.unwrap();
+}
