@@ -25,7 +25,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tonic::async_trait;
 
-use crate::sink::{AppendError, EventSink, LogEntries, LogEntry, LogPoint, LoggedEvent, Offsets, Partition, SinkError};
+use crate::sink::{
+    AppendError, EventSink, LogEntries, LogEntry, LogPoint, LoggedEvent, Offsets, Partition, SinkError, raise_end,
+};
 
 /// How long one record may take to be acknowledged before the append fails (the client retries).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -175,8 +177,7 @@ impl EventSink for KafkaSink {
         {
             let mut ends = self.ends_lock();
             for point in &landed {
-                let end = ends.entry(point.partition).or_insert(0);
-                *end = (*end).max(point.offset + 1);
+                raise_end(&mut ends, point.partition, point.offset + 1);
             }
         }
         match failed {

@@ -31,7 +31,7 @@ use crate::kafka::KafkaTopic;
 use crate::metrics::Metrics;
 use crate::model::FeatureEvent;
 use crate::redis::{LoggedRecord, RedisStore};
-use crate::sink::{LogPoint, LoggedEvent, Offsets, Partition, SinkError};
+use crate::sink::{LogPoint, LoggedEvent, Offsets, Partition, SinkError, raise_end};
 
 /// Records applied per step at most.
 const BATCH: usize = 512;
@@ -144,8 +144,7 @@ async fn run(
         let ends = ends(&batch);
         local.send_modify(|applied| {
             for (partition, end) in &ends {
-                let at = applied.entry(*partition).or_insert(0);
-                *at = (*at).max(*end);
+                raise_end(applied, *partition, *end);
             }
         });
         commit(&consumer, &topic, ends);
@@ -170,9 +169,9 @@ async fn apply(store: &RedisStore, batch: &[Record], metrics: &Metrics, stopped:
     partitions.sort_unstable();
     partitions.dedup();
     for partition in partitions {
-        let mine: Vec<&Record> = batch.iter().filter(|r| r.partition == partition).collect();
-        let features: Vec<(u64, FeatureEvent, Option<&str>)> = mine
+        let features: Vec<(u64, FeatureEvent, Option<&str>)> = batch
             .iter()
+            .filter(|r| r.partition == partition)
             .filter_map(|r| match &r.event {
                 Ok(event) => Some((r.offset, event.feature(), event.event_id.as_deref())),
                 Err(reason) => {
@@ -217,8 +216,7 @@ fn ends(batch: &[Record]) -> Offsets {
 fn ends_of(points: impl Iterator<Item = (Partition, u64)>) -> Offsets {
     let mut next = Offsets::new();
     for (partition, offset) in points {
-        let end = next.entry(partition).or_insert(0);
-        *end = (*end).max(offset + 1);
+        raise_end(&mut next, partition, offset + 1);
     }
     next
 }

@@ -72,6 +72,12 @@ pub type Partition = i32;
 /// Offsets by partition: bytes in the file log, records in Kafka.
 pub type Offsets = BTreeMap<Partition, u64>;
 
+/// Moves `partition`'s end in `offsets` up to `end`; an end never moves back.
+pub fn raise_end(offsets: &mut Offsets, partition: Partition, end: u64) {
+    let at = offsets.entry(partition).or_insert(0);
+    *at = (*at).max(end);
+}
+
 /// Where one record is in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LogPoint {
