@@ -29,8 +29,6 @@ use crate::sink::{
     AppendError, EventSink, LogEntries, LogEntry, LogPoint, LoggedEvent, Offsets, Partition, SinkError, raise_end,
 };
 
-/// How long one record may take to be acknowledged before the append fails (the client retries).
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long metadata and offset requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a replay waits for the next record before giving up on a silent broker.
@@ -49,6 +47,8 @@ pub struct KafkaTopic {
 pub struct KafkaSink {
     topic: KafkaTopic,
     producer: FutureProducer,
+    /// How long one record may take to be acknowledged before the append fails (the client retries).
+    delivery_timeout: Duration,
     /// Commits the offsets the features cover; never subscribes.
     committer: Arc<BaseConsumer>,
     ends: Mutex<Offsets>,
@@ -73,12 +73,12 @@ fn consumer(topic: &KafkaTopic) -> Result<BaseConsumer, SinkError> {
 impl KafkaSink {
     /// Connects and reads the end of every partition. The topic must exist: its partition
     /// count is an operator's decision, not a side effect of the first event.
-    pub async fn connect(topic: KafkaTopic) -> Result<Self, SinkError> {
+    pub async fn connect(topic: KafkaTopic, delivery_timeout: Duration) -> Result<Self, SinkError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &topic.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .set("linger.ms", "1")
             .create()
             .map_err(|e| kafka("producer for", &topic, e))?;
@@ -93,6 +93,7 @@ impl KafkaSink {
         Ok(Self {
             topic,
             producer,
+            delivery_timeout,
             committer: Arc::new(committer),
             ends: Mutex::new(ends),
             closed: AtomicBool::new(false),
@@ -135,7 +136,7 @@ impl EventSink for KafkaSink {
         if self.closed.load(Ordering::Acquire) {
             return Err(SinkError::Closed.into());
         }
-        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        let deadline = Instant::now() + self.delivery_timeout;
         let mut pending = Vec::with_capacity(events.len());
         let mut failed = None;
         for event in events {
@@ -206,9 +207,8 @@ impl EventSink for KafkaSink {
     }
 
     async fn close(&self) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || producer.flush(DELIVERY_TIMEOUT))
+        let (producer, topic, timeout) = (self.producer.clone(), self.topic.clone(), self.delivery_timeout);
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| kafka("flushing", &topic, e))?
             .map_err(|e| kafka("flushing", &self.topic, e))

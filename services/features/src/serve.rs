@@ -52,6 +52,10 @@ pub struct FeaturesArgs {
     /// Kafka topic for `--event-sink=kafka`: the training log, keyed by user id. It must exist.
     #[arg(long)]
     pub kafka_topic: Option<String>,
+    /// Seconds an event may take to be acknowledged by every in-sync replica before the
+    /// ingest answers 503 (not durable; the client retries). Kafka's `delivery.timeout.ms`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub kafka_delivery_timeout_seconds: u64,
     /// Seconds between checkpoints of the embedded store (0: only at shutdown and when memory
     /// fills with unsaved changes). Events after the last checkpoint are replayed from the log
     /// at start, so this bounds the replay, not what survives a crash.
@@ -242,7 +246,8 @@ async fn open_sink(
             };
             let group = format!("reco-features-{}", args.pipeline);
             let topic = KafkaTopic { brokers: brokers.clone(), topic: topic.clone(), group };
-            let sink = KafkaSink::connect(topic.clone()).await?;
+            let delivery_timeout = Duration::from_secs(args.kafka_delivery_timeout_seconds);
+            let sink = KafkaSink::connect(topic.clone(), delivery_timeout).await?;
             Ok((Arc::new(sink), Some(topic)))
         }
     }
