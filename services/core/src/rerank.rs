@@ -58,6 +58,24 @@ pub struct RankedItem {
     pub source: String,
 }
 
+/// The final page, and how varied it is (for the per-version diversity monitors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub items: Vec<RankedItem>,
+    pub diversity: PageDiversity,
+}
+
+/// How varied a page is, measured on what selection already computed.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PageDiversity {
+    /// Intra-list diversity: the mean cosine distance `1 − cos` over the pairs of items that
+    /// both have an embedding (0: all alike; 1: orthogonal; up to 2). `None` below two such items.
+    pub intra_list: Option<f64>,
+    /// Shannon entropy, in bits, of the categories of the items that have one (0: a single
+    /// category; log2 of the page size at most). `None` when no item has a category.
+    pub category_entropy_bits: Option<f64>,
+}
+
 /// Why reranking was refused; the message names the offending setting or candidate.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RerankError {
@@ -91,7 +109,7 @@ impl RerankSettings {
 }
 
 /// The page for `candidates`: at most `page_size` distinct items, in display order.
-pub fn rerank(candidates: Vec<Candidate>, settings: &RerankSettings) -> Result<Vec<RankedItem>, RerankError> {
+pub fn rerank(candidates: Vec<Candidate>, settings: &RerankSettings) -> Result<Page, RerankError> {
     settings.validate()?;
     if let Some(bad) = candidates.iter().find(|c| !c.score.is_finite()) {
         return Err(RerankError::NonFiniteScore { item_id: bad.item_id.clone(), score: bad.score });
@@ -157,7 +175,7 @@ fn cosine(a: Option<&[f64]>, b: Option<&[f64]>) -> f64 {
 }
 
 /// Greedy MMR under the category cap, falling back to capped items when nothing else is left.
-fn select(mut pool: Vec<Entry>, settings: &RerankSettings) -> Vec<RankedItem> {
+fn select(mut pool: Vec<Entry>, settings: &RerankSettings) -> Page {
     let (min, max) =
         pool.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| (lo.min(e.relevance), hi.max(e.relevance)));
     let range = max - min;
@@ -168,6 +186,7 @@ fn select(mut pool: Vec<Entry>, settings: &RerankSettings) -> Vec<RankedItem> {
     let cap = settings.max_per_category;
     let mut per_category: HashMap<String, u32> = HashMap::new();
     let mut page = Vec::with_capacity(settings.page_size.min(pool.len()));
+    let mut units: Vec<Vec<f64>> = Vec::with_capacity(page.capacity());
     while page.len() < settings.page_size {
         let is_full = |e: &Entry| {
             cap > 0 && e.candidate.category.as_ref().is_some_and(|c| per_category.get(c).is_some_and(|&n| n >= cap))
@@ -188,8 +207,33 @@ fn select(mut pool: Vec<Entry>, settings: &RerankSettings) -> Vec<RankedItem> {
             score: (chosen.relevance as f32).clamp(f32::MIN, f32::MAX),
             source: chosen.candidate.source,
         });
+        units.extend(chosen.unit);
     }
-    page
+    let diversity = PageDiversity {
+        intra_list: intra_list_diversity(&units),
+        category_entropy_bits: entropy_bits(per_category.values().copied()),
+    };
+    Page { items: page, diversity }
+}
+
+/// Mean `1 − cos` over the pairs of `units` (unit vectors); `None` below two.
+fn intra_list_diversity(units: &[Vec<f64>]) -> Option<f64> {
+    let mut sum = 0.0;
+    let mut pairs = 0u32;
+    for (i, a) in units.iter().enumerate() {
+        for b in &units[i + 1..] {
+            sum += 1.0 - cosine(Some(a), Some(b));
+            pairs += 1;
+        }
+    }
+    (pairs > 0).then(|| sum / f64::from(pairs))
+}
+
+/// Shannon entropy in bits of a distribution given by its counts; `None` when they sum to 0.
+fn entropy_bits(counts: impl Iterator<Item = u32> + Clone) -> Option<f64> {
+    let total = f64::from(counts.clone().sum::<u32>());
+    (total > 0.0)
+        .then(|| counts.filter(|&n| n > 0).map(|n| f64::from(n) / total).map(|p| -p * p.log2()).sum::<f64>().max(0.0))
 }
 
 /// Index of the best eligible entry: highest objective, then relevance, then smallest id.
@@ -302,7 +346,7 @@ mod tests {
             (vec![item("b", -1.0), item("b", -5.0)], vec![("b", -1.0, "two_tower")]),
         ];
         for (input, want) in cases {
-            let page = rerank(input, &settings()).expect("valid");
+            let page = rerank(input, &settings()).expect("valid").items;
             let got: Vec<_> = page.iter().map(|r| (r.item_id.as_str(), r.score, r.source.as_str())).collect();
             assert_eq!(got, want);
         }
@@ -334,7 +378,7 @@ mod tests {
         let s = RerankSettings { freshness_boost: 1.0, freshness_half_life_seconds: 60.0, ..settings() };
         let old = Candidate { age_seconds: Some(1e6), ..item("old", 1.5) };
         let new = Candidate { age_seconds: Some(0.0), ..item("new", 1.0) };
-        let page = rerank(vec![old, new], &s).expect("valid");
+        let page = rerank(vec![old, new], &s).expect("valid").items;
         assert_eq!(ids(&page), ["new", "old"]);
         assert_eq!(page[0].score, 2.0);
     }
@@ -356,7 +400,7 @@ mod tests {
             (0.0, vec!["a", "b", "c", "a2"]),
         ];
         for (lambda, want) in cases {
-            let page = rerank(candidates(), &RerankSettings { mmr_lambda: lambda, ..settings() }).expect("valid");
+            let page = rerank(candidates(), &RerankSettings { mmr_lambda: lambda, ..settings() }).expect("valid").items;
             assert_eq!(ids(&page), want, "lambda {lambda}");
         }
     }
@@ -371,9 +415,36 @@ mod tests {
             embedded("x", 0.9, &[1.0, 0.0, 0.0]),
         ] {
             let page = rerank(vec![embedded("a", 1.0, &[1.0, 0.0]), embedded("b", 0.95, &[1.0, 0.0]), other], &s)
-                .expect("valid");
+                .expect("valid")
+                .items;
             assert_eq!(ids(&page), ["a", "x", "b"]);
         }
+    }
+
+    #[test]
+    fn the_page_reports_its_intra_list_diversity_and_category_entropy() {
+        let candidates = vec![
+            Candidate { category: Some("drama".into()), ..embedded("a", 1.0, &[1.0, 0.0]) },
+            Candidate { category: Some("drama".into()), ..embedded("b", 0.9, &[2.0, 0.0]) },
+            Candidate { category: Some("comedy".into()), ..embedded("c", 0.8, &[0.0, 3.0]) },
+            item("d", 0.7),
+        ];
+        let page = rerank(candidates, &settings()).expect("valid");
+        assert_eq!(ids(&page.items), ["a", "b", "c", "d"]);
+        // Pairs with embeddings: (a, b) at distance 0, (a, c) and (b, c) at 1; d has none.
+        let ild = page.diversity.intra_list.expect("three embedded items");
+        assert!((ild - 2.0 / 3.0).abs() < 1e-12, "{ild}");
+        // Two dramas and a comedy; d has no category.
+        let want = -(2.0f64 / 3.0) * (2.0f64 / 3.0).log2() - (1.0f64 / 3.0) * (1.0f64 / 3.0).log2();
+        let entropy = page.diversity.category_entropy_bits.expect("categorised items");
+        assert!((entropy - want).abs() < 1e-12, "{entropy} vs {want}");
+
+        let alike =
+            rerank(vec![in_category("a", 1.0, "drama"), in_category("b", 0.5, "drama")], &settings()).expect("valid");
+        assert_eq!(alike.diversity, PageDiversity { intra_list: None, category_entropy_bits: Some(0.0) });
+        let bare = rerank(vec![item("a", 1.0), embedded("b", 0.5, &[1.0])], &settings()).expect("valid");
+        assert_eq!(bare.diversity, PageDiversity::default(), "one embedding, no category: nothing to measure");
+        assert_eq!(rerank(Vec::new(), &settings()).expect("valid").diversity, PageDiversity::default());
     }
 
     #[test]
@@ -398,7 +469,7 @@ mod tests {
         ];
         for (cap, page_size, want) in cases {
             let s = RerankSettings { max_per_category: cap, page_size, ..settings() };
-            assert_eq!(ids(&rerank(candidates(), &s).expect("valid")), want, "cap {cap} page {page_size}");
+            assert_eq!(ids(&rerank(candidates(), &s).expect("valid").items), want, "cap {cap} page {page_size}");
         }
     }
 
@@ -412,10 +483,10 @@ mod tests {
             (50, vec!["d", "a", "b", "c", "e"]),
         ];
         for (page_size, want) in cases {
-            let page = rerank(candidates(), &RerankSettings { page_size, ..settings() }).expect("valid");
+            let page = rerank(candidates(), &RerankSettings { page_size, ..settings() }).expect("valid").items;
             assert_eq!(ids(&page), want, "page {page_size}");
         }
-        assert!(rerank(Vec::new(), &settings()).expect("valid").is_empty());
+        assert!(rerank(Vec::new(), &settings()).expect("valid").items.is_empty());
     }
 
     #[test]
@@ -423,7 +494,7 @@ mod tests {
         let s = RerankSettings { freshness_boost: 1.0, ..settings() };
         let huge = Candidate { age_seconds: Some(0.0), ..item("huge", f32::MAX) };
         let tiny = Candidate { age_seconds: Some(0.0), ..item("tiny", f32::MIN) };
-        let page = rerank(vec![huge, tiny], &s).expect("valid");
+        let page = rerank(vec![huge, tiny], &s).expect("valid").items;
         assert_eq!(ids(&page), ["huge", "tiny"]);
         assert!(page.iter().all(|r| r.score.is_finite()));
     }
@@ -467,8 +538,12 @@ mod tests {
             let mut distinct: Vec<&str> = candidates.iter().map(|c| c.item_id.as_str()).collect();
             distinct.sort_unstable();
             distinct.dedup();
-            let page = rerank(candidates.clone(), &s).expect("valid");
+            let Page { items: page, diversity } = rerank(candidates.clone(), &s).expect("valid");
             prop_assert_eq!(page.len(), s.page_size.min(distinct.len()));
+            // Cosine distance lies in [0, 2]; entropy in [0, log2(page size)].
+            prop_assert!(diversity.intra_list.is_none_or(|d| (-1e-9..=2.0 + 1e-9).contains(&d)), "{:?}", diversity);
+            let most = (page.len().max(1) as f64).log2() + 1e-9;
+            prop_assert!(diversity.category_entropy_bits.is_none_or(|h| (0.0..=most).contains(&h)), "{:?}", diversity);
             let mut seen = ids(&page);
             seen.sort_unstable();
             seen.dedup();
@@ -489,7 +564,7 @@ mod tests {
                 *available.entry(c.category.as_deref()).or_default() += 1;
             }
             let capacity: usize = available.iter().map(|(cat, &n)| if cat.is_some() { n.min(cap) } else { n }).sum();
-            let page = rerank(candidates, &s).expect("valid");
+            let page = rerank(candidates, &s).expect("valid").items;
             // The first `capacity` picks never need to relax the cap.
             let category: HashMap<&str, Option<&str>> =
                 pool.iter().map(|c| (c.item_id.as_str(), c.category.as_deref())).collect();
@@ -517,7 +592,7 @@ mod tests {
             let mut want: Vec<(&str, f32)> = best.into_iter().collect();
             want.sort_by(|a, b| descending(f64::from(a.1), f64::from(b.1)).then(a.0.cmp(b.0)));
             want.truncate(page_size);
-            let page = rerank(candidates.clone(), &s).expect("valid");
+            let page = rerank(candidates.clone(), &s).expect("valid").items;
             let got: Vec<(&str, f32)> = page.iter().map(|r| (r.item_id.as_str(), r.score)).collect();
             prop_assert_eq!(got, want);
         }

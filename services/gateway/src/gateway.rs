@@ -25,7 +25,8 @@ use crate::backends::VersionBackend;
 use crate::config::{ConfigError, Snapshot};
 use crate::dedup::{Claim, Dedup};
 use crate::metrics::{
-    CacheLabels, EventLabels, GroupLabels, Metrics, PipelineLabels, ReasonLabels, StageLabels, VersionLabels,
+    CacheLabels, EventLabels, GroupLabels, Metrics, PipelineLabels, ReasonLabels, SourceLabels, StageLabels,
+    VersionLabels,
 };
 
 /// User id of the fallback request: unknown to every store (`known: false`), so retrieval
@@ -429,12 +430,29 @@ impl Gateway {
         let rerank_settings = RerankSettings { page_size: query.page_size, ..settings.rerank.clone() };
         let page = rerank::rerank(candidates, &rerank_settings);
         self.observe_stage(version, "rerank", started);
+        let page = page.map_err(StageError::Rerank)?;
+        self.observe_page(version, &page);
         let items = page
-            .map_err(StageError::Rerank)?
+            .items
             .into_iter()
             .map(|item| Item { item_id: item.item_id, score: item.score, source: item.source })
             .collect();
         Ok((items, user))
+    }
+
+    /// The per-version page monitors: where the items came from and how varied the page is.
+    fn observe_page(&self, version: &str, page: &rerank::Page) {
+        let metrics = &self.inner.metrics;
+        let labels = self.version_labels(version);
+        for item in &page.items {
+            metrics.page_items.get_or_create(&SourceLabels::new(&labels, &item.source)).inc();
+        }
+        if let Some(distance) = page.diversity.intra_list {
+            metrics.page_intra_list_diversity.get_or_create(&labels).observe(distance);
+        }
+        if let Some(bits) = page.diversity.category_entropy_bits {
+            metrics.page_category_entropy.get_or_create(&labels).observe(bits);
+        }
     }
 
     /// Runs one remote stage until `deadline`, observing its latency when it answers.
@@ -595,6 +613,11 @@ impl Gateway {
                 user_group: claims.user_group,
             };
             self.inner.metrics.clicks.get_or_create(&labels).inc();
+        }
+        if input.dwell_ms > 0 && !claims.model_version.is_empty() {
+            let version =
+                VersionLabels { pipeline: labels.pipeline.clone(), model_version: labels.model_version.clone() };
+            self.inner.metrics.dwell.get_or_create(&version).observe(f64::from(input.dwell_ms) / 1000.0);
         }
         self.inner.metrics.events.get_or_create(&labels).inc();
         Ok(Recorded::New)

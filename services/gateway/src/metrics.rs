@@ -58,10 +58,41 @@ pub struct EventLabels {
     pub event_type: &'static str,
 }
 
+/// Labels of the items a version served, by the candidate source that found them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub pipeline: String,
+    pub model_version: String,
+    /// One of [`reco_proto::CANDIDATE_SOURCES`], or `other`.
+    pub source: &'static str,
+}
+
+impl SourceLabels {
+    pub fn new(version: &VersionLabels, source: &str) -> Self {
+        let source = reco_proto::CANDIDATE_SOURCES.into_iter().find(|known| *known == source).unwrap_or("other");
+        Self { pipeline: version.pipeline.clone(), model_version: version.model_version.clone(), source }
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn overlap_histogram() -> Histogram {
     Histogram::new([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+}
+
+/// Cosine distance: mostly within [0, 1], up to 2 for opposed embeddings.
+fn distance_histogram() -> Histogram {
+    Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0])
+}
+
+/// Bits: 0 is a single-category page, log2(20) ≈ 4.3 a page of 20 distinct categories.
+fn entropy_histogram() -> Histogram {
+    Histogram::new([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0])
+}
+
+/// Seconds a user spent on an item.
+fn dwell_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0])
 }
 
 /// Every series the gateway exports. Cheap to clone (families are shared handles).
@@ -85,6 +116,10 @@ pub struct Metrics {
     pub shadow_overlap: HistogramFamily<VersionLabels>,
     pub routing_reload_errors: Family<PipelineLabels, Counter>,
     pub cache_requests: Family<CacheLabels, Counter>,
+    pub page_items: Family<SourceLabels, Counter>,
+    pub page_intra_list_diversity: HistogramFamily<VersionLabels>,
+    pub page_category_entropy: HistogramFamily<VersionLabels>,
+    pub dwell: HistogramFamily<VersionLabels>,
 }
 
 /// prometheus-client appends `_total` to counters itself.
@@ -131,6 +166,10 @@ impl Metrics {
             shadow_overlap: Family::new_with_constructor(overlap_histogram),
             routing_reload_errors: Family::default(),
             cache_requests: Family::default(),
+            page_items: Family::default(),
+            page_intra_list_diversity: Family::new_with_constructor(distance_histogram),
+            page_category_entropy: Family::new_with_constructor(entropy_histogram),
+            dwell: Family::new_with_constructor(dwell_histogram),
         };
         let m = &metrics;
         registry.register(
@@ -171,6 +210,26 @@ impl Metrics {
             m.routing_reload_errors.clone(),
         );
         registry.register("reco_cache_requests", "Cache lookups", m.cache_requests.clone());
+        registry.register(
+            "reco_page_items",
+            "Items on the pages a version produced (served or mirrored), by the candidate source that found them",
+            m.page_items.clone(),
+        );
+        registry.register(
+            "reco_page_intra_list_diversity",
+            "Mean cosine distance between the item embeddings of a page a version produced",
+            m.page_intra_list_diversity.clone(),
+        );
+        registry.register(
+            "reco_page_category_entropy_bits",
+            "Shannon entropy of the categories on a page a version produced",
+            m.page_category_entropy.clone(),
+        );
+        registry.register(
+            "reco_event_dwell_seconds",
+            "Dwell time reported with an event, by the version that served the item",
+            m.dwell.clone(),
+        );
         metrics
     }
 }
@@ -211,6 +270,23 @@ mod tests {
         for name in [signals::LATENCY, signals::SHADOW_LATENCY] {
             let line = format!("{name}_bucket{{le=\"0.5\",pipeline=\"explore\",model_version=\"v1\"}} 1");
             assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_series_is_documented() {
+        let mut registry = Registry::default();
+        Metrics::register(&mut registry);
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md")).expect("docs");
+        // Families without series are not encoded; the registry's descriptors name them all.
+        let described = format!("{registry:?}");
+        let names: Vec<&str> = described.split("name: \"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        assert!(names.len() >= 20, "{names:?}");
+        for name in names {
+            // Counters are documented with the `_total` their samples carry.
+            let documented = [format!("`{name}`"), format!("`{name}_total`")].iter().any(|n| docs.contains(n.as_str()));
+            assert!(documented, "{name} is not in docs/metrics.md");
         }
     }
 

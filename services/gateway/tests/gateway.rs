@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Behaviour, Options, PIPELINE, VersionPlan, item_id, routing, series, start, version_series};
+use common::{Behaviour, CATEGORIES, Options, PIPELINE, VersionPlan, item_id, routing, series, start, version_series};
 use reco_contracts::routing::{user_bucket, user_group};
 use reco_contracts::{RoutedVersion, RoutingTable, route_for_user};
 use reco_core::token::{Claims, ItemDigest, TokenSigner, UserDigest};
@@ -45,6 +45,50 @@ async fn routing_split_honours_weights_and_is_consistent_per_user() {
     }
     // 20% of 400 users, within about 4 standard deviations (±32).
     assert!((48..=112).contains(&on_v2), "{on_v2} of 400 on v2");
+}
+
+/// The page monitors: each page a version produces reports where its items came from, how far
+/// apart their embeddings are and how many categories it spans; a dwell time counts for the
+/// version that served the item.
+#[tokio::test]
+async fn pages_report_their_sources_diversity_and_dwell_per_version() {
+    let embedded = VersionPlan { embed_by_category: true, ..Default::default() };
+    let gateway =
+        start(Options { versions: vec![("v1", embedded), ("v2", VersionPlan::default())], ..Default::default() }).await;
+    let (mut distance, mut bits) = (0.0, 0.0);
+    let users = 4;
+    let mut first = None;
+    for user in 0..users {
+        let page = gateway.recommend(&format!("u{user}")).await;
+        let mut per_category = [0usize; CATEGORIES];
+        for id in ids(&page) {
+            per_category[id["item-".len()..].parse::<usize>().expect("item-NN") % CATEGORIES] += 1;
+        }
+        // One-hot embeddings by category: distance 0 within a category, 1 across.
+        let n = per_category.iter().sum::<usize>() as f64;
+        let same: usize = per_category.iter().map(|k| k * k.saturating_sub(1) / 2).sum();
+        distance += 1.0 - same as f64 / (n * (n - 1.0) / 2.0);
+        bits -= per_category.iter().filter(|&&k| k > 0).map(|&k| k as f64 / n).map(|p| p * p.log2()).sum::<f64>();
+        first.get_or_insert(page);
+    }
+    let v1 = |name: &str| version_series(name, "v1");
+    assert_eq!(gateway.metric(&v1("reco_page_intra_list_diversity_count")).await, f64::from(users));
+    let got = gateway.metric(&v1("reco_page_intra_list_diversity_sum")).await;
+    assert!((got - distance).abs() < 1e-9 && distance > 0.0, "{got} vs {distance}");
+    let got = gateway.metric(&v1("reco_page_category_entropy_bits_sum")).await;
+    assert!((got - bits).abs() < 1e-9 && bits > 0.0, "{got} vs {bits}");
+    // The doubles name their source after their version, not a known source: labelled `other`.
+    let items =
+        series("reco_page_items_total", &[("pipeline", PIPELINE), ("model_version", "v1"), ("source", "other")]);
+    assert_eq!(gateway.metric(&items).await, f64::from(users) * 10.0);
+
+    let page = first.expect("a page");
+    let (token, item) = (page["token"].as_str().expect("token"), ids(&page)[0].clone());
+    let body = json!({"token": token, "user_id": "u0", "item_id": item, "type": "dwell", "dwell_ms": 1500});
+    assert_eq!(gateway.post("/v1/events", &body).await.0, 202);
+    assert_eq!(gateway.post("/v1/events", &body).await.0, 202, "a retry is acknowledged");
+    assert_eq!(gateway.metric(&v1("reco_event_dwell_seconds_count")).await, 1.0, "and counted once");
+    assert_eq!(gateway.metric(&v1("reco_event_dwell_seconds_sum")).await, 1.5);
 }
 
 #[tokio::test]

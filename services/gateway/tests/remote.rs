@@ -30,7 +30,11 @@ async fn version_server(version: &str, cancel: &CancellationToken) -> String {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let server = tonic::transport::Server::builder()
         .add_service(RetrievalServer::new(CatalogueRetrieval { version: version.into(), behaviour: Behaviour::Normal }))
-        .add_service(RankingServer::new(PassThroughRanking { version: version.into(), behaviour: Behaviour::Normal }))
+        .add_service(RankingServer::new(PassThroughRanking {
+            version: version.into(),
+            behaviour: Behaviour::Normal,
+            embed_by_category: false,
+        }))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             cancel.clone().cancelled_owned(),

@@ -21,6 +21,11 @@ use xxhash_rust::xxh3::Xxh3;
 /// Longest id on the wire (user, item, request, model version, pipeline), in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// Every value of `Candidate.source` and `RecommendedItem.source`: the retrieval sources, and
+/// `content` for items added after training, found through their content embedding. Metrics
+/// label by these names only, so a misbehaving backend cannot grow their cardinality.
+pub const CANDIDATE_SOURCES: [&str; 5] = ["two_tower", "item_to_item", "popular", "fresh", "content"];
+
 /// Why an id breaks the rule every service checks it against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

@@ -83,6 +83,13 @@ mod tests {
     }
 
     #[test]
+    fn every_source_is_a_name_the_metrics_label_by() {
+        for source in SOURCES {
+            assert!(reco_proto::CANDIDATE_SOURCES.contains(&source.name()), "{}", source.name());
+        }
+    }
+
+    #[test]
     fn the_union_keeps_every_rank_and_agreement_wins() {
         let m = mix(&lists(&[1, 2, 3], &[3, 4], &[5, 3], &[]), SourceWeights::default(), 100);
         assert_eq!(m.len(), 5);

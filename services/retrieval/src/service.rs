@@ -16,7 +16,7 @@ use crate::args::Settings;
 use crate::catalog::{Catalog, CatalogError, ItemItem, top_scores};
 use crate::encoder::{EncodeError, UserEncoder, encode_new_items};
 use crate::metrics::Metrics;
-use crate::mix::{SOURCES, Source, mix};
+use crate::mix::{Source, mix};
 use crate::query::{InvalidArgument, Plan, plan};
 
 /// Points upserted per call when filling the vector store.
@@ -287,7 +287,7 @@ impl RetrievalService {
             })
             .collect();
         drop(catalog);
-        for source in SOURCES.iter().map(|s| s.name()).chain(["content"]) {
+        for source in reco_proto::CANDIDATE_SOURCES {
             let n = candidates.iter().filter(|c| c.source == source).count();
             m.candidates(source, n);
         }

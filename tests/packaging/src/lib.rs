@@ -409,11 +409,21 @@ pub fn operator_metric_series() -> BTreeSet<String> {
     series
 }
 
-/// The `reco_operator_*` names a PromQL expression uses.
+/// The series of every metric docs/metrics.md names (a histogram's `_bucket`, `_sum` and
+/// `_count` included): the services' metrics users may query.
+pub fn documented_metric_series() -> BTreeSet<String> {
+    let docs = read("docs/metrics.md");
+    metric_names_in(&docs)
+        .into_iter()
+        .flat_map(|name| ["", "_bucket", "_sum", "_count"].map(|suffix| format!("{name}{suffix}")))
+        .collect()
+}
+
+/// The `reco_*` metric names a PromQL expression (or any text) uses.
 pub fn metric_names_in(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = expr;
-    while let Some(start) = rest.find("reco_operator_") {
+    while let Some(start) = rest.find("reco_") {
         let tail = &rest[start..];
         let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
         names.insert(tail[..end].to_owned());

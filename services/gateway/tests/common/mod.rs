@@ -32,6 +32,8 @@ use tonic::{Request, Response, Status};
 pub const PIPELINE: &str = "explore";
 pub const KEY: &str = "test-key-test-key-test-key-test-key";
 pub const CATALOGUE: usize = 30;
+/// Items of the catalogue double are in categories `c0`..`c4` (item i in `c{i % 5}`).
+pub const CATEGORIES: usize = 5;
 
 pub fn item_id(i: usize) -> String {
     format!("item-{i:02}")
@@ -153,7 +155,7 @@ impl Retrieval for CatalogueRetrieval {
                     item_id: item_id(i),
                     source: self.version.clone(),
                     score: 1.0 - rank as f32 / 100.0,
-                    category: format!("c{}", i % 5),
+                    category: format!("c{}", i % CATEGORIES),
                     two_tower_rank: -1,
                     item_to_item_rank: -1,
                     popular_rank: -1,
@@ -171,6 +173,9 @@ impl Retrieval for CatalogueRetrieval {
 pub struct PassThroughRanking {
     pub version: String,
     pub behaviour: Behaviour,
+    /// Gives every item a one-hot embedding of its category (`cN` → axis N), for reranking by
+    /// diversity; without it items have none.
+    pub embed_by_category: bool,
 }
 
 #[tonic::async_trait]
@@ -182,6 +187,7 @@ impl Ranking for PassThroughRanking {
             .candidates
             .into_iter()
             .map(|c| RankedItem {
+                embedding: if self.embed_by_category { one_hot_category(&c.category) } else { Vec::new() },
                 item_id: c.item_id,
                 score: c.score,
                 source: c.source,
@@ -193,11 +199,19 @@ impl Ranking for PassThroughRanking {
     }
 }
 
+/// The embedding of an item of category `cN`: axis N of [`CATEGORIES`] dimensions.
+pub fn one_hot_category(category: &str) -> Vec<f32> {
+    let axis: usize = category.trim_start_matches('c').parse().expect("category cN");
+    (0..CATEGORIES).map(|i| if i == axis { 1.0 } else { 0.0 }).collect()
+}
+
 /// One version's doubles and how they behave.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VersionPlan {
     pub retrieval: Behaviour,
     pub ranking: Behaviour,
+    /// See [`PassThroughRanking::embed_by_category`].
+    pub embed_by_category: bool,
 }
 
 pub struct Options {
@@ -276,7 +290,11 @@ pub async fn start(options: Options) -> TestGateway {
     let versions = StaticBackends::new(options.versions.iter().map(|(name, plan)| {
         let backend = VersionBackend {
             retrieval: Arc::new(CatalogueRetrieval { version: (*name).to_owned(), behaviour: plan.retrieval }),
-            ranking: Arc::new(PassThroughRanking { version: (*name).to_owned(), behaviour: plan.ranking }),
+            ranking: Arc::new(PassThroughRanking {
+                version: (*name).to_owned(),
+                behaviour: plan.ranking,
+                embed_by_category: plan.embed_by_category,
+            }),
         };
         ((*name).to_owned(), backend)
     }));
