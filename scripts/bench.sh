@@ -5,7 +5,7 @@
 # Benchmarks are not tests: they assert nothing, they measure.
 #
 #     scripts/bench.sh                 # every section
-#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann features incremental demo pods demo-cluster)
+#     scripts/bench.sh serving ann     # only these (analysis operator training serving ann features incremental drift demo pods demo-cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/env.sh)"
@@ -30,7 +30,7 @@ PY
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-sections="${*:-analysis operator training serving ann features incremental demo pods demo-cluster}"
+sections="${*:-analysis operator training serving ann features incremental drift demo pods demo-cluster}"
 want() { [[ " $sections " == *" $1 "* ]]; }
 
 if want analysis; then
@@ -231,6 +231,59 @@ cmd=(cargo run -q --release -p reco-vector-store --example ann_bench -- --items 
     "${cmd[@]}"
 } | tee "$out/ann.md"
 record ann "Retrieval: top 500 of 1M items, qdrant-edge HNSW against exact search" "$out/ann.md"
+fi
+
+if want drift; then
+echo "== feature drift: PSI per ranker feature, catalogue users then new users" >&2
+# The PSI figures do not depend on the build profile: the debug binary saves a release build.
+cargo build -q -p reco-cli
+drift="$out/drift"
+mkdir -p "$drift/models"
+target/debug/reco train --data ml-100k --out "$drift/models/v1" --seed 1 --quiet >/dev/null
+port=18580
+# Windows of 500 sampled requests (one in 4): several close in each 60 s phase of the debug build.
+RECO_DRIFT_WINDOW_REQUESTS=500 target/debug/reco standalone --models "$drift/models" --seed-data ml-100k --http "127.0.0.1:$port" \
+    --grpc "127.0.0.1:$((port + 1))" --cache-ttl-seconds 0 >"$drift/standalone.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+    kill -0 "$pid" 2>/dev/null || { tail -5 "$drift/standalone.log" >&2; echo "reco standalone exited" >&2; exit 1; }
+    sleep 0.5
+done
+# phase NAME LOADGEN-FLAGS...: 60 s of traffic, then the PSI of the last window (all of this phase).
+phase() {
+    local name="$1"; shift
+    target/debug/reco loadgen --url "http://127.0.0.1:$port" --mode closed --concurrency 8 --duration 60 --warmup 5 \
+        "$@" --json "$drift/$name.json" >/dev/null
+    curl -s "http://127.0.0.1:$port/metrics" | grep '^reco_ranking_feature_psi{' >"$drift/$name.psi"
+}
+phase catalogue --users 943
+phase new --users 5000 --first-user 100000
+kill "$pid"; wait "$pid" || true
+{
+    echo 'Command: `scripts/bench.sh drift`: `reco train --data ml-100k --seed 1`, then `reco standalone --seed-data ml-100k`'
+    echo 'under `reco loadgen --mode closed --concurrency 8 --duration 60`, first for the 943 MovieLens users, then for'
+    echo '5,000 new users (`--first-user 100000`, no history). PSI of the last closed window (500 sampled requests,'
+    echo 'one in 4) against the distribution the trainer saved for the validation users. Alert level: 0.2.'
+    echo
+    python3 - "$drift/catalogue.psi" "$drift/new.psi" <<'PY'
+import re, sys
+def read(path):
+    out = {}
+    for line in open(path):
+        m = re.search(r'feature="([^"]+)"\} (\S+)', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+catalogue, new = read(sys.argv[1]), read(sys.argv[2])
+print("| feature | PSI, catalogue users | PSI, new users |")
+print("|---|---|---|")
+for feature in sorted(catalogue.keys() | new.keys(), key=lambda f: -new.get(f, 0)):
+    flag = lambda v: f"**{v:.3f}**" if v > 0.2 else f"{v:.3f}"
+    print(f"| `{feature}` | {flag(catalogue.get(feature, float('nan')))} | {flag(new.get(feature, float('nan')))} |")
+PY
+} | tee "$out/drift.md"
+record drift "Feature drift: PSI of the ranker's inputs, the catalogue's users against new users" "$out/drift.md"
 fi
 
 if want demo; then

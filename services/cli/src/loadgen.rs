@@ -47,9 +47,13 @@ pub struct LoadgenArgs {
     /// Warm-up seconds, not measured.
     #[arg(long, default_value_t = 3.0)]
     pub warmup: f64,
-    /// Users are `1..=users` (MovieLens ids), picked round-robin.
+    /// Users are `first_user..first_user + users` (MovieLens ids from 1), picked round-robin.
     #[arg(long, default_value_t = 943)]
     pub users: u32,
+    /// The first user id: past the catalogue's users (e.g. 100000) every request is a new user
+    /// without history, the shift the feature-drift monitors should notice.
+    #[arg(long, default_value_t = 1)]
+    pub first_user: u64,
     #[arg(long, default_value_t = 20)]
     pub page_size: u32,
     /// Write the report as JSON to this file too.
@@ -92,13 +96,14 @@ struct Target {
     client: reqwest::Client,
     url: String,
     users: u32,
+    first_user: u64,
     page_size: u32,
 }
 
 impl Target {
     /// One request; `Ok(degraded)` on a 200.
     async fn recommend(&self, n: u64) -> anyhow::Result<bool> {
-        let user = (n % u64::from(self.users.max(1))) + 1;
+        let user = (n % u64::from(self.users.max(1))) + self.first_user;
         let body = serde_json::json!({ "user_id": user.to_string(), "page_size": self.page_size });
         let response = self.client.post(&self.url).json(&body).send().await?;
         if !response.status().is_success() {
@@ -142,6 +147,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<LoadReport> {
         client,
         url: format!("{}/v1/recommend", args.url.trim_end_matches('/')),
         users: args.users,
+        first_user: args.first_user,
         page_size: args.page_size,
     });
     let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
@@ -285,6 +291,7 @@ mod tests {
                 duration: 0.5,
                 warmup: 0.1,
                 users: 8,
+                first_user: 1,
                 page_size: 10,
                 json: None,
             };

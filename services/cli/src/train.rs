@@ -374,6 +374,13 @@ pub fn tune(a: TuneArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The ranker's history-length feature is capped where the features service's default
+    /// history stops, so training never sees a value serving cannot produce.
+    #[test]
+    fn the_history_feature_cap_is_the_features_services_history_bound() {
+        assert_eq!(reco_model::scoring::HISTORY_FEATURE_CAP, reco_features::model::DEFAULT_HISTORY_LEN);
+    }
+
     #[test]
     fn a_local_out_is_written_in_place_and_an_object_store_out_is_uploaded_from_a_work_dir() {
         let local = output("models/v1", None).unwrap();

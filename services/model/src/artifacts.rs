@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
 
+use crate::drift::DriftReference;
 use crate::features::{FeatureOptions, FeatureSpace, Item};
 use crate::scoring::{DenseScaler, ValueModel};
 use crate::{Ranker, RankerConfig, TwoTower, TwoTowerConfig};
@@ -40,6 +41,10 @@ pub struct RankerFile {
     pub value_model: ValueModel,
     pub candidates: CandidateCounts,
     pub item_item_lambda: f64,
+    /// The dense features' distribution on the validation users, for the drift monitors;
+    /// absent in versions trained before it existed (no drift monitoring then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_reference: Option<DriftReference>,
 }
 
 /// Why an artifact directory cannot be served; names the file and the problem.
@@ -117,6 +122,9 @@ impl VersionArtifacts {
         let inconsistent = |message: String| ArtifactError::Inconsistent { dir: dir.to_path_buf(), message };
         let two_tower_file: TwoTowerFile = read_json(dir, files::TWO_TOWER_CONFIG)?;
         let ranker_file: RankerFile = read_json(dir, files::RANKER_CONFIG)?;
+        if let Some(Err(message)) = ranker_file.feature_reference.as_ref().map(DriftReference::check) {
+            return Err(ArtifactError::File { path: dir.join(files::RANKER_CONFIG), message });
+        }
         let features: FeatureSpace = read_json(dir, files::FEATURES)?;
         let items: Vec<Item> = read_json(dir, files::ITEMS)?;
         let user_ids: Vec<String> = read_json(dir, files::USER_IDS)?;
@@ -294,6 +302,7 @@ pub fn write_random_version(dir: &Path, items: &[Item], user_ids: &[String], see
         value_model: ValueModel { high_rating_weight: 0.5, ranker_blend: 0.5 },
         candidates: CandidateCounts { per_source: 100, popular: 50 },
         item_item_lambda: 100.0,
+        feature_reference: None,
     };
     write_json(dir, files::TWO_TOWER_CONFIG, &TwoTowerFile { model, features: features.options })?;
     write_json(dir, files::RANKER_CONFIG, &ranker_file)?;
@@ -345,7 +354,18 @@ mod tests {
         std::fs::write(dir.path().join(files::ITEMS), "[]").unwrap();
         let err = VersionArtifacts::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("item slots"), "{err}");
-        std::fs::write(dir.path().join(files::RANKER_CONFIG), "{not json").unwrap();
+        std::fs::write(dir.path().join(files::ITEMS), serde_json::to_string(&catalog()).unwrap()).unwrap();
+        // A drift reference that does not add up.
+        let path = dir.path().join(files::RANKER_CONFIG);
+        let mut ranker: RankerFile = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let rows: Vec<[f32; crate::scoring::N_DENSE]> = (0..50).map(|i| [i as f32; crate::scoring::N_DENSE]).collect();
+        let mut reference = DriftReference::fit(&rows).unwrap();
+        reference.features[6].shares[1] += 0.5;
+        ranker.feature_reference = Some(reference);
+        std::fs::write(&path, serde_json::to_string(&ranker).unwrap()).unwrap();
+        let err = VersionArtifacts::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(files::RANKER_CONFIG) && err.contains("log_history_length"), "{err}");
+        std::fs::write(&path, "{not json").unwrap();
         let err = VersionArtifacts::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains(files::RANKER_CONFIG), "{err}");
     }

@@ -8,12 +8,13 @@
 //! Index 0 of every categorical vocabulary means "unknown or padding".
 //!
 //! [`features`] (the fitted feature space), [`scoring`] (ranker features and
-//! the value model) and [`artifacts`] (the files of a version and their
-//! loader) are shared by `reco train` and the services, so a model serves
+//! the value model), [`drift`] (the reference distribution of those features)
+//! and [`artifacts`] (the files of a version and their loader) are shared by `reco train` and the services, so a model serves
 //! exactly as it was trained and evaluated.
 
 pub mod artifacts;
 mod config;
+pub mod drift;
 pub mod features;
 mod inputs;
 mod ranker;

@@ -34,14 +34,21 @@ pub fn zscore(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| (x - mean) / std).collect()
 }
 
+/// The history length the ranker sees is capped here, at the features service's default
+/// history bound (`reco_features::model::DEFAULT_HISTORY_LEN`): the service keeps a user's
+/// latest 200 items, so a longer training history would be a value serving never produces
+/// (the drift monitors caught it: PSI 0.98 on ordinary traffic before the cap).
+pub const HISTORY_FEATURE_CAP: usize = 200;
+
 /// Dense features of one user's candidates: two-tower and item-to-item
 /// scores, log popularity, the three sources' rank weights, log history
-/// length, and the two scores standardised within the user's candidates.
+/// length (capped at [`HISTORY_FEATURE_CAP`]), and the two scores
+/// standardised within the user's candidates.
 pub fn dense_features(candidates: &[SourceEvidence], history_len: usize) -> Vec<[f32; N_DENSE]> {
     let tt: Vec<f32> = candidates.iter().map(|c| c.two_tower_score).collect();
     let ii: Vec<f32> = candidates.iter().map(|c| c.item_to_item_score).collect();
     let (tz, iz) = (zscore(&tt), zscore(&ii));
-    let hist_len = (history_len as f32 + 1.0).ln();
+    let hist_len = (history_len.min(HISTORY_FEATURE_CAP) as f32 + 1.0).ln();
     candidates
         .iter()
         .enumerate()
@@ -116,6 +123,14 @@ impl ValueModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_length_feature_stops_where_serving_histories_stop() {
+        let one = [SourceEvidence::default()];
+        let at = |len| dense_features(&one, len)[0][6];
+        assert_eq!(at(HISTORY_FEATURE_CAP + 500), at(HISTORY_FEATURE_CAP));
+        assert!(at(HISTORY_FEATURE_CAP - 1) < at(HISTORY_FEATURE_CAP));
+    }
 
     #[test]
     fn zscore_and_rank_weight() {

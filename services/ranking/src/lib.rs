@@ -14,7 +14,7 @@ pub mod service;
 pub mod weights;
 
 pub use metrics::Metrics;
-pub use scorer::{BuildError, MAX_CANDIDATES, RankError, Ranked, Scorer, ScorerSettings, Skip};
+pub use scorer::{BuildError, DriftSettings, MAX_CANDIDATES, RankError, Ranked, Scorer, ScorerSettings, Skip};
 pub use serve::{RankingArgs, grpc_routes};
 pub use service::RankingService;
 pub use weights::{TaskWeights, ValueWeights, WeightsError};

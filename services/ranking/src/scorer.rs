@@ -20,7 +20,7 @@ use crate::weights::{TaskWeights, ValueWeights, WeightsError};
 pub const MAX_CANDIDATES: usize = 10_000;
 
 /// How a service scores: rows per forward pass, value-weight overrides and an optional
-/// TorchScript ranker replacing the native one.
+/// TorchScript ranker replacing the native one; and how it watches its inputs for drift.
 #[derive(Debug, Clone)]
 pub struct ScorerSettings {
     /// At most this many rows per forward pass (≥ 1).
@@ -29,11 +29,32 @@ pub struct ScorerSettings {
     pub value_weights: ValueWeights,
     /// A TorchScript ranker (see `docs/ranking.md` for its input contract).
     pub torchscript: Option<PathBuf>,
+    pub drift: DriftSettings,
 }
 
 impl Default for ScorerSettings {
     fn default() -> Self {
-        ScorerSettings { batch_size: 256, value_weights: ValueWeights::default(), torchscript: None }
+        ScorerSettings {
+            batch_size: 256,
+            value_weights: ValueWeights::default(),
+            torchscript: None,
+            drift: DriftSettings::default(),
+        }
+    }
+}
+
+/// How the drift monitors sample live requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftSettings {
+    /// Sampled requests per PSI window; 0 turns the monitors off.
+    pub window_requests: usize,
+    /// One request in this many is counted (≥ 1).
+    pub sample_every: u32,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        DriftSettings { window_requests: 1000, sample_every: 4 }
     }
 }
 
@@ -42,6 +63,8 @@ impl Default for ScorerSettings {
 pub enum BuildError {
     #[error("--batch-size must be at least 1")]
     BatchSize,
+    #[error("--drift-sample-every must be at least 1")]
+    DriftSampling,
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error("TorchScript ranker {path}: {source}")]
@@ -98,6 +121,8 @@ pub struct Ranked {
     pub skipped: Vec<Skip>,
     /// Rows of each forward pass.
     pub forwards: Vec<usize>,
+    /// The dense features of every scored row, for the drift monitors.
+    pub dense: Vec<[f32; N_DENSE]>,
 }
 
 /// The ranker that turns a [`RankerBatch`] into logits `[B, n_tasks]`.
@@ -247,8 +272,8 @@ impl Scorer {
             })
             .collect();
         let history_len = req.user.as_ref().map_or(0, |u| u.history.len());
-        let dense = scoring::dense_features(&evidence, history_len);
-        let scaled = self.artifacts.ranker_file.dense_scaler.apply(&dense);
+        out.dense = scoring::dense_features(&evidence, history_len);
+        let scaled = self.artifacts.ranker_file.dense_scaler.apply(&out.dense);
         let who = Demographics::of(req);
         let n_tasks = self.weights.tasks.len();
         let mut probs: Vec<f32> = Vec::with_capacity(kept.len() * n_tasks);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use reco_proto::ranking_server::RankingServer;
 use reco_runtime::flags::VersionFlags;
 
-use crate::scorer::ScorerSettings;
+use crate::scorer::{DriftSettings, ScorerSettings};
 use crate::service::RankingService;
 use crate::weights::ValueWeights;
 
@@ -25,6 +25,13 @@ pub struct RankingArgs {
     /// A TorchScript ranker to score with instead of the version's native one.
     #[arg(long)]
     pub torchscript: Option<PathBuf>,
+    /// Sampled requests per feature-drift window: each closed window sets
+    /// `reco_ranking_feature_psi` (0: no drift monitors).
+    #[arg(long, env = "RECO_DRIFT_WINDOW_REQUESTS", default_value_t = DriftSettings::default().window_requests)]
+    pub drift_window_requests: usize,
+    /// The drift monitors count the rows of one request in this many.
+    #[arg(long, env = "RECO_DRIFT_SAMPLE_EVERY", default_value_t = DriftSettings::default().sample_every, value_parser = clap::value_parser!(u32).range(1..))]
+    pub drift_sample_every: u32,
 }
 
 impl RankingArgs {
@@ -33,6 +40,7 @@ impl RankingArgs {
             batch_size: self.batch_size as usize,
             value_weights: self.value_weights.clone(),
             torchscript: self.torchscript.clone(),
+            drift: DriftSettings { window_requests: self.drift_window_requests, sample_every: self.drift_sample_every },
         }
     }
 }

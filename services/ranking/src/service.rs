@@ -1,16 +1,19 @@
 //! The gRPC face: `reco.v1.Ranking/Rank` over a [`Scorer`], run on the blocking pool so that
 //! forward passes never stall the async runtime.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use reco_model::artifacts::VersionArtifacts;
+use reco_model::drift::DriftWindow;
+use reco_model::scoring::N_DENSE;
 use reco_proto::ranking_server::Ranking;
 use reco_proto::{RankRequest, RankResponse};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::scorer::{BuildError, RankError, Ranked, Scorer, ScorerSettings};
+use crate::scorer::{BuildError, DriftSettings, RankError, Ranked, Scorer, ScorerSettings};
 
 impl From<RankError> for Status {
     fn from(e: RankError) -> Self {
@@ -35,6 +38,44 @@ struct Inner {
     scorer: Scorer,
     version: String,
     metrics: Metrics,
+    /// `None` when the version has no feature reference or the monitors are off.
+    drift: Option<DriftMonitor>,
+}
+
+/// The drift window of one version and how it samples.
+#[derive(Debug)]
+struct DriftMonitor {
+    window: Mutex<DriftWindow>,
+    settings: DriftSettings,
+    requests: AtomicU64,
+}
+
+impl DriftMonitor {
+    fn new(artifacts: &VersionArtifacts, settings: DriftSettings) -> Option<Self> {
+        let reference = artifacts.ranker_file.feature_reference.clone()?;
+        (settings.window_requests > 0).then(|| Self {
+            window: Mutex::new(DriftWindow::new(reference)),
+            settings,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts the rows of one request in `every`, and closes the window once it is full.
+    fn observe(&self, rows: &[[f32; N_DENSE]], metrics: &Metrics) {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        if rows.is_empty() || !n.is_multiple_of(u64::from(self.settings.sample_every)) {
+            return;
+        }
+        let (check, closed) = {
+            let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+            let check = window.observe(rows);
+            (check, (window.requests() >= self.settings.window_requests).then(|| window.close()))
+        };
+        metrics.observe_drift_rows(rows.len(), &check);
+        if let Some(psi) = closed {
+            metrics.observe_drift_window(&psi);
+        }
+    }
 }
 
 impl RankingService {
@@ -45,10 +86,20 @@ impl RankingService {
         settings: &ScorerSettings,
         metrics: Metrics,
     ) -> Result<Self, BuildError> {
+        if settings.drift.sample_every == 0 {
+            return Err(BuildError::DriftSampling);
+        }
+        let drift = DriftMonitor::new(&artifacts, settings.drift);
         let scorer = Scorer::new(artifacts, settings)?;
         let version = version.into();
+        if drift.is_none() && settings.drift.window_requests > 0 {
+            tracing::info!(
+                version,
+                "no feature reference in ranker.json (trained before drift monitoring): no drift monitors"
+            );
+        }
         let metrics = metrics.for_version(&version);
-        Ok(RankingService { inner: Arc::new(Inner { scorer, version, metrics }) })
+        Ok(RankingService { inner: Arc::new(Inner { scorer, version, metrics, drift }) })
     }
 
     /// The model version this service answers for.
@@ -67,6 +118,9 @@ impl RankingService {
             .await
             .map_err(|e| Status::internal(format!("ranking task failed: {e}")))??;
         self.inner.metrics.observe(&ranked);
+        if let Some(drift) = &self.inner.drift {
+            drift.observe(&ranked.dense, &self.inner.metrics);
+        }
         Ok(ranked)
     }
 }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use reco_model::artifacts::{VersionArtifacts, files, write_random_version};
+use reco_model::drift::{DENSE_FEATURE_NAMES, DriftReference};
 use reco_model::features::{FeatureSpace, Item};
 use reco_model::scoring::{self, N_DENSE, SourceEvidence, ValueModel};
 use reco_model::{Ranker, RankerBatch, pad_bags};
 use reco_proto::ranking_client::RankingClient;
 use reco_proto::ranking_server::Ranking;
 use reco_proto::{Candidate, RankRequest, RankResponse, UserFeatures};
-use reco_ranking::{BuildError, MAX_CANDIDATES, Metrics, RankingService, ScorerSettings};
+use reco_ranking::{BuildError, DriftSettings, MAX_CANDIDATES, Metrics, RankingService, Scorer, ScorerSettings};
 use tch::{Kind, Tensor};
 use tonic::{Code, Request};
 
@@ -53,7 +54,7 @@ fn service(f: &Fixture, settings: ScorerSettings) -> (RankingService, Registry) 
 }
 
 fn settings(batch_size: usize, weights: &str) -> ScorerSettings {
-    ScorerSettings { batch_size, value_weights: weights.parse().unwrap(), torchscript: None }
+    ScorerSettings { batch_size, value_weights: weights.parse().unwrap(), ..Default::default() }
 }
 
 fn user() -> UserFeatures {
@@ -397,4 +398,91 @@ fn torchscript_files_that_break_the_contract_are_refused() {
     trace_ranker(&f.artifacts, &one_task, |x| x.narrow(1, 0, 1));
     let err = build(one_task);
     assert!(matches!(err, BuildError::TorchScriptContract { .. }) && err.to_string().contains("[2, 2]"), "{err}");
+}
+
+/// A fixture version whose `ranker.json` carries the drift reference of the rows the scorer
+/// builds for `reference_request`.
+fn fixture_with_reference(reference_request: &RankRequest) -> Fixture {
+    let f = fixture();
+    let rows =
+        Scorer::new(f.artifacts.clone(), &ScorerSettings::default()).unwrap().rank(reference_request).unwrap().dense;
+    let path = f._dir.path().join(files::RANKER_CONFIG);
+    let mut ranker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    ranker["feature_reference"] = serde_json::to_value(DriftReference::fit(&rows).unwrap()).unwrap();
+    std::fs::write(&path, ranker.to_string()).unwrap();
+    let artifacts = Arc::new(VersionArtifacts::load(f._dir.path()).unwrap());
+    Fixture { artifacts, ..f }
+}
+
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The drift monitors: requests like the reference's keep every feature's PSI at 0; users with
+/// far longer histories whose candidates the two-tower no longer returns push exactly those two
+/// features past the 0.2 alert level, and values beyond the reference's range are counted.
+#[tokio::test]
+async fn feature_drift_is_measured_window_by_window_against_the_versions_reference() {
+    let probe = fixture();
+    let usual = request(&probe, candidates());
+    let f = fixture_with_reference(&usual);
+    let settings =
+        ScorerSettings { drift: DriftSettings { window_requests: 10, sample_every: 1 }, ..Default::default() };
+    let (svc, registry) = service(&f, settings);
+    let psi = |text: &str, feature: &str| {
+        series_value(text, &format!("reco_ranking_feature_psi{{model_version=\"v1\",feature=\"{feature}\"}}"))
+    };
+    for _ in 0..9 {
+        rank(&svc, usual.clone()).await.unwrap();
+    }
+    assert_eq!(psi(&metrics_text(&registry), "two_tower_score"), None, "9 of 10 requests: the window is open");
+    rank(&svc, usual.clone()).await.unwrap();
+    let text = metrics_text(&registry);
+    for feature in DENSE_FEATURE_NAMES {
+        assert_eq!(psi(&text, feature), Some(0.0), "{feature}");
+    }
+
+    let mut shifted = usual.clone();
+    shifted.user.as_mut().unwrap().history = (0..40).map(|i| format!("m{i}")).collect();
+    shifted.candidates.iter_mut().for_each(|c| c.two_tower_rank = -1);
+    for _ in 0..10 {
+        rank(&svc, shifted.clone()).await.unwrap();
+    }
+    let text = metrics_text(&registry);
+    for feature in DENSE_FEATURE_NAMES {
+        let got = psi(&text, feature).unwrap();
+        if ["two_tower_rank_weight", "log_history_length"].contains(&feature) {
+            assert!(got > 0.2, "{feature}: PSI {got}");
+        } else {
+            assert!(got < 0.01, "{feature} did not move: PSI {got}");
+        }
+    }
+    let count = |name: &str, feature: &str| {
+        series_value(&text, &format!("reco_ranking_feature_{name}_total{{model_version=\"v1\",feature=\"{feature}\"}}"))
+    };
+    assert_eq!(count("out_of_range", "log_history_length"), Some(250.0), "every shifted row");
+    assert_eq!(count("out_of_range", "log_popularity"), Some(0.0));
+    assert_eq!(count("missing", "two_tower_score"), Some(0.0));
+    assert_eq!(series_value(&text, "reco_ranking_feature_rows_total{model_version=\"v1\"}"), Some(500.0));
+
+    // One request in three is sampled.
+    let settings =
+        ScorerSettings { drift: DriftSettings { window_requests: 10, sample_every: 3 }, ..Default::default() };
+    let (svc, registry) = service(&f, settings);
+    for _ in 0..9 {
+        rank(&svc, usual.clone()).await.unwrap();
+    }
+    let rows = series_value(&metrics_text(&registry), "reco_ranking_feature_rows_total{model_version=\"v1\"}");
+    assert_eq!(rows, Some(75.0));
+    // A version trained before drift monitoring has no reference: no monitors, no series.
+    let (svc, registry) = service(&probe, ScorerSettings::default());
+    rank(&svc, usual).await.unwrap();
+    assert!(!metrics_text(&registry).contains("reco_ranking_feature_rows_total{"));
+    let refused = RankingService::new(
+        f.artifacts.clone(),
+        "v1",
+        &ScorerSettings { drift: DriftSettings { window_requests: 1, sample_every: 0 }, ..Default::default() },
+        metrics(),
+    );
+    assert!(matches!(refused, Err(BuildError::DriftSampling)));
 }

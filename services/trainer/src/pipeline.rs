@@ -14,7 +14,8 @@ use reco_model::Ranker;
 use reco_model::artifacts::{
     CandidateCounts, EMBEDDINGS_TENSOR, ITEM_ITEM_TENSOR, RankerFile, TwoTowerFile, VersionArtifacts,
 };
-use reco_model::scoring::{DenseScaler, ValueModel};
+use reco_model::drift::DriftReference;
+use reco_model::scoring::{DenseScaler, N_DENSE, ValueModel};
 
 use crate::artifacts::{self, MetricsFile, files, write_json, write_yaml};
 use crate::error::{Result, TrainError};
@@ -274,11 +275,11 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary> {
         value_model: ranker.value_model,
         candidates: options.ranker.clone(),
     };
-    let pages = evaluate_served(&run, "", &served, &mut scores)?;
+    let evaluation = evaluate_served(&run, "", &served, &mut scores)?;
     let gain_over_parent = match &parent {
         Some(parent) => {
-            let parent_pages = evaluate_parent(&run, &parent.version, &mut scores)?;
-            match (&pages, &parent_pages, &splits.test_set) {
+            let parent_pages = evaluate_parent(&run, &parent.version, &mut scores)?.test_pages;
+            match (&evaluation.test_pages, &parent_pages, &splits.test_set) {
                 (Some(child), Some(parent), Some(test)) => {
                     Some(paired_ndcg_difference(child, parent, &test.relevant, CUTOFFS[0]))
                 }
@@ -289,7 +290,14 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary> {
     };
 
     let metrics = scores.into_metrics(options.seed, options.incremental.is_some());
-    let models = Models { item_item, two_tower, item_embeddings: two_tower_scorer.items, ranker_fit_two_tower, ranker };
+    let models = Models {
+        item_item,
+        two_tower,
+        item_embeddings: two_tower_scorer.items,
+        ranker_fit_two_tower,
+        ranker,
+        feature_reference: evaluation.feature_reference,
+    };
     write_artifacts(&run, &stats, &models, &metrics)?;
     let mut report = run_report(&run, models, stages, threads, wall);
     report.incremental = options.incremental.as_ref().map(|i| IncrementalReport {
@@ -569,21 +577,34 @@ struct Served<'a> {
     candidates: RankerOptions,
 }
 
+/// What [`evaluate_served`] saw besides the figures.
+struct ServedEvaluation {
+    /// Its pages of the test users (none while tuning).
+    test_pages: Option<Vec<Vec<u32>>>,
+    /// The distribution of the ranker's dense features on the validation users, which the
+    /// ranking service's drift monitors compare live requests with.
+    feature_reference: Option<DriftReference>,
+}
+
 /// The served model, scored like the others so that the figures compare: as
-/// `{prefix}two_tower_ranker`. Returns its pages of the test users (none while tuning).
+/// `{prefix}two_tower_ranker`.
 fn evaluate_served(
     run: &Run<'_>,
     prefix: &str,
     served: &Served<'_>,
     scores: &mut Scoreboard<'_>,
-) -> Result<Option<Vec<Vec<u32>>>> {
+) -> Result<ServedEvaluation> {
     let splits = run.splits;
     let inputs = RankerInputs::new(run.dataset, served.features);
     let sets = [(Some(&splits.valid_set), &mut scores.validation), (splits.test_set.as_ref(), &mut scores.test)];
-    let mut test_pages = None;
+    let mut evaluation = ServedEvaluation { test_pages: None, feature_reference: None };
     for (set, metrics) in sets {
         let Some(set) = set else { continue };
         let candidates = ranking::dense_features(served.sources, set, &served.candidates)?;
+        if std::ptr::eq(set, &splits.valid_set) {
+            let rows: Vec<[f32; N_DENSE]> = candidates.iter().flat_map(|c| c.dense.iter().copied()).collect();
+            evaluation.feature_reference = DriftReference::fit(&rows);
+        }
         let ranked = ranking::rank_candidates(
             served.ranker,
             &inputs,
@@ -595,9 +616,9 @@ fn evaluate_served(
         )?;
         let figures = evaluate_ranked(&ranked, set, &CUTOFFS, &splits.features.item_train_count);
         insert_metrics(metrics, &format!("{prefix}two_tower_ranker"), figures);
-        test_pages = Some(ranked);
+        evaluation.test_pages = Some(ranked);
     }
-    Ok(test_pages)
+    Ok(evaluation)
 }
 
 /// An incremental run's parent, with the events logged since it.
@@ -652,11 +673,7 @@ fn warm_start(options: &TrainOptions, name: &str) -> Option<PathBuf> {
 /// The parent scored as it would serve now: its own models and features, over
 /// the histories this run knows (events included), as `parent_two_tower` and
 /// `parent_two_tower_ranker`.
-fn evaluate_parent(
-    run: &Run<'_>,
-    parent: &VersionArtifacts,
-    scores: &mut Scoreboard<'_>,
-) -> Result<Option<Vec<Vec<u32>>>> {
+fn evaluate_parent(run: &Run<'_>, parent: &VersionArtifacts, scores: &mut Scoreboard<'_>) -> Result<ServedEvaluation> {
     let splits = run.splits;
     let two_tower = TwoTowerScorer::new(&parent.two_tower, &parent.features, run.dataset, &splits.train)?;
     scores.evaluate("parent_two_tower", &two_tower)?;
@@ -691,6 +708,8 @@ struct Models {
     /// Refitted on the early part of train for the ranker; only its log is reported.
     ranker_fit_two_tower: TrainedTwoTower,
     ranker: TrainedRanker,
+    /// See [`ServedEvaluation::feature_reference`].
+    feature_reference: Option<DriftReference>,
 }
 
 /// Everything the services load (weights, configs, id maps, features) and
@@ -726,6 +745,7 @@ fn write_artifacts(run: &Run<'_>, stats: &DataStats, models: &Models, metrics: &
             value_model: ranker.value_model,
             candidates: CandidateCounts { per_source: options.ranker.per_source, popular: options.ranker.popular },
             item_item_lambda: models.item_item.lambda,
+            feature_reference: models.feature_reference.clone(),
         },
     )?;
     write_json(out, files::FEATURES, features)?;

@@ -117,6 +117,14 @@ fn trains_evaluates_and_writes_every_artifact_deterministically() {
     let ndcg = |m: &str| metrics["models"][m]["ndcg@10"].as_f64().unwrap();
     assert!(ndcg("item_to_item") > ndcg("popularity"), "{metrics}");
 
+    // The drift monitors' reference: the served funnel's dense features on the validation users.
+    let version = reco_model::artifacts::VersionArtifacts::load(&out).unwrap();
+    let reference = version.ranker_file.feature_reference.as_ref().expect("a feature reference in ranker.json");
+    assert_eq!(reference.features.len(), reco_model::scoring::N_DENSE);
+    assert!(reference.rows > 0 && reference.check().is_ok(), "{reference:?}");
+    let spread = &reference.features[0];
+    assert!(spread.edges.len() >= 5 && spread.min < spread.max, "two-tower scores spread over deciles: {spread:?}");
+
     let mv = std::fs::read_to_string(out.join("modelversion.yaml")).unwrap();
     assert!(mv.contains("apiVersion: reco.seed.dev/v1alpha1") && mv.contains("kind: ModelVersion"), "{mv}");
     assert!(mv.contains("name: synthetic-s7") && mv.contains("pipeline: synthetic") && mv.contains("ndcg@10"), "{mv}");

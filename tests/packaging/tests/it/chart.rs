@@ -337,10 +337,12 @@ fn pod_monitor_scrapes_gateway_pods_under_the_gateway_service_job() {
     let all_namespaces = objects_of_kind(&all_namespaces, "PodMonitor").next().unwrap();
     assert_eq!(all_namespaces["spec"]["namespaceSelector"], json!({"any": true}), "watchNamespaces empty: all");
 
-    assert_eq!(monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "gateway");
+    let selector = &monitor["spec"]["selector"]["matchLabels"];
+    assert_eq!(selector["app.kubernetes.io/managed-by"], "reco-operator");
+    assert!(selector.get("app.kubernetes.io/component").is_none(), "every component's pods: {selector}");
     let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
     assert_eq!((&endpoint["port"], &endpoint["path"]), (&json!("http"), &json!("/metrics")));
-    assert_eq!(endpoint["honorLabels"], true, "the gateways' own labels win");
+    assert_eq!(endpoint["honorLabels"], true, "the services' own labels win");
     let relabel = &endpoint["relabelings"][0];
     assert_eq!(relabel["sourceLabels"], json!(["__meta_kubernetes_pod_controller_name"]));
     assert_eq!(relabel["targetLabel"], "job");
@@ -367,6 +369,8 @@ fn alerts_and_dashboard_queries_are_valid_promql_on_operator_metrics() {
         "RecoVersionDegraded",
         "RecoVersionHideRateHigh",
         "RecoVersionDiversityDropped",
+        "RecoFeatureDrift",
+        "RecoFeatureOutOfRange",
     ] {
         assert!(alerts.contains(expected), "no {expected} alert in {alerts:?}");
     }
