@@ -318,11 +318,11 @@ fn service_monitor_scrapes_the_metrics_service() {
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "serviceMonitor.labels reach the object");
 }
 
-/// The PodMonitor scrapes gateway pods only, on their HTTP port, in the
-/// watched namespaces, and relabels `job` to the gateway Service's name (the
-/// operator's tests check its selector and regex against the pods it
-/// renders, on the kustomize component, which the kustomize tests compare
-/// with this one).
+/// The PodMonitor scrapes every pod the operator renders, on its HTTP port, in
+/// the watched namespaces, and relabels `job` to the pod's controller (for
+/// gateways the gateway Service's name; the operator's tests check its
+/// selector and rules against the pods it renders, on the kustomize
+/// component, which the kustomize tests compare with this one).
 #[test]
 fn pod_monitor_scrapes_gateway_pods_under_the_gateway_service_job() {
     let objects = render(&["ci/full-values.yaml"]);
