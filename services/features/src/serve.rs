@@ -319,6 +319,19 @@ mod tests {
         let mut zero = operator_flags("embedded", "embedded");
         zero.push("--session-len=0".into());
         assert!(Cli::try_parse_from(zero).is_err());
+        assert_eq!(
+            Cli::try_parse_from(operator_flags("embedded", "kafka")).unwrap().args.kafka_delivery_timeout_seconds,
+            10
+        );
+        for bad in ["0", "301", "ten"] {
+            let mut flags = operator_flags("embedded", "kafka");
+            flags.push(format!("--kafka-delivery-timeout-seconds={bad}"));
+            let Err(error) = Cli::try_parse_from(flags).map(|cli| cli.args.kafka_delivery_timeout_seconds) else {
+                panic!("--kafka-delivery-timeout-seconds={bad} accepted");
+            };
+            let error = error.to_string();
+            assert!(error.contains("--kafka-delivery-timeout-seconds"), "{bad}: {error}");
+        }
     }
 
     fn args(dir: &std::path::Path, extra: &[&str]) -> FeaturesArgs {

@@ -615,8 +615,7 @@ impl Gateway {
             self.inner.metrics.clicks.get_or_create(&labels).inc();
         }
         if input.dwell_ms > 0 && !claims.model_version.is_empty() {
-            let version =
-                VersionLabels { pipeline: labels.pipeline.clone(), model_version: labels.model_version.clone() };
+            let version = self.version_labels(&claims.model_version);
             self.inner.metrics.dwell.get_or_create(&version).observe(f64::from(input.dwell_ms) / 1000.0);
         }
         self.inner.metrics.events.get_or_create(&labels).inc();

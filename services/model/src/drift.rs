@@ -5,9 +5,8 @@
 //! validation users (the served two-tower, the served candidate counts), cut at the deciles of
 //! each feature, and saves it in `ranker.json`. The ranking service counts the rows of sampled
 //! requests into the same bins ([`DriftWindow`]) and, window by window, reports the population
-//! stability index
-//! (PSI) of each feature: `Σ (live − reference) · ln(live / reference)` over the bins. The usual
-//! reading: below 0.1 stable, 0.1–0.2 moderate shift, above 0.2 a shift worth a look.
+//! stability index (PSI) of each feature: `Σ (live − reference) · ln(live / reference)` over the
+//! bins. The usual reading: below 0.1 stable, 0.1–0.2 moderate shift, above 0.2 worth a look.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +56,8 @@ impl FeatureReference {
         if edges.last() == values.last() {
             edges.pop();
         }
-        let mut reference = Self { shares: vec![0.0; edges.len() + 3], edges, min: values[0], max: values[n - 1] };
+        let bins = edges.len() + 3;
+        let mut reference = Self { shares: vec![0.0; bins], edges, min: values[0], max: values[n - 1] };
         for &x in &values {
             let bin = reference.bin(x);
             reference.shares[bin] += 1.0;
@@ -66,14 +66,20 @@ impl FeatureReference {
         reference
     }
 
+    /// The bin of `x`: 0 below `min`, [`Self::above`] above `max`, an inner bin otherwise.
     fn bin(&self, x: f32) -> usize {
         if x < self.min {
             0
         } else if x > self.max {
-            self.edges.len() + 2
+            self.above()
         } else {
             1 + self.edges.partition_point(|&edge| edge < x)
         }
+    }
+
+    /// The bin of values above `max`, the last.
+    fn above(&self) -> usize {
+        self.edges.len() + 2
     }
 }
 
@@ -168,8 +174,9 @@ impl DriftWindow {
                     check.missing[j] += 1;
                     continue;
                 }
-                check.out_of_range[j] += u64::from(x < feature.min || x > feature.max);
-                counts[feature.bin(x)] += 1;
+                let bin = feature.bin(x);
+                check.out_of_range[j] += u64::from(bin == 0 || bin == feature.above());
+                counts[bin] += 1;
             }
         }
         self.requests += 1;

@@ -49,3 +49,32 @@ impl RankingArgs {
 pub fn grpc_routes(service: RankingService) -> tonic::service::Routes {
     tonic::service::Routes::new(RankingServer::new(service))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RankingArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<RankingArgs, clap::Error> {
+        let base = ["reco-serve-ranking", "--pipeline=explore", "--model-version=v1", "--model-uri=/m/v1"];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn the_drift_flags_default_to_the_settings_and_refuse_what_cannot_sample() {
+        assert_eq!(parse(&[]).unwrap().settings().drift, DriftSettings::default());
+        let off = parse(&["--drift-window-requests=0", "--drift-sample-every=1"]).unwrap().settings().drift;
+        assert_eq!(off, DriftSettings { window_requests: 0, sample_every: 1 });
+        for bad in [["--drift-sample-every=0"], ["--drift-window-requests=-1"], ["--drift-sample-every=often"]] {
+            let error = parse(&bad).expect_err(bad[0]).to_string();
+            assert!(error.contains(bad[0].split('=').next().unwrap()), "{bad:?}: {error}");
+        }
+    }
+}

@@ -596,12 +596,13 @@ fn evaluate_served(
 ) -> Result<ServedEvaluation> {
     let splits = run.splits;
     let inputs = RankerInputs::new(run.dataset, served.features);
-    let sets = [(Some(&splits.valid_set), &mut scores.validation), (splits.test_set.as_ref(), &mut scores.test)];
+    let sets =
+        [(true, Some(&splits.valid_set), &mut scores.validation), (false, splits.test_set.as_ref(), &mut scores.test)];
     let mut evaluation = ServedEvaluation { test_pages: None, feature_reference: None };
-    for (set, metrics) in sets {
+    for (is_validation, set, metrics) in sets {
         let Some(set) = set else { continue };
         let candidates = ranking::dense_features(served.sources, set, &served.candidates)?;
-        if std::ptr::eq(set, &splits.valid_set) {
+        if is_validation {
             let rows: Vec<[f32; N_DENSE]> = candidates.iter().flat_map(|c| c.dense.iter().copied()).collect();
             evaluation.feature_reference = DriftReference::fit(&rows);
         }
